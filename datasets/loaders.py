@@ -1,0 +1,152 @@
+"""Torch datasets and DataLoader builders for training, the per-epoch division pass and evaluation."""
+from __future__ import annotations
+
+import random
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .bases import EvalSplit, TrainRecord
+from .text_aug import augment_caption_ids, compose_rda_caption
+from .transforms import build_transforms
+
+
+class ImageDecodeError(RuntimeError):
+    """An image file that PIL cannot read; the message names the path (also through DataLoader workers)."""
+
+
+def read_image(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... depending on the damage
+        raise ImageDecodeError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
+
+
+def _tokenize(text: str, text_length: int) -> torch.Tensor:
+    from utils.tokenizer import tokenize_one  # lazy: keeps `import datasets` light
+
+    return tokenize_one(text, text_length)
+
+
+class TrainPairs(Dataset):
+    """Training pairs; item i is a dict:
+
+    index, pid, image_id: int
+    images:      FloatTensor [V, 3, H, W], V = num_views independent augmentation draws (twin models)
+    caption_ids: LongTensor [V, L], each view its own txt_aug draw (identical rows without txt_aug)
+    rda_ids:     LongTensor [V, L], only with use_rda: each view its own RDA composition; a record
+                 without diversity captions falls back to its caption, so every item of a batch has it.
+    """
+
+    def __init__(self, records: Sequence[TrainRecord], transform, text_length: int = 77, txt_aug: bool = False,
+                 num_views: int = 1, use_rda: bool = False):
+        if num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        self.records = list(records)
+        self.transform = transform
+        self.text_length = text_length
+        self.txt_aug = txt_aug
+        self.num_views = num_views
+        self.use_rda = use_rda
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        rec = self.records[i]
+        img = read_image(rec.img_path)
+        views = range(self.num_views)
+        ids = _tokenize(rec.caption, self.text_length)
+        if self.txt_aug:
+            caption_ids = torch.stack([augment_caption_ids(ids) for _ in views])
+        else:
+            caption_ids = ids.unsqueeze(0).repeat(self.num_views, 1)
+        item = {
+            "index": i,
+            "pid": rec.pid,
+            "image_id": rec.image_id,
+            "images": torch.stack([self.transform(img) for _ in views]),
+            "caption_ids": caption_ids,
+        }
+        if self.use_rda:
+            entry = rec.diversity if rec.diversity is not None else rec.caption
+            item["rda_ids"] = torch.stack([_tokenize(compose_rda_caption(entry), self.text_length) for _ in views])
+        return item
+
+
+class ImageFolderList(Dataset):
+    """Gallery images: item i is (i, image tensor [3, H, W])."""
+
+    def __init__(self, img_paths: Sequence[str], transform):
+        self.img_paths = list(img_paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.img_paths)
+
+    def __getitem__(self, i: int):
+        return i, self.transform(read_image(self.img_paths[i]))
+
+
+class CaptionList(Dataset):
+    """Query captions: item i is (i, ids LongTensor [L])."""
+
+    def __init__(self, captions: Sequence[str], text_length: int = 77):
+        self.captions = list(captions)
+        self.text_length = text_length
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int):
+        return i, _tokenize(self.captions[i], self.text_length)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: seed Python's and NumPy's RNGs from torch's per-worker seed.
+
+    torch seeds each worker from the loader's generator, so with a seeded generator the
+    `random` draws of txt_aug / RDA are reproducible too.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False, drop_last: bool = False,
+            sampler: Optional[Sampler] = None, seed: int = 0) -> DataLoader:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=num_workers, drop_last=drop_last, generator=generator, worker_init_fn=seed_worker,
+        pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+
+
+def build_train_loader(records: Sequence[TrainRecord], image_size, text_length: int, batch_size: int,
+                       num_workers: int, img_aug: bool = True, txt_aug: bool = False, num_views: int = 1,
+                       use_rda: bool = False, seed: int = 0, drop_last: bool = True,
+                       sampler: Optional[Sampler] = None) -> DataLoader:
+    """Shuffled (seeded) training loader of TrainPairs dicts; a given sampler replaces the shuffle."""
+    dataset = TrainPairs(records, build_transforms(image_size, is_train=True, img_aug=img_aug),
+                         text_length=text_length, txt_aug=txt_aug, num_views=num_views, use_rda=use_rda)
+    return _loader(dataset, batch_size, num_workers, shuffle=True, drop_last=drop_last, sampler=sampler, seed=seed)
+
+
+def build_division_loader(records: Sequence[TrainRecord], image_size, text_length: int, batch_size: int,
+                          num_workers: int) -> DataLoader:
+    """All training pairs in order, without augmentation (per-sample losses for the division)."""
+    dataset = TrainPairs(records, build_transforms(image_size, is_train=False), text_length=text_length)
+    return _loader(dataset, batch_size, num_workers)
+
+
+def build_eval_loaders(split: EvalSplit, image_size, text_length: int, batch_size: int,
+                       num_workers: int) -> tuple[DataLoader, DataLoader]:
+    """(gallery image loader, query caption loader), both in split order."""
+    images = ImageFolderList(split.img_paths, build_transforms(image_size, is_train=False))
+    captions = CaptionList(split.captions, text_length)
+    return _loader(images, batch_size, num_workers), _loader(captions, batch_size, num_workers)

@@ -1,0 +1,41 @@
+"""Train a text-to-image person re-id model.
+
+    python main.py --config configs/demo.yaml                  # synthetic data, CPU, a few minutes
+    python main.py --config configs/rde/cuhk.yaml --root_dir /data   # RDE on CUHK-PEDES
+    python main.py --resume logs/CUHK-PEDES/20260101_120000_RDE      # continue a killed run
+"""
+import os
+import sys
+import time
+
+from datasets import DatasetError
+from solver.engine import Trainer
+from utils.logger import setup_logger
+from utils.options import parse_args, save_config
+
+
+def make_run_dir(cfg) -> str:
+    if cfg.run_dir:
+        return cfg.run_dir
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    return os.path.join(cfg.output_dir, cfg.dataset_name, f"{stamp}_{cfg.name}")
+
+
+def main(argv=None) -> dict:
+    cfg = parse_args(argv)
+    cfg.run_dir = make_run_dir(cfg)
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    log = setup_logger(cfg.run_dir)
+    log.info("run folder %s", cfg.run_dir)
+    if not cfg.resume:
+        save_config(cfg, os.path.join(cfg.run_dir, "configs.yaml"))
+    try:
+        trainer = Trainer(cfg, cfg.run_dir)
+    except DatasetError as e:
+        log.error("%s", e)
+        raise SystemExit(2) from None
+    return trainer.run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

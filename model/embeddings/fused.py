@@ -1,0 +1,44 @@
+"""3RTPR's fused embedding: the global token plus max-pooled, MLP-mapped selected local tokens.
+
+    fused = maxpool(MLP(l2norm(top-k tokens))) + Linear(width, D)(global token)
+    MLP   = Linear(width, D/2) -> BatchNorm1d -> ReLU -> Linear(D/2, D)
+
+Top-k selection on both towers (3RTPR's rebuilt code drops it on the image side by mistake).
+"""
+import torch
+import torch.nn as nn
+
+from . import register_embedding
+from .selection import l2norm, masked_max, select_image_tokens, select_text_tokens
+
+
+class LocalMLP(nn.Module):
+    def __init__(self, width: int, out_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(width, out_dim // 2)
+        self.bn = nn.BatchNorm1d(out_dim // 2)
+        self.fc2 = nn.Linear(out_dim // 2, out_dim)
+
+    def forward(self, x):                                      # [B, k, w] -> [B, k, D]
+        b, k, w = x.shape
+        return self.fc2(self.bn(self.fc1(x.reshape(b * k, w))).relu()).reshape(b, k, -1)
+
+
+@register_embedding("fused")
+class FusedEmbedding(nn.Module):
+    def __init__(self, cfg, width: int):
+        super().__init__()
+        self.ratio = cfg.fused_ratio
+        self.out_dim = cfg.fused_dim
+        self.image_local, self.text_local = LocalMLP(width, self.out_dim), LocalMLP(width, self.out_dim)
+        self.image_global = nn.Linear(width, self.out_dim)
+        self.text_global = nn.Linear(width, self.out_dim)
+
+    def encode_image(self, tokens, attn):
+        local = masked_max(self.image_local(l2norm(select_image_tokens(tokens, attn, self.ratio))), None)
+        return local + self.image_global(tokens[:, 0])
+
+    def encode_text(self, tokens, attn, ids):
+        selected, keep = select_text_tokens(tokens, attn, ids, self.ratio)
+        eot = tokens[torch.arange(tokens.shape[0], device=tokens.device), ids.argmax(dim=-1)]
+        return masked_max(self.text_local(l2norm(selected)), keep) + self.text_global(eot)

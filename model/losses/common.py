@@ -1,0 +1,14 @@
+import torch
+import torch.nn.functional as F
+
+
+def similarity_and_positives(image_feats, text_feats, pids):
+    """S[i, j] = cos(text_i, image_j) in fp32 and P[i, j] = (pid_i == pid_j)."""
+    sim = F.normalize(text_feats.float(), dim=-1) @ F.normalize(image_feats.float(), dim=-1).t()
+    pos = pids[:, None] == pids[None, :]
+    return sim, pos
+
+
+def positive_attention(sim: torch.Tensor, pos: torch.Tensor, tau: float) -> torch.Tensor:
+    """alpha_ij = softmax of S_ij / tau over the positives j of row i, with no gradient (RDE's TAL / TRL)."""
+    return torch.softmax((sim / tau).masked_fill(~pos, float("-inf")), dim=1).detach()

@@ -1,0 +1,23 @@
+"""InfoNCE (CLIP's contrastive loss): the paired caption / image is the only positive."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import register_loss
+from .common import similarity_and_positives
+
+
+@register_loss("InfoNCE")
+class InfoNCELoss(nn.Module):
+    reduction = "mean"
+
+    def __init__(self, cfg, dim=None, num_classes=None):
+        super().__init__()
+        self.scale = cfg.logit_scale
+
+    def forward(self, image_feats, text_feats, pids):
+        sim, _ = similarity_and_positives(image_feats, text_feats, pids)
+        logits = self.scale * sim
+        target = torch.arange(len(sim), device=sim.device)
+        return (F.cross_entropy(logits, target, reduction="none")
+                + F.cross_entropy(logits.t(), target, reduction="none")) / 2

@@ -1,0 +1,27 @@
+"""TAL, the triplet alignment loss of RDE (METHOD.md section 3)."""
+import torch
+import torch.nn as nn
+
+from . import register_loss
+from .common import positive_attention, similarity_and_positives
+
+
+def _row_tal(sim, pos, tau, margin):
+    alpha = positive_attention(sim, pos, tau)
+    pull = (alpha * sim).sum(dim=1)
+    # a row with no negative contributes nothing: a very small finite value keeps gradients finite
+    push = tau * torch.logsumexp((sim / tau).masked_fill(pos, -1e4), dim=1)
+    return (margin - pull + push).clamp(min=0)
+
+
+@register_loss("TAL")
+class TripletAlignmentLoss(nn.Module):
+    reduction = "sum"
+
+    def __init__(self, cfg, dim=None, num_classes=None):
+        super().__init__()
+        self.tau, self.margin = cfg.tau, cfg.margin
+
+    def forward(self, image_feats, text_feats, pids):
+        sim, pos = similarity_and_positives(image_feats, text_feats, pids)
+        return _row_tal(sim, pos, self.tau, self.margin) + _row_tal(sim.t(), pos.t(), self.tau, self.margin)

@@ -1,0 +1,50 @@
+"""The retrieval model: a CLIP dual encoder, the embedding heads on top of it, and their losses."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .clip import build_clip
+from .embeddings import build_embedding
+from .losses import build_loss, parse_loss_names
+
+
+class RetrievalModel(nn.Module):
+    def __init__(self, cfg, num_classes: int):
+        super().__init__()
+        if "pre" in cfg.loss_names.split("+") and not cfg.pretrain_path:
+            raise ValueError("'+pre' in --loss_names initialises CLIP from a ReID-pretrained checkpoint: "
+                             "give its file with --pretrain_path")
+        self.backbone = build_clip(cfg.pretrain_path or cfg.pretrain_choice, image_size=tuple(cfg.img_size),
+                                   stride=cfg.stride_size, text_length=cfg.text_length, arch=cfg.clip_arch)
+        width = self.backbone.text_projection.shape[1]
+        self.embeddings = nn.ModuleDict({name: build_embedding(name, cfg, width) for name in cfg.embeddings})
+        self.loss_names = parse_loss_names(cfg.loss_names)
+        # every embedding gets every loss; ModuleDict so that losses with parameters (ID) train and save
+        self.losses = nn.ModuleDict({
+            emb: nn.ModuleDict({name: build_loss(name, cfg, head.out_dim, num_classes) for name in self.loss_names})
+            for emb, head in self.embeddings.items()})
+
+    def encode_image(self, images) -> dict[str, torch.Tensor]:
+        tokens, attn = self.backbone.encode_image_tokens(images)
+        return {name: head.encode_image(tokens, attn) for name, head in self.embeddings.items()}
+
+    def encode_text(self, ids) -> dict[str, torch.Tensor]:
+        tokens, attn = self.backbone.encode_text_tokens(ids)
+        return {name: head.encode_text(tokens, attn, ids) for name, head in self.embeddings.items()}
+
+    def per_sample_losses(self, image_feats: dict, text_feats: dict, pids) -> dict[tuple[str, str], torch.Tensor]:
+        """{(embedding, loss): [B] per-sample values} for features from encode_image / encode_text."""
+        return {(emb, name): loss(image_feats[emb], text_feats[emb], pids)
+                for emb, losses in self.losses.items() for name, loss in losses.items()}
+
+    def new_modules(self) -> list[nn.Module]:
+        """Modules trained from scratch (higher learning rate than the pretrained backbone)."""
+        return [self.embeddings, self.losses]
+
+
+def similarities(image_feats: dict, text_feats: dict) -> dict[str, torch.Tensor]:
+    """Cosine similarity [queries, gallery] per embedding."""
+    return {name: F.normalize(text_feats[name].float(), dim=-1) @ F.normalize(image_feats[name].float(), dim=-1).t()
+            for name in image_feats}

@@ -1,0 +1,239 @@
+"""The training engine: one RDE model, or reciprocal twins that share the per-epoch division.
+
+A new method usually overrides one method: `train_step` (what a batch costs), `division_pass` (what the
+clean/noisy division listens to) or `sample_weights` (how the division becomes per-sample weights).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from datasets import EvalSplit, build_dataset
+from datasets.loaders import build_eval_loaders, build_train_loader
+from datasets.noise import apply_noise, load_or_create_permutation
+from model import build_model
+from utils.checkpoint import atomic_save, load_checkpoint, load_model_states
+from utils.device import autocast, resolve_device, resolve_precision
+from utils.evaluator import Evaluator, extract_features
+from utils.logger import append_jsonl
+from utils.seed import rng_state, set_rng_state, set_seed
+
+from .division import alr_weights, clean_votes, consensus, division_quality, gmm_settings
+from .optimizer import build_optimizer
+from .scheduler import build_scheduler
+
+log = logging.getLogger("reid")
+
+
+def default_noisy_file(cfg) -> str:
+    """RDE's naming, so its published permutation files drop in: ROOT/noiseindex/DATASET_RATE.npy."""
+    return os.path.join(cfg.root_dir, "noiseindex", f"{cfg.dataset_name}_{cfg.noisy_rate}.npy")
+
+
+def unique_images(records) -> tuple[list[str], list[int]]:
+    """Image paths and pids indexed by image_id (training pairs share images: encode each once)."""
+    num = max(r.image_id for r in records) + 1
+    paths, pids = [""] * num, [0] * num
+    for r in records:
+        paths[r.image_id], pids[r.image_id] = r.img_path, r.pid
+    return paths, pids
+
+
+class Trainer:
+    def __init__(self, cfg, run_dir: str):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_precision(cfg.precision, self.device)
+        set_seed(cfg.seed)
+
+        self.dataset = build_dataset(cfg.dataset_name, cfg.root_dir, cfg.anno_path or None)
+        log.info("dataset %s from %s\n%s", cfg.dataset_name, self.dataset.anno_file, self.dataset.summary())
+        self.records, self.is_clean = self.dataset.train, None
+        if cfg.noisy_rate > 0:
+            noisy_file = cfg.noisy_file or default_noisy_file(cfg)
+            perm = load_or_create_permutation(noisy_file, len(self.records), cfg.noisy_rate, cfg.seed)
+            self.records = apply_noise(self.records, perm)
+            self.is_clean = perm == np.arange(len(perm))
+            log.info("noisy correspondence: %d of %d captions permuted (%s)",
+                     int((~self.is_clean).sum()), len(perm), noisy_file)
+
+        num_models = 2 if cfg.twin else 1
+        self.models = []
+        for k in range(num_models):
+            torch.manual_seed(cfg.seed + k)  # twins: independently initialised heads
+            self.models.append(build_model(cfg, self.dataset.num_train_pids).to(self.device))
+        self.optimizers = [build_optimizer(m, cfg, self.device) for m in self.models]
+        self.schedulers = [build_scheduler(o, cfg) for o in self.optimizers]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+        loader_kw = dict(image_size=tuple(cfg.img_size), text_length=cfg.text_length, num_workers=cfg.num_workers)
+        self.train_loader = build_train_loader(
+            self.records, batch_size=cfg.batch_size, img_aug=cfg.img_aug, txt_aug=cfg.txt_aug,
+            num_views=num_models, use_rda=self.dataset.has_rda and cfg.use_rda, seed=cfg.seed, **loader_kw)
+        # the division pass reads the (noisy) training pairs like a test set: each image once, no augmentation
+        paths, pids = unique_images(self.records)
+        self.train_as_eval = EvalSplit(paths, pids, [r.caption for r in self.records], [r.pid for r in self.records])
+        self.division_loaders = build_eval_loaders(self.train_as_eval, batch_size=cfg.test_batch_size, **loader_kw)
+        split = self.dataset.val if cfg.val_dataset == "val" and self.dataset.val is not None else self.dataset.test
+        self.evaluator = Evaluator(split, *build_eval_loaders(split, batch_size=cfg.test_batch_size, **loader_kw),
+                                   device=self.device, dtype=self.dtype)
+
+        self.weights = torch.ones(len(self.records))
+        self.start_epoch, self.best_r1 = 1, -1.0
+        if cfg.resume:
+            self.resume(os.path.join(run_dir, "last.pth"))
+
+    # ---------------------------------------------------------------- division
+    @torch.no_grad()
+    def division_pass(self, epoch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Per-sample loss of every training pair under each embedding of each model (the first training
+        loss, in-batch negatives as in training), and the positive-pair cosine averaged over all of them."""
+        image_ids = torch.tensor([r.image_id for r in self.records], device=self.device)
+        pids = torch.tensor([r.pid for r in self.records], device=self.device)
+        order = torch.randperm(len(self.records), generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
+        signals, positive_sim = {}, torch.zeros(len(self.records), device=self.device)
+        for k, model in enumerate(self.models, 1):
+            image_feats, text_feats = extract_features(model, *self.division_loaders, self.device, self.dtype)
+            image_feats = {e: f[image_ids] for e, f in image_feats.items()}     # pair i's image
+            first_loss = model.loss_names[0]
+            losses = {emb: torch.zeros(len(self.records), device=self.device) for emb in image_feats}
+            for chunk in order.to(self.device).split(self.cfg.batch_size):
+                per = model.per_sample_losses({e: f[chunk] for e, f in image_feats.items()},
+                                              {e: f[chunk] for e, f in text_feats.items()}, pids[chunk])
+                for emb in losses:
+                    losses[emb][chunk] = per[(emb, first_loss)].float()
+            for emb in image_feats:
+                positive_sim += F.cosine_similarity(image_feats[emb], text_feats[emb], dim=-1)
+            prefix = f"model{k}/" if len(self.models) > 1 else ""
+            signals.update({prefix + emb: v.cpu().numpy() for emb, v in losses.items()})
+        return signals, (positive_sim / len(signals)).cpu().numpy()
+
+    def sample_weights(self, signals: dict[str, np.ndarray], positive_sim: np.ndarray, epoch: int) -> torch.Tensor:
+        """Every signal votes clean/noisy (a Gaussian mixture each); CCD or ALR turns the votes into weights."""
+        cfg = self.cfg
+        settings = gmm_settings(cfg.noisy_rate, cfg.dataset_name, cfg.gmm)
+        votes = np.stack([clean_votes(v, settings, seed=cfg.seed + epoch) for v in signals.values()])
+        if cfg.weighting == "ccd":
+            return consensus(votes, torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        if cfg.weighting == "alr":
+            return alr_weights(votes, positive_sim, cfg.alr_k, cfg.alr_mu)
+        raise ValueError(f"weighting {cfg.weighting!r}: choose ccd or alr")
+
+    def divide(self, epoch: int) -> dict:
+        start = time.time()
+        self.weights = self.sample_weights(*self.division_pass(epoch), epoch)
+        stats = division_quality(self.weights, self.is_clean)
+        log.info("epoch %d division: kept %d of %d pairs%s (%.1fs)", epoch, stats["kept"], stats["total"],
+                 "" if self.is_clean is None else
+                 f", noise precision {stats['noise_precision']:.1f}% recall {stats['noise_recall']:.1f}%",
+                 time.time() - start)
+        return {f"division/{k}": v for k, v in stats.items()}
+
+    # ---------------------------------------------------------------- training
+    def train_step(self, batch: dict, weights: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one batch for every model (twins: each on its own augmented view) and its parts."""
+        pids = batch["pid"]
+        rda_weight = max(0.1, 1 - 0.03 * epoch) if "rda_ids" in batch else 0.0   # ICL's schedule
+        total, parts = 0.0, {}
+        for k, model in enumerate(self.models):
+            prefix = f"model{k + 1}/" if len(self.models) > 1 else ""
+            with autocast(self.device, self.dtype):
+                image_feats = model.encode_image(batch["images"][:, k])
+                per_sample = model.per_sample_losses(image_feats, model.encode_text(batch["caption_ids"][:, k]), pids)
+                if rda_weight:
+                    rda = model.per_sample_losses(image_feats, model.encode_text(batch["rda_ids"][:, k]), pids)
+            terms = [(name, emb, v, 1.0) for (emb, name), v in per_sample.items()]
+            if rda_weight:  # ICL: the first loss (TAL) on (image, RDA caption), both embeddings
+                terms += [(f"rda_{name}", emb, v, rda_weight) for (emb, name), v in rda.items()
+                          if name == model.loss_names[0]]
+            for name, emb, values, factor in terms:
+                weighted = (weights * values.float()).sum()
+                if model.losses[emb][name.removeprefix("rda_")].reduction == "mean":
+                    weighted = weighted / len(values)
+                total = total + factor * self.cfg.loss_weights.get(name, 1.0) * weighted
+                parts[f"{prefix}{emb}_{name}"] = weighted.detach()
+        return total, parts
+
+    def train_epoch(self, epoch: int) -> dict:
+        for model in self.models:
+            # published RDE / ICL left the models in eval mode after the division pass (see METHOD.md 4)
+            model.train(not (self.cfg.published_eval_mode and self.cfg.division))
+        self.train_loader.generator.manual_seed(self.cfg.seed * 1000 + epoch)  # resumable data order
+        sums, steps = {}, 0
+        weights_on_device = self.weights.to(self.device)
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{self.cfg.num_epoch}", leave=False)
+        for batch in bar:
+            batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            loss, parts = self.train_step(batch, weights_on_device[batch["index"]], epoch)
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            for opt in self.optimizers:
+                self.scaler.step(opt)
+            self.scaler.update()
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0.0) + value
+            steps += 1
+            if steps % self.cfg.log_period == 0:  # the only host sync of the loop
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+        return {f"loss/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> dict:
+        cfg, results = self.cfg, {}
+        metrics_file = os.path.join(self.run_dir, "metrics.jsonl")
+        for epoch in range(self.start_epoch, cfg.num_epoch + 1):
+            start = time.time()
+            record = {"epoch": epoch, "lr": self.optimizers[0].param_groups[0]["lr"]}
+            if cfg.division:
+                record.update(self.divide(epoch))
+            record.update(self.train_epoch(epoch))
+            for scheduler in self.schedulers:
+                scheduler.step()
+            record["train_time"] = time.time() - start
+            if epoch % cfg.eval_period == 0 or epoch == cfg.num_epoch:
+                results, table = self.evaluator.evaluate(self.models, title=f"epoch {epoch}")
+                log.info("\n%s", table)
+                headline = list(results)[-1]
+                record.update({k: v for k, v in results[headline].items()})
+                record["eval_row"] = headline
+                if results[headline]["R1"] > self.best_r1:
+                    self.best_r1 = results[headline]["R1"]
+                    self.save("best.pth", epoch, results)
+            log.info("epoch %d: %s", epoch, ", ".join(
+                f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float) and math.isfinite(v)))
+            self.save("last.pth", epoch, results, full=True)
+            append_jsonl(metrics_file, record)
+        log.info("best R1 %.2f; checkpoints in %s", self.best_r1, self.run_dir)
+        return results
+
+    # ---------------------------------------------------------------- checkpoints
+    def save(self, name: str, epoch: int, results: dict, full: bool = False) -> None:
+        state = {"epoch": epoch, "models": [m.state_dict() for m in self.models], "results": results,
+                 "config": dict(self.cfg), "best_r1": self.best_r1,
+                 "clip_config": asdict(self.models[0].backbone.config)}  # test.py rebuilds without the CLIP file
+        if full:  # what --resume needs to continue the same schedule
+            state.update(optimizers=[o.state_dict() for o in self.optimizers],
+                         schedulers=[s.state_dict() for s in self.schedulers],
+                         scaler=self.scaler.state_dict(), rng=rng_state())
+        atomic_save(state, os.path.join(self.run_dir, name))
+
+    def resume(self, path: str) -> None:
+        ckpt = load_checkpoint(path)
+        load_model_states(self.models, ckpt["models"], path)
+        for opt, s in zip(self.optimizers, ckpt["optimizers"]):
+            opt.load_state_dict(s)
+        for sched, s in zip(self.schedulers, ckpt["schedulers"]):
+            sched.load_state_dict(s)
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        self.start_epoch, self.best_r1 = ckpt["epoch"] + 1, ckpt["best_r1"]
+        log.info("resumed from %s at epoch %d (best R1 so far %.2f)", path, self.start_epoch, self.best_r1)

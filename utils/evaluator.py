@@ -1,0 +1,69 @@
+"""Evaluation, kept apart from training: features of a gallery and its queries, similarities, the table."""
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from model import similarities
+from .device import autocast
+from .metrics import metrics_table, rank_metrics
+
+
+@torch.no_grad()
+def extract_features(model, image_loader, text_loader, device, dtype=None, progress: bool = True):
+    """({embedding: [G, D]}, {embedding: [Q, D]}) in the loaders' order, on `device`, fp32."""
+    was_training = model.training
+    model.eval()
+    image_feats, text_feats = {}, {}
+    for loader, encode, out, what in ((image_loader, model.encode_image, image_feats, "images"),
+                                      (text_loader, model.encode_text, text_feats, "captions")):
+        parts = []
+        for _, batch in tqdm(loader, desc=f"encoding {what}", leave=False, disable=not progress):
+            with autocast(device, dtype):
+                parts.append({k: v.float() for k, v in encode(batch.to(device, non_blocking=True)).items()})
+        for name in parts[0]:
+            out[name] = torch.cat([p[name] for p in parts])
+    model.train(was_training)
+    return image_feats, text_feats
+
+
+def similarity_rows(per_model_sims: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Rows of the table: each embedding of each model, each model's fusion, and the mean of everything.
+
+    One model with BGE and TSE gives rows BGE, TSE and BGE+TSE (RDE's table).  Twins give model1/BGE, ...,
+    model1 (its fusion), model2 ..., and 'ensemble' (the mean of all similarity matrices).
+    """
+    rows = {}
+    prefix = len(per_model_sims) > 1
+    for k, sims in enumerate(per_model_sims, 1):
+        tag = f"model{k}/" if prefix else ""
+        for name, s in sims.items():
+            rows[tag + name.upper()] = s
+        if len(sims) > 1:
+            rows[f"model{k}" if prefix else "+".join(n.upper() for n in sims)] = sum(sims.values()) / len(sims)
+    if prefix:
+        every = [s for sims in per_model_sims for s in sims.values()]
+        rows["ensemble"] = sum(every) / len(every)
+    return rows
+
+
+class Evaluator:
+    """Evaluates one or several models (twins) on an EvalSplit through its loaders."""
+
+    def __init__(self, split, image_loader, text_loader, device, dtype=None):
+        self.split, self.image_loader, self.text_loader = split, image_loader, text_loader
+        self.device, self.dtype = device, dtype
+
+    def similarity_rows(self, models) -> dict[str, torch.Tensor]:
+        per_model = []
+        for model in models:
+            image_feats, text_feats = extract_features(model, self.image_loader, self.text_loader,
+                                                       self.device, self.dtype)
+            per_model.append(similarities(image_feats, text_feats))
+        return similarity_rows(per_model)
+
+    def evaluate(self, models, title: str | None = None):
+        """(metrics per row, printable table); the last row is the headline (fusion / ensemble)."""
+        rows = self.similarity_rows(models)
+        results = {name: rank_metrics(s, self.split.caption_pids, self.split.image_pids) for name, s in rows.items()}
+        return results, metrics_table(results, title)

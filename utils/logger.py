@@ -1,0 +1,29 @@
+"""Run-folder logging: a text log mirrored on the console, and one JSON object per epoch."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+
+def setup_logger(run_dir: str | None = None, name: str = "reid", filename: str = "train_log.txt") -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if run_dir:
+        handlers.append(logging.FileHandler(os.path.join(run_dir, filename)))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    return logger
+
+
+def append_jsonl(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
