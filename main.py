@@ -3,6 +3,7 @@
     python main.py --config configs/demo.yaml                  # synthetic data, CPU, a few minutes
     python main.py --config configs/rde/cuhk.yaml --root_dir /data   # RDE on CUHK-PEDES
     python main.py --resume logs/CUHK-PEDES/20260101_120000_RDE      # continue a killed run
+    torchrun --nproc_per_node 4 main.py --config configs/rde/cuhk.yaml   # 4 GPUs, global batch 4 x batch_size
 """
 import os
 import sys
@@ -10,6 +11,7 @@ import time
 
 from datasets import DatasetError
 from solver.engine import Trainer
+from utils import distributed as dist
 from utils.logger import setup_logger
 from utils.options import parse_args, save_config
 
@@ -23,12 +25,15 @@ def make_run_dir(cfg) -> str:
 
 def main(argv=None) -> dict:
     cfg = parse_args(argv)
-    cfg.run_dir = make_run_dir(cfg)
-    os.makedirs(cfg.run_dir, exist_ok=True)
-    log = setup_logger(cfg.run_dir)
+    dist.init_distributed(cfg.device)                       # under torchrun; nothing on one process
+    cfg.run_dir = dist.broadcast_object(make_run_dir(cfg))  # one folder, named by rank 0
+    if dist.is_main():
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        if not cfg.resume:
+            save_config(cfg, os.path.join(cfg.run_dir, "configs.yaml"))
+    dist.barrier()
+    log = setup_logger(cfg.run_dir if dist.is_main() else None, quiet=not dist.is_main())
     log.info("run folder %s", cfg.run_dir)
-    if not cfg.resume:
-        save_config(cfg, os.path.join(cfg.run_dir, "configs.yaml"))
     try:
         trainer = Trainer(cfg, cfg.run_dir)
     except DatasetError as e:

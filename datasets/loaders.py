@@ -137,16 +137,16 @@ def build_train_loader(records: Sequence[TrainRecord], image_size, text_length: 
     return _loader(dataset, batch_size, num_workers, shuffle=True, drop_last=drop_last, sampler=sampler, seed=seed)
 
 
-def build_division_loader(records: Sequence[TrainRecord], image_size, text_length: int, batch_size: int,
-                          num_workers: int) -> DataLoader:
-    """All training pairs in order, without augmentation (per-sample losses for the division)."""
-    dataset = TrainPairs(records, build_transforms(image_size, is_train=False), text_length=text_length)
-    return _loader(dataset, batch_size, num_workers)
-
-
 def build_eval_loaders(split: EvalSplit, image_size, text_length: int, batch_size: int,
                        num_workers: int) -> tuple[DataLoader, DataLoader]:
-    """(gallery image loader, query caption loader), both in split order."""
+    """(gallery image loader, query caption loader), both in split order.
+
+    Under torchrun each process reads one contiguous shard (utils.distributed.shard); gathering the
+    features restores the split order.
+    """
+    from utils.distributed import shard, world_size
+
     images = ImageFolderList(split.img_paths, build_transforms(image_size, is_train=False))
     captions = CaptionList(split.captions, text_length)
-    return _loader(images, batch_size, num_workers), _loader(captions, batch_size, num_workers)
+    return tuple(_loader(d, batch_size, num_workers, sampler=shard(len(d)) if world_size() > 1 else None)
+                 for d in (images, captions))

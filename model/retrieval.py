@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.distributed import gather, gather_with_grad
+
 from .clip import build_clip
 from .embeddings import build_embedding
 from .losses import build_loss, parse_loss_names
@@ -18,6 +20,7 @@ class RetrievalModel(nn.Module):
                              "give its file with --pretrain_path")
         self.backbone = build_clip(cfg.pretrain_path or cfg.pretrain_choice, image_size=tuple(cfg.img_size),
                                    stride=cfg.stride_size, text_length=cfg.text_length, arch=cfg.clip_arch)
+        self.backbone.logit_scale.requires_grad_(False)  # our losses have their own temperatures
         width = self.backbone.text_projection.shape[1]
         self.embeddings = nn.ModuleDict({name: build_embedding(name, cfg, width) for name in cfg.embeddings})
         self.loss_names = parse_loss_names(cfg.loss_names)
@@ -25,6 +28,20 @@ class RetrievalModel(nn.Module):
         self.losses = nn.ModuleDict({
             emb: nn.ModuleDict({name: build_loss(name, cfg, head.out_dim, num_classes) for name in self.loss_names})
             for emb, head in self.embeddings.items()})
+
+    def forward(self, images, caption_ids, pids, rda_ids=None):
+        """Training: per-sample losses over the global batch (every process's samples under torchrun).
+
+        Returns ({(embedding, loss): [B_global]}, the same for (image, RDA caption) pairs or None).
+        """
+        image_feats = {k: gather_with_grad(v) for k, v in self.encode_image(images).items()}
+        text_feats = {k: gather_with_grad(v) for k, v in self.encode_text(caption_ids).items()}
+        pids = gather(pids)
+        rda = None
+        if rda_ids is not None:
+            rda_feats = {k: gather_with_grad(v) for k, v in self.encode_text(rda_ids).items()}
+            rda = self.per_sample_losses(image_feats, rda_feats, pids)
+        return self.per_sample_losses(image_feats, text_feats, pids), rda
 
     def encode_image(self, images) -> dict[str, torch.Tensor]:
         tokens, attn = self.backbone.encode_image_tokens(images)

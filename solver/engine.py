@@ -21,6 +21,7 @@ from datasets.loaders import build_eval_loaders, build_train_loader
 from datasets.noise import apply_noise, load_or_create_permutation
 from model import build_model
 from utils.checkpoint import atomic_save, load_checkpoint, load_model_states
+from utils import distributed as dist
 from utils.device import autocast, resolve_device, resolve_precision
 from utils.evaluator import Evaluator, extract_features
 from utils.logger import append_jsonl
@@ -50,7 +51,9 @@ def unique_images(records) -> tuple[list[str], list[int]]:
 class Trainer:
     def __init__(self, cfg, run_dir: str):
         self.cfg, self.run_dir = cfg, run_dir
-        self.device = resolve_device(cfg.device)
+        self.device = dist.init_distributed(cfg.device) or resolve_device(cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.dtype = resolve_precision(cfg.precision, self.device)
         set_seed(cfg.seed)
 
@@ -70,14 +73,24 @@ class Trainer:
         for k in range(num_models):
             torch.manual_seed(cfg.seed + k)  # twins: independently initialised heads
             self.models.append(build_model(cfg, self.dataset.num_train_pids).to(self.device))
+        # what the training step calls: the model itself, or its DDP wrapper under torchrun (whose forward
+        # gathers features across processes so the in-batch losses see the global batch), maybe compiled
+        self.runners = [self.wrap(m) for m in self.models]
         self.optimizers = [build_optimizer(m, cfg, self.device) for m in self.models]
         self.schedulers = [build_scheduler(o, cfg) for o in self.optimizers]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
 
         loader_kw = dict(image_size=tuple(cfg.img_size), text_length=cfg.text_length, num_workers=cfg.num_workers)
+        # one shuffle for any number of processes (each takes every world_size-th sample of it), so N
+        # processes x batch B see exactly the batches of one process with batch N x B; cfg.batch_size is per
+        # process
+        self.sampler = torch.utils.data.DistributedSampler(
+            range(len(self.records)), num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
+            seed=cfg.seed, drop_last=True)
         self.train_loader = build_train_loader(
             self.records, batch_size=cfg.batch_size, img_aug=cfg.img_aug, txt_aug=cfg.txt_aug,
-            num_views=num_models, use_rda=self.dataset.has_rda and cfg.use_rda, seed=cfg.seed, **loader_kw)
+            num_views=num_models, use_rda=self.dataset.has_rda and cfg.use_rda, seed=cfg.seed,
+            sampler=self.sampler, **loader_kw)
         # the division pass reads the (noisy) training pairs like a test set: each image once, no augmentation
         paths, pids = unique_images(self.records)
         self.train_as_eval = EvalSplit(paths, pids, [r.caption for r in self.records], [r.pid for r in self.records])
@@ -90,6 +103,14 @@ class Trainer:
         self.start_epoch, self.best_r1 = 1, -1.0
         if cfg.resume:
             self.resume(os.path.join(run_dir, "last.pth"))
+
+    def wrap(self, model):
+        if dist.world_size() > 1:
+            if self.device.type == "cuda":  # BatchNorm statistics over the global batch, as on one GPU
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return torch.compile(model) if self.cfg.compile else model
 
     # ---------------------------------------------------------------- division
     @torch.no_grad()
@@ -139,17 +160,17 @@ class Trainer:
 
     # ---------------------------------------------------------------- training
     def train_step(self, batch: dict, weights: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss of one batch for every model (twins: each on its own augmented view) and its parts."""
-        pids = batch["pid"]
+        """The loss of one batch for every model (twins: each on its own augmented view) and its parts.
+
+        `weights` are the division's per-sample weights of the global batch (all processes, rank order).
+        """
         rda_weight = max(0.1, 1 - 0.03 * epoch) if "rda_ids" in batch else 0.0   # ICL's schedule
         total, parts = 0.0, {}
-        for k, model in enumerate(self.models):
+        for k, (model, runner) in enumerate(zip(self.models, self.runners)):
             prefix = f"model{k + 1}/" if len(self.models) > 1 else ""
             with autocast(self.device, self.dtype):
-                image_feats = model.encode_image(batch["images"][:, k])
-                per_sample = model.per_sample_losses(image_feats, model.encode_text(batch["caption_ids"][:, k]), pids)
-                if rda_weight:
-                    rda = model.per_sample_losses(image_feats, model.encode_text(batch["rda_ids"][:, k]), pids)
+                per_sample, rda = runner(batch["images"][:, k], batch["caption_ids"][:, k], batch["pid"],
+                                         batch["rda_ids"][:, k] if rda_weight else None)
             terms = [(name, emb, v, 1.0) for (emb, name), v in per_sample.items()]
             if rda_weight:  # ICL: the first loss (TAL) on (image, RDA caption), both embeddings
                 terms += [(f"rda_{name}", emb, v, rda_weight) for (emb, name), v in rda.items()
@@ -166,13 +187,14 @@ class Trainer:
         for model in self.models:
             # published RDE / ICL left the models in eval mode after the division pass (see METHOD.md 4)
             model.train(not (self.cfg.published_eval_mode and self.cfg.division))
-        self.train_loader.generator.manual_seed(self.cfg.seed * 1000 + epoch)  # resumable data order
+        self.sampler.set_epoch(epoch)  # the data order depends on (seed, epoch) only: resumable
         sums, steps = {}, 0
         weights_on_device = self.weights.to(self.device)
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{self.cfg.num_epoch}", leave=False)
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{self.cfg.num_epoch}", leave=False,
+                   disable=not dist.is_main())
         for batch in bar:
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            loss, parts = self.train_step(batch, weights_on_device[batch["index"]], epoch)
+            loss, parts = self.train_step(batch, weights_on_device[dist.gather(batch["index"])], epoch)
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -211,12 +233,16 @@ class Trainer:
             log.info("epoch %d: %s", epoch, ", ".join(
                 f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float) and math.isfinite(v)))
             self.save("last.pth", epoch, results, full=True)
-            append_jsonl(metrics_file, record)
+            if dist.is_main():
+                append_jsonl(metrics_file, record)
+            dist.barrier()
         log.info("best R1 %.2f; checkpoints in %s", self.best_r1, self.run_dir)
         return results
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, name: str, epoch: int, results: dict, full: bool = False) -> None:
+        if not dist.is_main():
+            return
         state = {"epoch": epoch, "models": [m.state_dict() for m in self.models], "results": results,
                  "config": dict(self.cfg), "best_r1": self.best_r1,
                  "clip_config": asdict(self.models[0].backbone.config)}  # test.py rebuilds without the CLIP file

@@ -271,7 +271,7 @@ def test_txt_aug_keeps_structure():
 
 # ---- loaders ---------------------------------------------------------------------------------
 def test_train_pairs_views(tmp_path):
-    from datasets.loaders import TrainPairs, build_division_loader, build_eval_loaders, build_train_loader
+    from datasets.loaders import TrainPairs, build_eval_loaders, build_train_loader
     from datasets.transforms import build_transforms
 
     _make(tmp_path, "CUHK-PEDES", with_rda=True)
@@ -296,9 +296,6 @@ def test_train_pairs_views(tmp_path):
     assert "rda_ids" not in batch
     order = [next(iter(build_train_loader(ds.train, (64, 32), 40, 4, 0, seed=5)))["index"] for _ in range(2)]
     assert torch.equal(order[0], order[1])  # seeded shuffle
-
-    div = next(iter(build_division_loader(ds.train, (64, 32), 40, batch_size=5, num_workers=0)))
-    assert div["index"].tolist() == [0, 1, 2, 3, 4] and div["images"].shape == (5, 1, 3, 64, 32)
 
     images, texts = build_eval_loaders(ds.test, (64, 32), 40, batch_size=100, num_workers=0)
     idx, imgs = next(iter(images))

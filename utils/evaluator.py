@@ -6,12 +6,16 @@ from tqdm import tqdm
 
 from model import similarities
 from .device import autocast
+from .distributed import gather
 from .metrics import metrics_table, rank_metrics
 
 
 @torch.no_grad()
 def extract_features(model, image_loader, text_loader, device, dtype=None, progress: bool = True):
-    """({embedding: [G, D]}, {embedding: [Q, D]}) in the loaders' order, on `device`, fp32."""
+    """({embedding: [G, D]}, {embedding: [Q, D]}) in the loaders' order, on `device`, fp32.
+
+    Under torchrun each process encodes its shard (the loaders' samplers) and every process gets the whole.
+    """
     was_training = model.training
     model.eval()
     image_feats, text_feats = {}, {}
@@ -22,7 +26,7 @@ def extract_features(model, image_loader, text_loader, device, dtype=None, progr
             with autocast(device, dtype):
                 parts.append({k: v.float() for k, v in encode(batch.to(device, non_blocking=True)).items()})
         for name in parts[0]:
-            out[name] = torch.cat([p[name] for p in parts])
+            out[name] = gather(torch.cat([p[name] for p in parts]))
     model.train(was_training)
     return image_feats, text_feats
 

@@ -7,9 +7,11 @@ import os
 import sys
 
 
-def setup_logger(run_dir: str | None = None, name: str = "reid", filename: str = "train_log.txt") -> logging.Logger:
+def setup_logger(run_dir: str | None = None, name: str = "reid", filename: str = "train_log.txt",
+                 quiet: bool = False) -> logging.Logger:
+    """quiet: warnings only (the other processes of a torchrun job)."""
     logger = logging.getLogger(name)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
     for h in list(logger.handlers):
         logger.removeHandler(h)

@@ -24,6 +24,7 @@ OPTIONS: dict[str, tuple[object, str]] = {
     "seed": (1, "seed for initialisation, data order, augmentation and the division coin"),
     "device": ("auto", "auto (cuda when available), cpu, cuda, cuda:1 ..."),
     "precision": ("auto", "fp32, bf16 or fp16 (autocast with fp32 master weights); auto = bf16 on CUDA, fp32 on CPU"),
+    "compile": (False, "torch.compile the training forward (first steps are slow while it compiles)"),
     "log_period": (50, "iterations between progress-bar loss updates"),
     "eval_period": (1, "epochs between evaluations"),
     "val_dataset": ("test", "split used for evaluation during training: test or val"),

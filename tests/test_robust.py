@@ -1,0 +1,113 @@
+"""Issue 3 pieces: ALR weights, the fused head, RDA captions in training, +pre, the published eval-mode switch,
+twin determinism."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from easydict import EasyDict
+
+import main as train_main
+from datasets.synthetic import make_synthetic
+from model.embeddings import build_embedding
+from solver.division import alr_weights
+from test_training import TINY_ARCH, read_metrics, tiny_args
+
+
+def test_alr_weights_by_hand():
+    votes = np.array([[1, 1, 1, 0, 0], [1, 1, 0, 1, 0]], dtype=bool)   # consensus-clean: pairs 0 and 1
+    s = np.array([0.6, 0.4, 0.5, 0.2, -0.1])
+    w = alr_weights(votes, s, k=5, mu_stat="min")                       # mu = 0.4
+    expected = [1, 1, 1, torch.sigmoid(torch.tensor(5 * 0.2 / 0.4)), torch.sigmoid(torch.tensor(5 * -0.1 / 0.4))]
+    assert torch.allclose(w, torch.tensor(expected, dtype=torch.float), atol=1e-6)
+    assert alr_weights(votes, s, k=5, mu_stat="mean")[1] < 1          # mu = 0.5 > 0.4
+    assert torch.equal(alr_weights(votes, s, 5, "p0"), w)
+    with pytest.raises(ValueError, match="percentile"):
+        alr_weights(votes, s, 5, "median")
+
+
+def test_fused_head_selects_on_both_towers():
+    head = build_embedding("fused", EasyDict(fused_ratio=0.2, fused_dim=16), width=8).eval()
+    tokens, attn = torch.randn(2, 11, 8), torch.rand(2, 11, 11)
+    out = head.encode_image(tokens, attn)
+    assert out.shape == (2, 16)
+    # only CLS and the 2 selected patches matter
+    keep = attn[:, 0, 1:].topk(2).indices + 1
+    other = tokens.clone()
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[:, 0] = False
+    mask.scatter_(1, keep, False)
+    other[mask] = torch.randn(int(mask.sum()), 8)
+    assert torch.allclose(head.encode_image(other, attn), out, atol=1e-6)
+    ids = torch.tensor([[49406, 5, 6, 7, 49407, 0, 0, 0, 0, 0, 0, 0]] * 2)
+    assert head.encode_text(torch.randn(2, 12, 8), torch.rand(2, 12, 12), ids).shape == (2, 16)
+
+
+@pytest.fixture(scope="module")
+def rda_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rda")
+    make_synthetic(str(root), fmt="CUHK-PEDES", num_train_ids=12, num_test_ids=6, num_val_ids=3, seed=5,
+                   with_rda=True)
+    return str(root)
+
+
+def test_rda_captions_train_with_noise_and_alr_and_fused(rda_root, tmp_path):
+    run = tmp_path / "rda"
+    train_main.main(tiny_args(rda_root, run, "--noisy_rate", "0.5", "--num_epoch", "1", "--weighting", "alr",
+                              "--embeddings", "bge", "fused", "--fused_dim", "32"))
+    record = read_metrics(run)[0]
+    assert {"loss/bge_rda_TAL", "loss/fused_rda_TAL", "loss/fused_TAL"} <= set(record)
+    assert {"division/mean_weight_clean", "division/mean_weight_noisy"} <= set(record)
+    assert 0 < record["division/mean_weight"] <= 1
+
+
+def test_pre_initialisation_needs_and_uses_pretrain_path(rda_root, tmp_path):
+    from model.clip import CLIP, CLIPConfig
+    with pytest.raises(ValueError, match="--pretrain_path"):
+        train_main.main(tiny_args(rda_root, tmp_path / "a", "--loss_names", "TAL+pre"))
+    torch.manual_seed(0)
+    clip = CLIP(CLIPConfig(**TINY_ARCH, image_size=(64, 32), context_length=77))
+    # an MLLM4Text-ReID-style file: weights under 'model', with 'module.' prefixes
+    path = tmp_path / "pre.pth"
+    torch.save({"model": {f"module.base_model.{k}": v for k, v in clip.state_dict().items()}}, path)
+    run = tmp_path / "pre"
+    train_main.main(tiny_args(rda_root, run, "--loss_names", "TAL+pre", "--pretrain_path", str(path),
+                              "--num_epoch", "1", "--lr", "0", "--head_lr", "0"))
+    saved = torch.load(run / "last.pth", weights_only=False)["models"][0]
+    torch.testing.assert_close(saved["backbone.visual.conv1.weight"], clip.visual.conv1.weight)
+    assert saved["backbone.positional_embedding"].shape[0] == 40     # interpolated 77 -> 40 tokens
+
+
+def test_published_eval_mode_switch(rda_root, tmp_path, monkeypatch):
+    import solver.engine as engine
+    seen = []
+    real_step = engine.Trainer.train_step
+
+    def spy(self, batch, weights, epoch):
+        seen.append(self.models[0].training)
+        return real_step(self, batch, weights, epoch)
+
+    monkeypatch.setattr(engine.Trainer, "train_step", spy)
+    train_main.main(tiny_args(rda_root, tmp_path / "quirk", "--num_epoch", "1", "--published_eval_mode"))
+    assert seen and not any(seen)
+    seen.clear()
+    train_main.main(tiny_args(rda_root, tmp_path / "default", "--num_epoch", "1"))
+    assert seen and all(seen)
+
+
+def test_twin_training_is_deterministic(rda_root, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        train_main.main(tiny_args(rda_root, run, "--twin", "--num_epoch", "1", "--noisy_rate", "0.5"))
+        runs.append(run)
+    ra, rb = (json.loads((r / "metrics.jsonl").read_text().splitlines()[0]) for r in runs)
+    for key in ra:
+        if "time" not in key:
+            assert ra[key] == rb[key], key
+    wa, wb = (torch.load(r / "last.pth", weights_only=False)["models"] for r in runs)
+    assert len(wa) == 2
+    for k in wa[1]:
+        assert torch.equal(wa[1][k], wb[1][k]), k
+    # the two models are independent: their heads differ
+    assert not torch.equal(wa[0]["embeddings.tse.image_mlp.fc1.weight"], wa[1]["embeddings.tse.image_mlp.fc1.weight"])
