@@ -11,24 +11,26 @@ from .metrics import metrics_table, rank_metrics
 
 
 @torch.no_grad()
-def extract_features(model, image_loader, text_loader, device, dtype=None, progress: bool = True):
-    """({embedding: [G, D]}, {embedding: [Q, D]}) in the loaders' order, on `device`, fp32.
+def encode_loader(model, loader, tower: str, device, dtype=None, progress: bool = True) -> dict[str, torch.Tensor]:
+    """{embedding: [N, D]} fp32 features of every item of an image (tower='image') or caption loader, in order.
 
-    Under torchrun each process encodes its shard (the loaders' samplers) and every process gets the whole.
+    Under torchrun each process encodes its shard (the loader's sampler) and every process gets the whole.
     """
     was_training = model.training
     model.eval()
-    image_feats, text_feats = {}, {}
-    for loader, encode, out, what in ((image_loader, model.encode_image, image_feats, "images"),
-                                      (text_loader, model.encode_text, text_feats, "captions")):
-        parts = []
-        for _, batch in tqdm(loader, desc=f"encoding {what}", leave=False, disable=not progress):
-            with autocast(device, dtype):
-                parts.append({k: v.float() for k, v in encode(batch.to(device, non_blocking=True)).items()})
-        for name in parts[0]:
-            out[name] = gather(torch.cat([p[name] for p in parts]))
+    encode = model.encode_image if tower == "image" else model.encode_text
+    parts = []
+    for _, batch in tqdm(loader, desc=f"encoding {tower}s", leave=False, disable=not progress):
+        with autocast(device, dtype):
+            parts.append({k: v.float() for k, v in encode(batch.to(device, non_blocking=True)).items()})
     model.train(was_training)
-    return image_feats, text_feats
+    return {name: gather(torch.cat([p[name] for p in parts])) for name in parts[0]}
+
+
+def extract_features(model, image_loader, text_loader, device, dtype=None, progress: bool = True):
+    """({embedding: [G, D]}, {embedding: [Q, D]}) of a gallery and its queries."""
+    return (encode_loader(model, image_loader, "image", device, dtype, progress),
+            encode_loader(model, text_loader, "caption", device, dtype, progress))
 
 
 def similarity_rows(per_model_sims: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,421 @@
+"""THI: the gate, the re-ranking formula and the parsing on hand-made cases; the whole path through a tiny random
+Qwen2-VL (transformers backend) on a tiny trained run; the cache, failures, LoRA and the vLLM glue."""
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+import main as train_main
+from datasets.loaders import ImageDecodeError
+from datasets.synthetic import make_synthetic
+from tests.tiny_qwen2vl import build_tiny_qwen2vl
+from thi import cli
+from thi.backends import Request, make_backend
+from thi.backends.hf import TransformersBackend
+from thi.backends.yes_no import yes_probability_from_logits, yes_probability_from_logprobs
+from thi.cache import AnswerCache, Failure, ask
+from thi.interaction import QueryState, accepts, localise, may_accept
+from thi.parsing import clean_refined_query, parse_vqa_answers
+from thi.rerank import RunSimilarity, reranked
+from utils.runs import load_run
+
+TINY_CLIP = dict(embed_dim=32, vision_width=32, vision_layers=1, vision_heads=2,
+                 text_width=32, text_layers=1, text_heads=2)
+SMALL_IMAGES = ["--min_pixels", "3136", "--max_pixels", "3136"]   # 56 x 56: 4 visual tokens per image
+
+
+def train_tiny_run(root, run_dir, *extra):
+    train_main.main(["--dataset_name", "CUHK-PEDES", "--root_dir", str(root), "--run_dir", str(run_dir),
+                     "--pretrain_choice", "random", "--clip_arch", json.dumps(TINY_CLIP), "--img_size", "64", "32",
+                     "--text_length", "40", "--embed_dim", "48", "--batch_size", "8", "--test_batch_size", "32",
+                     "--num_workers", "0", "--num_epoch", "1", "--warmup_epochs", "1", "--division", "false", *extra])
+    return str(run_dir)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("thi_data")
+    make_synthetic(str(root), fmt="CUHK-PEDES", num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=4)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_root, tmp_path_factory):
+    return train_tiny_run(data_root, tmp_path_factory.mktemp("thi_run") / "run")
+
+
+@pytest.fixture(scope="session")
+def yes_model(tmp_path_factory):
+    return build_tiny_qwen2vl(str(tmp_path_factory.mktemp("qwen_yes")), seed=0, favour="Yes")
+
+
+@pytest.fixture(scope="session")
+def no_model(tmp_path_factory):
+    return build_tiny_qwen2vl(str(tmp_path_factory.mktemp("qwen_no")), seed=1, favour="No")
+
+
+def count_backend_calls(monkeypatch):
+    """Patch the transformers backend to count the requests it is asked; returns the counter."""
+    calls = {"yes_probability": [], "generate": []}
+    for kind in calls:
+        real = getattr(TransformersBackend, kind)
+
+        def counting(self, requests, *a, _real=real, _kind=kind, **kw):
+            calls[_kind].append(len(requests))
+            return _real(self, requests, *a, **kw)
+        monkeypatch.setattr(TransformersBackend, kind, counting)
+    return calls
+
+
+# ---- pure logic: gate, rounds, re-ranking, parsing, yes/no ----------------------------------------------------
+
+def test_gate_follows_method_md():
+    xi = 0.5
+    # round 0: yes and s1 > xi
+    assert accepts(0, [True], 0.6, xi) and not accepts(0, [True], 0.5, xi) and not accepts(0, [False], 0.9, xi)
+    # round r > 0: yes, every earlier round no, and s1 <= xi
+    assert accepts(2, [False, False, True], 0.5, xi) and accepts(1, [False, True], 0.1, xi)
+    assert not accepts(2, [False, False, True], 0.51, xi)     # s1 > xi: only round 0 could accept
+    assert not accepts(2, [True, False, True], 0.3, xi)       # an earlier round said yes
+    assert not accepts(1, [False, False], 0.3, xi)
+    # who is still worth asking
+    assert may_accept(0, [], 0.9, xi) and may_accept(3, [False] * 3, 0.2, xi)
+    assert not may_accept(1, [False], 0.9, xi) and not may_accept(1, [True], 0.2, xi)
+
+
+def test_rounds_with_scripted_answers():
+    """Four queries, 3 rounds, answers scripted per (query, round); anchors and questions asked checked by hand."""
+    xi = 0.5
+    gallery = [f"img{g}.jpg" for g in range(6)]
+    states = [QueryState(0, "a", [3, 1, 2], 0.8),     # s1 > xi, yes at round 0 -> anchor 3 at round 0
+              QueryState(1, "b", [4, 0, 5], 0.8),     # s1 > xi, no at round 0 -> never asked again, no anchor
+              QueryState(2, "c", [1, 2, 0], 0.3),     # s1 <= xi: no, no, yes -> anchor 0 at round 2
+              QueryState(3, "d", [5, 4, 3], 0.3)]     # s1 <= xi, yes at round 0 -> rejected, closed
+    script = {("a", "img3.jpg"): 0.9, ("b", "img4.jpg"): 0.2, ("c", "img1.jpg"): 0.1, ("c", "img2.jpg"): 0.4,
+              ("c", "img0.jpg"): 0.7, ("d", "img5.jpg"): 0.95}
+    asked = []
+
+    def ask_yes(requests):
+        asked.append(len(requests))
+        return [script[(r.prompt.split('"')[1], r.image)] for r in requests]
+
+    localise(states, gallery, ask_yes, rounds=3, xi=xi)
+    assert [(s.anchor, s.anchor_round) for s in states] == [(3, 0), (None, None), (0, 2), (None, None)]
+    assert asked == [4, 1, 1]
+    assert states[2].yes_prob == [0.1, 0.4, 0.7] and states[3].yes_prob == [0.95]
+
+    failed = [QueryState(0, "c", [1, 2, 0], 0.3)]
+    localise(failed, gallery, lambda reqs: [Failure("OSError: boom")] * len(reqs), rounds=3, xi=xi)
+    assert failed[0].anchor is None and "round 0" in failed[0].error and "boom" in failed[0].error
+
+
+def test_reranked_by_hand():
+    s_base = torch.tensor([[0.2, 0.6, 0.4],
+                           [0.5, 0.1, 0.3]])
+    refined_row = torch.tensor([[0.9, 0.0, 0.3]])
+    out = reranked(s_base, refined_row, queries=[0], anchors=[2], lam=0.8)
+    # query 0: S_hat = [0.9, 0.0, 1 (anchor)]; 0.8 * [0.2, 0.6, 0.4] + 0.2 * [0.9, 0.0, 1.0]
+    torch.testing.assert_close(out[0], torch.tensor([0.34, 0.48, 0.52]))
+    torch.testing.assert_close(out[1], s_base[1])                # not refined: S_hat = S_base
+    torch.testing.assert_close(reranked(s_base, refined_row[:0], [], [], 0.8), s_base)
+    assert out[0].argmax() == 2                                    # the anchor moved to the top
+
+
+@pytest.mark.parametrize("text, numbered, unnumbered", [
+    ("1. female\n2. long black hair\n3) red coat, long sleeves", {1: "female", 2: "long black hair",
+                                                               3: "red coat, long sleeves"}, []),
+    ("**1.** Male\n**2.** Short, brown\n", {1: "Male", 2: "Short, brown"}, []),
+    ("1. male 2. short hair 3. jeans, 1.5 m long", {1: "male", 2: "short hair", 3: "jeans, 1.5 m long"}, []),
+    ("Here are the answers:\n(1) male\n2: short\n4) black pants", {1: "male", 2: "short", 4: "black pants"}, []),
+    ("Answer 1: female. Answer 2: long hair", {1: "female", 2: "long hair"}, []),
+    ("1. What is the gender of the person? Male\n2.short 2-3 cm hair", {1: "Male", 2: "short 2-3 cm hair"}, []),
+    ("- male\n- short hair\n* red jacket", {}, ["male", "short hair", "red jacket"]),
+    ("A woman in a red coat.", {}, ["A woman in a red coat"]),
+    ("1. male\n3. jeans\n2. size 2. shoes", {1: "male", 3: "jeans 2. size 2. shoes"}, []),
+])
+def test_vqa_answers_survive_odd_formatting(text, numbered, unnumbered):
+    assert parse_vqa_answers(text) == (numbered, unnumbered)
+
+
+def test_refined_query_is_one_clean_paragraph():
+    assert clean_refined_query('Refined description: "A man in a red coat.\n\nHe carries a bag."') == \
+        "A man in a red coat. He carries a bag."
+    assert clean_refined_query("**Description:** A woman.") == "A woman."
+    assert clean_refined_query("  \n ") == ""
+
+
+def test_yes_probability_from_logits_and_logprobs():
+    logits = torch.full((2, 6), -5.0)
+    logits[0, 1], logits[0, 2] = 2.0, 0.0            # yes id 1, no id 2
+    logits[1, 1], logits[1, 3], logits[1, 2] = 0.0, 0.0, 1.0   # two yes spellings (1, 3)
+    p = yes_probability_from_logits(logits, [1, 3], [2])
+    assert p[0] == pytest.approx(torch.sigmoid(torch.logaddexp(torch.tensor(2.0), torch.tensor(-5.0))).item())
+    assert p[1] == pytest.approx(2 / (2 + torch.e), abs=1e-6)
+    assert yes_probability_from_logprobs({1: -0.1, 2: -2.4, 7: -3.0}, [1], [2]) == \
+        pytest.approx(1 / (1 + torch.e ** -2.3))
+    # No missing from the top k: bounded by the least likely entry returned
+    assert yes_probability_from_logprobs({1: -0.01, 7: -6.0}, [1], [2]) == pytest.approx(1 / (1 + torch.e ** -5.99))
+    with pytest.raises(ValueError):
+        yes_probability_from_logprobs({7: -0.1}, [1], [2])
+
+
+# ---- cache and batched asking ------------------------------------------------------------------------------------
+
+class FakeBackend:
+    model_id = "fake"
+
+    def __init__(self, bad=()):
+        self.bad, self.calls = set(bad), 0
+
+    def yes_probability(self, requests):
+        self.calls += 1
+        for r in requests:
+            if r.image in self.bad:
+                raise ImageDecodeError(f"cannot decode image {r.image}")
+        return [len(r.prompt) / 100 for r in requests]
+
+
+def test_cache_resumes_after_a_kill_mid_write(tmp_path):
+    path = tmp_path / "cache.jsonl"
+    backend, requests = FakeBackend(), [Request(f"q{i}", f"{i}.jpg") for i in range(5)]
+    first = ask(backend, AnswerCache(str(path)), "yes_probability", requests, batch_size=2)
+    assert backend.calls == 3
+    with open(path, "a") as f:
+        f.write('{"key": "abc", "val')               # a write cut by a kill
+    cache = AnswerCache(str(path))
+    assert ask(backend, cache, "yes_probability", requests) == first and backend.calls == 3
+    ask(backend, cache, "yes_probability", [Request("new")])
+    assert len(AnswerCache(str(path)).answers) == 6                 # the next append landed on its own line
+    # the model identity is part of the key
+    backend.model_id = "fake+lora"
+    ask(backend, AnswerCache(str(path)), "yes_probability", requests[:1])
+    assert backend.calls == 5
+
+
+def test_a_bad_image_fails_its_query_only_and_systematic_failure_raises(tmp_path):
+    backend = FakeBackend(bad={"2.jpg"})
+    requests = [Request(f"q{i}", f"{i}.jpg") for i in range(4)]
+    out = ask(backend, AnswerCache(str(tmp_path / "a.jsonl")), "yes_probability", requests, batch_size=4)
+    assert isinstance(out[2], Failure) and "2.jpg" in out[2].reason
+    assert out[:2] + out[3:] == [0.02, 0.02, 0.02]
+
+    class Broken(FakeBackend):
+        def yes_probability(self, requests):
+            raise RuntimeError("CUDA error: device-side assert")
+    with pytest.raises(RuntimeError, match="every MLLM yes_probability request failed"):
+        ask(Broken(), AnswerCache(str(tmp_path / "b.jsonl")), "yes_probability", requests)
+
+
+# ---- the transformers backend on a tiny random Qwen2-VL ---------------------------------------------------------
+
+def test_transformers_backend_batches_with_left_padding(yes_model, no_model, data_root, tmp_path):
+    image = load_run_split_images(data_root)[0]
+    requests = [Request('Description: "a man"\nDoes this describe him? Answer Yes or No.', image),
+                Request("A much longer text-only question " * 6 + "? Answer Yes or No."),
+                Request("Is this a person?", image)]
+    yes = make_backend("transformers", yes_model, min_pixels=3136, max_pixels=3136)
+    batched = yes.yes_probability(requests)
+    assert batched == pytest.approx([yes.yes_probability([r])[0] for r in requests], abs=1e-4)
+    assert all(p > 0.5 for p in batched)
+    no = make_backend("transformers", no_model, min_pixels=3136, max_pixels=3136)
+    assert all(p < 0.5 for p in no.yes_probability(requests))
+    texts = yes.generate(requests[:2], max_new_tokens=5)
+    assert texts == [yes.generate([r], max_new_tokens=5)[0] for r in requests[:2]] and all(texts)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(ImageDecodeError, match="corrupt.jpg"):
+        yes.yes_probability([Request("Is this a person?", str(corrupt))])
+
+
+def load_run_split_images(data_root):
+    from datasets import build_dataset
+    return build_dataset("CUHK-PEDES", data_root).test.img_paths
+
+
+# ---- the whole path on a trained run ----------------------------------------------------------------------------
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_thi_end_to_end_then_resumes_from_the_cache(run_dir, yes_model, monkeypatch, tmp_path):
+    out = tmp_path / "thi"
+    argv = ["--run", run_dir, "--model_dir", yes_model, "--out", str(out), "--xi", "-1", "--limit", "6",
+            "--max_new_tokens", "4", "--batch_size", "4", *SMALL_IMAGES]
+    calls = count_backend_calls(monkeypatch)
+    result = cli.main(argv)
+    states, metrics = result["states"], result["metrics"]
+    # the model says yes and every s1 > xi: every query is refined at round 0, through VQA and aggregation
+    assert [s.anchor for s in states] == [s.candidates[0] for s in states] and all(s.refined for s in states)
+    # one VQA per distinct anchor image (queries of one person share it), one aggregation per query
+    assert sum(calls["yes_probability"]) == 6 and sum(calls["generate"]) == len({s.anchor for s in states}) + 6
+    assert list(metrics) == ["base (BGE+TSE)"] + [f"THI round {r}" for r in range(1, 6)]
+
+    # S_final is METHOD.md's formula over the run's own fused similarity of the refined texts
+    sims = RunSimilarity(load_run_weights(run_dir))
+    s_base = sims.base[:6]
+    torch.testing.assert_close(result["base"], s_base)
+    expected = reranked(s_base, sims.of_captions([s.refined for s in states]), list(range(6)),
+                        [s.anchor for s in states], 0.8)
+    torch.testing.assert_close(result["final"], expected)
+    assert (result["final"].argmax(1) == torch.tensor([s.anchor for s in states])).all()
+
+    lines = read_jsonl(out / "queries.jsonl")
+    assert [line["query"] for line in lines] == list(range(6))
+    assert lines[0]["refined"] == states[0].refined and lines[0]["vqa_text"] and lines[0]["anchor_round"] == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["metrics"] == metrics and saved["xi"] == -1
+
+    # a second run asks the MLLM nothing and gives the same result
+    for kind in calls:
+        calls[kind].clear()
+    again = cli.main(argv)
+    assert calls == {"yes_probability": [], "generate": []}
+    torch.testing.assert_close(again["final"], result["final"])
+    assert read_jsonl(out / "queries.jsonl") == lines
+
+
+def load_run_weights(run_dir):
+    run = load_run(run_dir)
+    run.load_weights("best")
+    return run
+
+
+def test_rounds_continue_while_the_model_says_no(run_dir, no_model, monkeypatch, tmp_path):
+    """Default xi: queries with s1 <= xi are asked about each of the K candidates; nothing is refined."""
+    calls = count_backend_calls(monkeypatch)
+    result = cli.main(["--run", run_dir, "--model_dir", no_model, "--out", str(tmp_path), "--limit", "4",
+                       "--rounds", "3", *SMALL_IMAGES])
+    low = sum(s.s1 <= 0.5 for s in result["states"])
+    assert sum(calls["yes_probability"]) == 4 + 2 * low and calls["generate"] == []
+    assert all(s.anchor is None and len(s.yes_prob) == (3 if s.s1 <= 0.5 else 1) for s in result["states"])
+    torch.testing.assert_close(result["final"], result["base"])
+
+
+def test_a_query_with_a_corrupt_image_keeps_its_base_ranking(run_dir, yes_model, monkeypatch, tmp_path):
+    run = load_run_weights(run_dir)
+    target = int(RunSimilarity(run).base[0].argmax())        # query 0's top candidate
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+    import thi.backends.chat as chat
+    real_read = chat.read_image
+    # that file turns out corrupt when the MLLM reads it (the retrieval model read it fine): the same path,
+    # a real decoding failure
+    target_path = run.dataset.test.img_paths[target]
+    monkeypatch.setattr(chat, "read_image", lambda p: real_read(str(corrupt) if p == target_path else p))
+    result = cli.main(["--run", run_dir, "--model_dir", yes_model, "--out", str(tmp_path), "--xi", "-1",
+                       "--limit", "4", "--max_new_tokens", "4", *SMALL_IMAGES])
+    hit = [s for s in result["states"] if s.candidates[0] == target]
+    assert hit[0].query == 0
+    for s in hit:
+        assert "corrupt.jpg" in s.error and s.refined is None
+        torch.testing.assert_close(result["final"][s.query], result["base"][s.query])
+    assert all(s.refined and s.error is None for s in result["states"] if s not in hit)
+    assert read_jsonl(tmp_path / "queries.jsonl")[0]["error"] == hit[0].error
+
+
+def test_twin_run_scores_captions_like_test_py(data_root, tmp_path):
+    """The refined-query helper reproduces the base (the ensemble row test.py prints) from the original captions."""
+    run = load_run_weights(train_tiny_run(data_root, tmp_path / "twin", "--twin", "--batch_size", "12"))
+    sims = RunSimilarity(run)
+    assert sims.headline == "ensemble"
+    torch.testing.assert_close(sims.of_captions(run.dataset.test.captions), sims.base, atol=1e-5, rtol=1e-5)
+    assert sims.of_captions([]).shape == (0, sims.base.shape[1])
+
+
+# ---- LoRA, and the vLLM glue ------------------------------------------------------------------------------------
+
+def test_lora_applied_with_flag_and_merged(yes_model, run_dir, data_root, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from thi import merge_lora
+
+    torch.manual_seed(0)
+    base = Qwen2VLForConditionalGeneration.from_pretrained(yes_model)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    lora_dir = str(tmp_path / "lora")
+    get_peft_model(base, config).save_pretrained(lora_dir)
+
+    image = load_run_split_images(data_root)[1]
+    requests = [Request('Description: "a woman"\nIs she in the image? Answer Yes or No.', image),
+                Request("Answer Yes or No: is the sky green?")]
+    plain = make_backend("transformers", yes_model, min_pixels=3136, max_pixels=3136).yes_probability(requests)
+    adapted = make_backend("transformers", yes_model, lora=lora_dir, min_pixels=3136, max_pixels=3136)
+    with_lora = adapted.yes_probability(requests)
+    assert max(abs(a - b) for a, b in zip(plain, with_lora)) > 1e-3      # the adapter changes the answers
+
+    merged_dir = merge_lora.main(["--base", yes_model, "--lora", lora_dir, "--out", str(tmp_path / "merged")])
+    merged = make_backend("transformers", merged_dir, min_pixels=3136, max_pixels=3136)
+    assert merged.yes_probability(requests) == pytest.approx(with_lora, abs=1e-5)
+    assert merged.model_id != adapted.model_id
+
+    result = cli.main(["--run", run_dir, "--model_dir", yes_model, "--lora", lora_dir, "--out",
+                       str(tmp_path / "thi"), "--limit", "2", "--rounds", "1", *SMALL_IMAGES])
+    assert result["states"][0].yes_prob
+    assert lora_dir in json.loads((tmp_path / "thi" / "metrics.json").read_text())["model_id"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_missing_says_how_to_install(yes_model):
+    with pytest.raises(SystemExit, match="pip install vllm"):
+        make_backend("vllm", yes_model)
+
+
+def test_vllm_backend_glue_against_a_stand_in_engine(yes_model, data_root, monkeypatch):
+    """vLLM cannot run here (no GPU): a stand-in `vllm` module records what the backend asks of the engine."""
+    seen = {}
+
+    class LLM:
+        def __init__(self, **kwargs):
+            seen["engine"] = kwargs
+
+        def generate(self, prompts, sampling, lora_request=None, use_tqdm=True):
+            seen.setdefault("prompts", []).extend(prompts)
+            seen["lora"] = lora_request
+            lp = types.SimpleNamespace
+            if sampling.max_tokens == 1:
+                yes, no = sampling.allowed_token_ids[0], sampling.allowed_token_ids[-1]
+                step = {yes: lp(logprob=-0.1), no: lp(logprob=-2.4)}
+                return [lp(outputs=[lp(logprobs=[step], text="Yes")]) for _ in prompts]
+            return [lp(outputs=[lp(logprobs=None, text=" 1. male\n")]) for _ in prompts]
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.__dict__.update(kwargs)
+
+    class LoRARequest:
+        def __init__(self, name, lora_id, path):
+            self.path = path
+
+    for name, attrs in (("vllm", dict(LLM=LLM, SamplingParams=SamplingParams)), ("vllm.lora", {}),
+                        ("vllm.lora.request", dict(LoRARequest=LoRARequest))):
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        monkeypatch.setitem(sys.modules, name, module)
+
+    lora = os.path.join(os.path.dirname(yes_model), "fake_lora")
+    os.makedirs(lora, exist_ok=True)
+    with open(os.path.join(lora, "adapter_config.json"), "w") as f:
+        json.dump({"r": 12}, f)
+    backend = make_backend("vllm", yes_model, lora=lora, max_model_len=2048, min_pixels=3136, max_pixels=3136)
+    image = load_run_split_images(data_root)[0]
+    p = backend.yes_probability([Request("Is this a person? Answer Yes or No.", image), Request("Yes or No?")])
+    assert p == pytest.approx([1 / (1 + torch.e ** -2.3)] * 2)
+    assert backend.generate([Request("Describe.", image)], max_new_tokens=16) == ["1. male"]
+    engine = seen["engine"]
+    assert engine["max_model_len"] == 2048 and engine["limit_mm_per_prompt"] == {"image": 1}
+    assert engine["enable_lora"] and engine["max_lora_rank"] == 16 and seen["lora"].path == lora
+    with_image, text_only = seen["prompts"][:2]
+    width, height = with_image["multi_modal_data"]["image"].size      # resized as the transformers backend does
+    assert width % 28 == 0 and height % 28 == 0 and width * height <= 3136
+    assert "<|image_pad|>" in with_image["prompt"] and "multi_modal_data" not in text_only
+    assert with_image["prompt"].endswith("<|im_start|>assistant\n")

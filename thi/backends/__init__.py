@@ -1,0 +1,79 @@
+"""The MLLM behind THI, as two questions any backend answers for a batch of requests.
+
+    yes_probability(requests) -> [P(Yes) / (P(Yes) + P(No))]   one forward pass, next-token distribution
+    generate(requests, max_new_tokens) -> [text]                greedy, for the VQA answers and the aggregation
+
+`model_id` names everything that changes an answer (backend, weights, LoRA, precision, image size): the
+answer cache is keyed by it.  Models load on first use, so a run whose answers are all cached never loads one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+from ..prompts import SYSTEM_PROMPT
+
+# Qwen2-VL's image size in THI (METHOD.md section 7): 224 x 224
+DEFAULT_PIXELS = 50_176
+BACKENDS = ("transformers", "vllm")
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    image: str | None = None        # path of the image shown before the prompt; None = text only
+    system: str = SYSTEM_PROMPT
+
+
+class Backend:
+    name = ""
+    precision = ""      # set by each backend: part of model_id
+
+    def __init__(self, model_dir: str, lora: str | None = None, min_pixels: int = DEFAULT_PIXELS,
+                 max_pixels: int = DEFAULT_PIXELS):
+        if not os.path.isfile(os.path.join(model_dir, "config.json")):
+            raise SystemExit(f"--model_dir {model_dir}: no config.json there; expected a Hugging Face model "
+                             "folder such as Qwen2-VL-7B-Instruct (or one written by python -m thi.merge_lora)")
+        if lora is not None and not os.path.isfile(os.path.join(lora, "adapter_config.json")):
+            raise SystemExit(f"--lora {lora}: no adapter_config.json there; expected a peft LoRA adapter folder")
+        if min_pixels > max_pixels:
+            raise SystemExit(f"--min_pixels {min_pixels} is larger than --max_pixels {max_pixels}")
+        self.model_dir, self.lora = os.path.abspath(model_dir), lora and os.path.abspath(lora)
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+
+    @property
+    def model_id(self) -> str:
+        parts = [self.name, self.model_dir, folder_fingerprint(self.model_dir), self.precision,
+                 f"pixels={self.min_pixels}-{self.max_pixels}"]
+        if self.lora:
+            parts += ["lora", self.lora, folder_fingerprint(self.lora)]
+        return "|".join(parts)
+
+    def yes_probability(self, requests: list[Request]) -> list[float]:
+        raise NotImplementedError
+
+    def generate(self, requests: list[Request], max_new_tokens: int) -> list[str]:
+        raise NotImplementedError
+
+
+def folder_fingerprint(folder: str) -> str:
+    """Names, sizes and mtimes of a model folder's weight and config files: a re-merged folder is a new model."""
+    entries = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith((".safetensors", ".bin", ".json")):
+            st = os.stat(os.path.join(folder, name))
+            entries.append([name, st.st_size, int(st.st_mtime)])
+    return hashlib.sha1(json.dumps(entries).encode()).hexdigest()[:12]
+
+
+def make_backend(name: str, model_dir: str, lora: str | None = None, **opts) -> Backend:
+    """`transformers` or `vllm`; opts go to that backend (unknown ones are an error, not silently dropped)."""
+    if name == "transformers":
+        from .hf import TransformersBackend
+        return TransformersBackend(model_dir, lora=lora, **opts)
+    if name == "vllm":
+        from .vllm import VLLMBackend
+        return VLLMBackend(model_dir, lora=lora, **opts)
+    raise SystemExit(f"--backend {name!r}: choose one of {', '.join(BACKENDS)}")

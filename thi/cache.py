@@ -1,0 +1,112 @@
+"""Every MLLM answer on disk, so that a killed THI run resumes without asking again; batched asking.
+
+The cache is an append-only JSON-lines file, one answer a line, written with one write() per line and
+fsync'd per batch: a kill mid-write can only leave a partial last line, which the next open cuts off.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from datasets.loaders import ImageDecodeError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An answer that could not be had (unreadable image, engine error): that query keeps its base ranking."""
+    reason: str
+
+
+class AnswerCache:
+    def __init__(self, path: str):
+        self.path = path
+        self.answers: dict[str, object] = {}
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if os.path.exists(path):
+            self._load()
+
+    def _load(self) -> None:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        complete = data.rfind(b"\n") + 1
+        if complete < len(data):
+            # the partial line of a killed write: cut it so that the next append starts on a fresh line
+            with open(self.path, "r+b") as f:
+                f.truncate(complete)
+            logger.info("answer cache %s: dropped an unfinished last line", self.path)
+        bad = 0
+        for line in data[:complete].splitlines():
+            try:
+                entry = json.loads(line)
+                self.answers[entry["key"]] = entry["value"]
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+        if bad:
+            logger.warning("answer cache %s: skipped %d unreadable lines", self.path, bad)
+
+    @staticmethod
+    def key(model_id: str, kind: str, request, **params) -> str:
+        fields = [model_id, kind, request.image, request.system, request.prompt, sorted(params.items())]
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.answers
+
+    def __getitem__(self, key: str):
+        return self.answers[key]
+
+    def add(self, entries: list[tuple[str, object, str | None]]) -> None:
+        """Append (key, value, image) entries; the image is kept only to make the file readable by eye."""
+        if not entries:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            for key, value, image in entries:
+                f.write(json.dumps({"key": key, "value": value, "image": image}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        for key, value, _ in entries:
+            self.answers[key] = value
+
+
+def ask(backend, cache: AnswerCache, kind: str, requests: list, batch_size: int = 8, **params) -> list:
+    """Answers of backend.<kind> ('yes_probability' or 'generate') for requests, in order; Failure for a
+    request that failed.  Cached answers are not asked again; new ones are cached as each batch finishes.
+
+    A batch that raises is asked again one request at a time, so one bad image costs only its own query.  If
+    every request failed and not all for unreadable images, the cause is not the data: the error is raised.
+    """
+    keys = [cache.key(backend.model_id, kind, r, **params) for r in requests]
+    todo, seen = [], set()   # indices to ask, each distinct request once
+    for i, k in enumerate(keys):
+        if k not in cache and k not in seen:
+            seen.add(k)
+            todo.append(i)
+    failures: dict[str, Failure] = {}
+    errors: list[BaseException] = []
+    call = getattr(backend, kind)
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    for batch in tqdm(batches, desc=f"MLLM {kind}", unit="batch", disable=not batches):
+        try:
+            values = call([requests[i] for i in batch], **params)
+            done = list(zip(batch, values))
+        except Exception:  # noqa: BLE001 -- isolate the request(s) at fault by asking one at a time
+            done = []
+            for i in batch:
+                try:
+                    done.append((i, call([requests[i]], **params)[0]))
+                except Exception as e:  # noqa: BLE001 -- recorded per query; see the all-failed check below
+                    errors.append(e)
+                    failures[keys[i]] = Failure(f"{type(e).__name__}: {e}")
+                    logger.warning("MLLM %s failed for %s: %s", kind, requests[i].image or "a text request", e)
+        cache.add([(keys[i], value, requests[i].image) for i, value in done])
+    if todo and len(failures) == len(todo) and not all(isinstance(e, ImageDecodeError) for e in errors):
+        raise RuntimeError(f"every MLLM {kind} request failed; first error: {failures[keys[todo[0]]].reason}") \
+            from next(e for e in errors if not isinstance(e, ImageDecodeError))
+    return [cache[k] if k in cache else failures[k] for k in keys]

@@ -1,0 +1,136 @@
+"""THI on a trained run: python -m thi --run RUN_DIR --model_dir QWEN2_VL_DIR [options]
+
+Ranks the run's test queries with its best checkpoint, asks the MLLM about the top candidates (rounds of yes/no
+with the gate, VQA on the accepted anchor, aggregation into a refined query), re-ranks, and prints R@1/5/10, mAP
+and mINP for the base ranking and after each round.  Writes OUT/queries.jsonl (one line per query: candidates,
+P(yes) per round, anchor, answers, refined query, error) and OUT/metrics.json; OUT defaults to RUN_DIR/thi.
+Every MLLM answer is cached in OUT/mllm_cache.jsonl, so a killed run started again asks only what is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from utils.logger import setup_logger
+from utils.metrics import metrics_table, rank_metrics
+from utils.runs import load_run
+from .backends import BACKENDS, DEFAULT_PIXELS, make_backend
+from .cache import AnswerCache, ask
+from .interaction import localise, new_states, refine
+from .rerank import RunSimilarity, reranked
+
+# METHOD.md section 7 (ref): xi per dataset, K, lambda
+DEFAULT_XI = {"ICFG-PEDES": 0.55}
+FALLBACK_XI = 0.5
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m thi", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run folder made by main.py")
+    p.add_argument("--model_dir", required=True, help="Qwen2-VL model folder (e.g. Qwen2-VL-7B-Instruct, or merged)")
+    p.add_argument("--backend", choices=BACKENDS, default="transformers",
+                   help="transformers (any device) or vllm (GPU, pip install vllm)")
+    p.add_argument("--lora", help="peft LoRA adapter folder applied on top of --model_dir")
+    p.add_argument("--rounds", type=int, default=5, help="K: interaction rounds = candidates per query")
+    p.add_argument("--xi", type=float, help="gate threshold on s1 (default 0.55 on ICFG-PEDES, else 0.5)")
+    p.add_argument("--lam", type=float, default=0.8, help="S_final = lam S_base + (1 - lam) S_hat")
+    p.add_argument("--checkpoint", default="best", help="best, last or a .pth path")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--limit", type=int, help="only the first N queries (quick looks)")
+    p.add_argument("--out", help="output folder (default RUN_DIR/thi)")
+    p.add_argument("--cache", help="answer cache file (default OUT/mllm_cache.jsonl)")
+    p.add_argument("--batch_size", type=int, default=16, help="MLLM requests per batch")
+    p.add_argument("--max_new_tokens", type=int, default=256, help="length limit of VQA and aggregation answers")
+    p.add_argument("--min_pixels", type=int, default=DEFAULT_PIXELS, help="image size range given to the MLLM")
+    p.add_argument("--max_pixels", type=int, default=DEFAULT_PIXELS)
+    p.add_argument("--root_dir", help="dataset root, if it moved since training")
+    p.add_argument("--anno_path", help="annotation file, if it moved since training")
+    p.add_argument("--device", help="device of the retrieval model (auto, cpu, cuda ...)")
+    p.add_argument("--mllm_device", help="transformers backend: device of the MLLM (default: cuda if there is one)")
+    v = p.add_argument_group("vllm backend")
+    v.add_argument("--max_model_len", type=int, default=4096, help="context length (bounds vLLM's KV cache)")
+    v.add_argument("--gpu_memory_utilization", type=float, default=0.85)
+    v.add_argument("--max_num_seqs", type=int, default=32)
+    args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        p.error("--limit must be at least 1")
+    if not 0 <= args.lam <= 1:
+        p.error("--lam must be in [0, 1]")
+    return args
+
+
+def backend_options(args) -> dict:
+    opts = dict(min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    if args.backend == "vllm":
+        opts.update(max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+                    max_num_seqs=args.max_num_seqs)
+    else:
+        opts.update(device=args.mllm_device)
+    return opts
+
+
+def main(argv=None) -> dict:
+    """Runs THI; returns {'metrics': {row: metrics}, 'states': [QueryState], 'base': S_base, 'final': S_final}
+    (S_final after the last round; both [queries, gallery])."""
+    args = parse(sys.argv[1:] if argv is None else argv)
+    out = args.out or os.path.join(args.run, "thi")
+    os.makedirs(out, exist_ok=True)
+    log = setup_logger(out, name="thi", filename="thi_log.txt")   # thi.* modules log through it
+
+    # the backend first: a missing vLLM or model folder is reported before the dataset is read
+    backend = make_backend(args.backend, args.model_dir, lora=args.lora, **backend_options(args))
+    run = load_run(args.run, root_dir=args.root_dir, anno_path=args.anno_path, device=args.device)
+    xi = args.xi if args.xi is not None else DEFAULT_XI.get(run.cfg.dataset_name, FALLBACK_XI)
+    run.load_weights(args.checkpoint)
+    sims = RunSimilarity(run, args.split)
+    split = sims.split
+    n = len(split.captions) if args.limit is None else min(args.limit, len(split.captions))
+    s_base = sims.base[:n]
+    captions, query_pids = split.captions[:n], split.caption_pids[:n]
+
+    cache = AnswerCache(args.cache or os.path.join(out, "mllm_cache.jsonl"))
+    states = new_states(s_base, captions, args.rounds)
+    localise(states, split.img_paths,
+             lambda reqs: ask(backend, cache, "yes_probability", reqs, args.batch_size), args.rounds, xi)
+    refine(states, split.img_paths,
+           lambda reqs: ask(backend, cache, "generate", reqs, args.batch_size, max_new_tokens=args.max_new_tokens))
+
+    refined = [s for s in states if s.refined is not None]
+    refined_rows = sims.of_captions([s.refined for s in refined])
+    metrics = {f"base ({sims.headline})": rank_metrics(s_base, query_pids, split.image_pids)}
+    for r in range(args.rounds):
+        upto = [i for i, s in enumerate(refined) if s.anchor_round <= r]
+        s_final = reranked(s_base, refined_rows[upto], [refined[i].query for i in upto],
+                           [refined[i].anchor for i in upto], args.lam)
+        metrics[f"THI round {r + 1}"] = rank_metrics(s_final, query_pids, split.image_pids)
+
+    title = (f"THI on {run.cfg.dataset_name} {args.split} ({n} queries; K={args.rounds}, xi={xi}, lam={args.lam}; "
+             f"{len(refined)} refined, {sum(s.error is not None for s in states)} failed)")
+    log.info("\n%s", metrics_table(metrics, title))
+    write_jsonl(os.path.join(out, "queries.jsonl"), [s.to_json() for s in states])
+    write_json(os.path.join(out, "metrics.json"), {
+        "metrics": metrics, "rounds": args.rounds, "xi": xi, "lam": args.lam, "queries": n,
+        "checkpoint": args.checkpoint, "model_id": backend.model_id})
+    log.info("refined queries, anchors and answers: %s", os.path.join(out, "queries.jsonl"))
+    return {"metrics": metrics, "states": states, "final": s_final, "base": s_base}
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+    """Atomically: a reader never sees half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
