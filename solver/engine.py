@@ -48,6 +48,38 @@ def unique_images(records) -> tuple[list[str], list[int]]:
     return paths, pids
 
 
+def weighted_loss(model, per_sample: dict, weights: torch.Tensor, loss_weights: dict,
+                  rda: dict | None = None, rda_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """sum over embeddings and losses of loss_weight * reduce(w_i * loss_i); RDA pairs add the first loss
+    (TAL) times rda_weight.  Returns the total and its detached parts named 'embedding_loss'."""
+    terms = [(name, emb, v, 1.0) for (emb, name), v in per_sample.items()]
+    if rda is not None and rda_weight:  # ICL: the first loss on (image, RDA caption), every embedding
+        terms += [(f"rda_{name}", emb, v, rda_weight) for (emb, name), v in rda.items() if name == model.loss_names[0]]
+    total, parts = 0.0, {}
+    for name, emb, values, factor in terms:
+        weighted = (weights * values.float()).sum()
+        if model.losses[emb][name.removeprefix("rda_")].reduction == "mean":
+            weighted = weighted / len(values)
+        total = total + factor * loss_weights.get(name, 1.0) * weighted
+        parts[f"{emb}_{name}"] = weighted.detach()
+    return total, parts
+
+
+@torch.no_grad()
+def division_losses(model, image_feats: dict, text_feats: dict, pids: torch.Tensor, order: torch.Tensor,
+                    batch_size: int) -> dict[str, torch.Tensor]:
+    """{embedding: [N]} per-pair value of the model's first loss, with in-batch negatives as in training:
+    pairs are taken in `order`, batch_size at a time (features are per pair: image_feats[e][i] is pair i's)."""
+    first = model.loss_names[0]
+    losses = {emb: torch.zeros(len(pids), device=pids.device) for emb in image_feats}
+    for chunk in order.split(batch_size):
+        per = model.per_sample_losses({e: f[chunk] for e, f in image_feats.items()},
+                                      {e: f[chunk] for e, f in text_feats.items()}, pids[chunk])
+        for emb in losses:
+            losses[emb][chunk] = per[(emb, first)].float()
+    return losses
+
+
 class Trainer:
     def __init__(self, cfg, run_dir: str):
         self.cfg, self.run_dir = cfg, run_dir
@@ -124,13 +156,7 @@ class Trainer:
         for k, model in enumerate(self.models, 1):
             image_feats, text_feats = extract_features(model, *self.division_loaders, self.device, self.dtype)
             image_feats = {e: f[image_ids] for e, f in image_feats.items()}     # pair i's image
-            first_loss = model.loss_names[0]
-            losses = {emb: torch.zeros(len(self.records), device=self.device) for emb in image_feats}
-            for chunk in order.to(self.device).split(self.cfg.batch_size):
-                per = model.per_sample_losses({e: f[chunk] for e, f in image_feats.items()},
-                                              {e: f[chunk] for e, f in text_feats.items()}, pids[chunk])
-                for emb in losses:
-                    losses[emb][chunk] = per[(emb, first_loss)].float()
+            losses = division_losses(model, image_feats, text_feats, pids, order.to(self.device), self.cfg.batch_size)
             for emb in image_feats:
                 positive_sim += F.cosine_similarity(image_feats[emb], text_feats[emb], dim=-1)
             prefix = f"model{k}/" if len(self.models) > 1 else ""
@@ -171,16 +197,9 @@ class Trainer:
             with autocast(self.device, self.dtype):
                 per_sample, rda = runner(batch["images"][:, k], batch["caption_ids"][:, k], batch["pid"],
                                          batch["rda_ids"][:, k] if rda_weight else None)
-            terms = [(name, emb, v, 1.0) for (emb, name), v in per_sample.items()]
-            if rda_weight:  # ICL: the first loss (TAL) on (image, RDA caption), both embeddings
-                terms += [(f"rda_{name}", emb, v, rda_weight) for (emb, name), v in rda.items()
-                          if name == model.loss_names[0]]
-            for name, emb, values, factor in terms:
-                weighted = (weights * values.float()).sum()
-                if model.losses[emb][name.removeprefix("rda_")].reduction == "mean":
-                    weighted = weighted / len(values)
-                total = total + factor * self.cfg.loss_weights.get(name, 1.0) * weighted
-                parts[f"{prefix}{emb}_{name}"] = weighted.detach()
+            loss, model_parts = weighted_loss(model, per_sample, weights, self.cfg.loss_weights, rda, rda_weight)
+            total = total + loss
+            parts.update({prefix + name: v for name, v in model_parts.items()})
         return total, parts
 
     def train_epoch(self, epoch: int) -> dict:

@@ -16,7 +16,9 @@ def _row_tal(sim, pos, tau, margin):
 
 @register_loss("TAL")
 class TripletAlignmentLoss(nn.Module):
+    """Per sample: the text-to-image row term plus the image-to-text row term (RDE sums over the batch)."""
     reduction = "sum"
+    row_loss = staticmethod(_row_tal)
 
     def __init__(self, cfg, dim=None, num_classes=None):
         super().__init__()
@@ -24,4 +26,4 @@ class TripletAlignmentLoss(nn.Module):
 
     def forward(self, image_feats, text_feats, pids):
         sim, pos = similarity_and_positives(image_feats, text_feats, pids)
-        return _row_tal(sim, pos, self.tau, self.margin) + _row_tal(sim.t(), pos.t(), self.tau, self.margin)
+        return self.row_loss(sim, pos, self.tau, self.margin) + self.row_loss(sim.t(), pos.t(), self.tau, self.margin)
