@@ -231,6 +231,10 @@ class Trainer:
     def run(self) -> dict:
         cfg, results = self.cfg, {}
         metrics_file = os.path.join(self.run_dir, "metrics.jsonl")
+        tensorboard = None
+        if dist.is_main():
+            from torch.utils.tensorboard import SummaryWriter  # event files in the run folder
+            tensorboard = SummaryWriter(self.run_dir)
         for epoch in range(self.start_epoch, cfg.num_epoch + 1):
             start = time.time()
             record = {"epoch": epoch, "lr": self.optimizers[0].param_groups[0]["lr"]}
@@ -254,7 +258,13 @@ class Trainer:
             self.save("last.pth", epoch, results, full=True)
             if dist.is_main():
                 append_jsonl(metrics_file, record)
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and key != "epoch":
+                        tensorboard.add_scalar(key, value, epoch)
+                tensorboard.flush()
             dist.barrier()
+        if tensorboard is not None:
+            tensorboard.close()
         log.info("best R1 %.2f; checkpoints in %s", self.best_r1, self.run_dir)
         return results
 

@@ -50,6 +50,10 @@ def test_train_writes_a_complete_run_folder_and_test_py_reads_it(data_root, tmp_
     train_main.main(tiny_args(data_root, run, "--noisy_rate", "0.5"))
     for name in ("configs.yaml", "best.pth", "last.pth", "metrics.jsonl", "train_log.txt"):
         assert (run / name).is_file(), name
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run)).Reload()
+    assert {"R1", "lr", "loss/tse_TAL", "division/noise_recall"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("R1")] == [1, 2]
     saved = yaml.safe_load((run / "configs.yaml").read_text())
     assert saved["noisy_rate"] == 0.5 and saved["run_dir"] == str(run)
     records = read_metrics(run)

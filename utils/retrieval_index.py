@@ -1,0 +1,303 @@
+"""Searching a folder of your own person crops with a trained run (retrieve.py).
+
+The folder is embedded once and the features are cached in FOLDER/.reid_index/<run-hash>.pt together with
+each file's size and mtime; later calls re-embed only files that were added or changed and drop removed ones.
+
+Scores are the evaluator's fused similarity: the mean, over every model and every embedding, of the cosine
+similarity (utils.evaluator.similarity_rows' last row).  That mean is itself one inner product:
+    mean_e <q_e, g_e> = < concat_e(q_e) / E , concat_e(g_e) >    (q_e, g_e L2-normalised per embedding)
+so the gallery is stored as the concatenation of its normalised per-embedding features and searched with a
+single inner-product index (faiss's exact IndexFlatIP when installed, a torch matmul + topk otherwise).
+Separate per-embedding indexes could not return the exact fused top-k: an image can be in the fused top-k
+without being in any single embedding's top-k.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from datasets.loaders import ImageDecodeError, read_image
+from datasets.transforms import build_transforms
+from .checkpoint import load_checkpoint, load_model_states
+from .device import autocast, resolve_device, resolve_precision
+from .options import load_yaml, resolve
+from .runs import build_models
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+INDEX_DIR = ".reid_index"
+INDEX_FORMAT = 1  # bump when the cache layout changes: old caches are then rebuilt, not misread
+
+
+# --------------------------------------------------------------------------- the run's encoders
+
+
+@dataclass
+class Encoders:
+    """A run's trained models, enough to embed images and captions (no dataset, no loss heads)."""
+    models: list
+    cfg: dict
+    device: torch.device
+    dtype: torch.dtype | None
+    identity: dict          # what the cached features depend on: checkpoint file + preprocessing
+
+    @property
+    def cache_name(self) -> str:
+        # One cache file per (run, checkpoint); its content is checked against `identity` on load,
+        # so a retrained best.pth invalidates it instead of adding a new file next to the old one.
+        key = f"{os.path.abspath(self.cfg.run_dir)}|{self.identity['checkpoint']}"
+        return hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt"
+
+    @property
+    def num_parts(self) -> int:
+        return sum(len(m.embeddings) for m in self.models)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, sum of dims]: every model's every embedding, L2-normalised, concatenated."""
+        images = images.to(self.device, non_blocking=True)
+        parts = []
+        for model in self.models:
+            with autocast(self.device, self.dtype):
+                feats = model.encode_image(images)
+            parts += [F.normalize(v.float(), dim=-1) for v in feats.values()]
+        return torch.cat(parts, dim=1).cpu()
+
+    @torch.no_grad()
+    def encode_queries(self, texts: list[str]) -> torch.Tensor:
+        """[Q, sum of dims], scaled by 1 / (number of embeddings) so that q . g is the fused mean cosine."""
+        from .tokenizer import tokenize_one
+
+        ids = torch.stack([tokenize_one(t, self.cfg.text_length) for t in texts]).to(self.device)
+        parts = []
+        for model in self.models:
+            with autocast(self.device, self.dtype):
+                feats = model.encode_text(ids)
+            parts += [F.normalize(v.float(), dim=-1) for v in feats.values()]
+        return torch.cat(parts, dim=1).cpu() / len(parts)
+
+
+def load_encoders(run_dir: str, checkpoint: str = "best", device: str | None = None) -> Encoders:
+    """The run's models with the checkpoint's weights, built without its training data.
+
+    utils.runs.load_run also reads the dataset, which a user searching their own photos may not have; here
+    the loss modules are dropped instead (only the ID loss has weights, sized by the training identities,
+    and retrieval never uses them).  Every other key is still loaded strictly.
+    """
+    config_file = os.path.join(run_dir, "configs.yaml")
+    if not os.path.isfile(config_file):
+        raise SystemExit(f"{config_file} not found: expected a run folder written by main.py")
+    cfg = resolve({"device": device} if device else {}, load_yaml(config_file))
+    cfg.run_dir = run_dir
+    path = checkpoint if checkpoint.endswith(".pth") else os.path.join(run_dir, f"{checkpoint}.pth")
+    dev = resolve_device(cfg.device)
+    try:
+        ckpt = load_checkpoint(path)
+        models = build_models(cfg, ckpt, num_classes=1, device=dev)
+        for m in models:
+            m.losses = torch.nn.ModuleDict()
+        states = [{k: v for k, v in s.items() if not k.startswith("losses.")} for s in ckpt["models"]]
+        load_model_states(models, states, path)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(str(e)) from None
+    for m in models:
+        m.eval()
+    st = os.stat(path)
+    identity = {"checkpoint": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "img_size": list(cfg.img_size), "parts": [f"{k}/{n}" for k, m in enumerate(models)
+                                                          for n in m.embeddings]}
+    return Encoders(models, cfg, dev, resolve_precision(cfg.precision, dev), identity)
+
+
+# --------------------------------------------------------------------------- the folder index
+
+
+def scan_folder(folder: str) -> dict[str, tuple[int, int]]:
+    """{path relative to folder: (size, mtime_ns)} of every image below it (the cache folder excluded)."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if d != INDEX_DIR)
+        for name in filenames:
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                full = os.path.join(dirpath, name)
+                st = os.stat(full)
+                found[os.path.relpath(full, folder)] = (st.st_size, st.st_mtime_ns)
+    return dict(sorted(found.items()))
+
+
+class _Crops(Dataset):
+    """Images for the index; a file PIL cannot read gives ok=False instead of stopping the whole folder."""
+
+    def __init__(self, paths: list[str], transform, size: tuple[int, int]):
+        self.paths, self.transform, self.size = paths, transform, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.transform(read_image(self.paths[i])), True
+        except ImageDecodeError:
+            return i, torch.zeros(3, *self.size), False
+
+
+@dataclass
+class RefreshReport:
+    embedded: list[str] = field(default_factory=list)   # new or changed files, embedded in this call
+    removed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)     # unreadable images (skipped until they change)
+    kept: int = 0                                       # reused from the cache
+
+    def __str__(self) -> str:
+        text = f"{self.kept} cached, {len(self.embedded)} embedded, {len(self.removed)} removed"
+        return text + (f", {len(self.failed)} unreadable skipped" if self.failed else "")
+
+
+@dataclass
+class FolderIndex:
+    folder: str
+    paths: list[str]                     # relative to folder, in feature-row order
+    stats: list[tuple[int, int]]         # (size, mtime_ns) per path when it was embedded
+    features: torch.Tensor               # [N, sum of dims] fp32, normalised per embedding
+    failed: dict[str, tuple[int, int]]   # unreadable files and the stat they had
+
+    def to_dict(self, identity: dict) -> dict:
+        return {"format": INDEX_FORMAT, "identity": identity, "paths": self.paths,
+                "stats": [list(s) for s in self.stats], "features": self.features,
+                "failed": {p: list(s) for p, s in self.failed.items()}}
+
+
+def index_path(folder: str, enc: Encoders) -> str:
+    return os.path.join(folder, INDEX_DIR, enc.cache_name)
+
+
+def _load_cached(path: str, folder: str, enc: Encoders) -> FolderIndex | None:
+    if not os.path.isfile(path):
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("format") != INDEX_FORMAT or data.get("identity") != enc.identity:
+            log.info("%s was made with other weights or settings; rebuilding it", path)
+            return None
+        return FolderIndex(folder, list(data["paths"]), [tuple(s) for s in data["stats"]], data["features"],
+                           {p: tuple(s) for p, s in data["failed"].items()})
+    except Exception as e:  # noqa: BLE001 - a damaged cache is only a cache: say so and rebuild
+        log.warning("ignoring unreadable index %s (%s: %s); rebuilding it", path, type(e).__name__, e)
+        return None
+
+
+def _embed(paths: list[str], enc: Encoders, batch_size: int, num_workers: int, progress: bool):
+    size = tuple(enc.cfg.img_size)
+    data = _Crops(paths, build_transforms(size, is_train=False), size)
+    loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers)
+    feats, ok = [], []
+    for _, images, good in tqdm(loader, desc="indexing images", disable=not progress, unit="batch"):
+        feats.append(enc.encode_images(images))
+        ok.append(good)
+    return torch.cat(feats), torch.cat(ok)
+
+
+def open_index(folder: str, enc: Encoders, batch_size: int | None = None, num_workers: int | None = None,
+               progress: bool = True) -> tuple[FolderIndex, RefreshReport]:
+    """The folder's index, brought up to date with the files now there, and what had to change."""
+    folder = os.path.abspath(folder)
+    if not os.path.isdir(folder):
+        raise SystemExit(f"--images {folder}: not a folder")
+    current = scan_folder(folder)
+    cache_file = index_path(folder, enc)
+    old = _load_cached(cache_file, folder, enc) or FolderIndex(folder, [], [], torch.zeros(0, 0), {})
+
+    report = RefreshReport()
+    keep_rows = [i for i, (p, s) in enumerate(zip(old.paths, old.stats)) if current.get(p) == s]
+    report.kept = len(keep_rows)
+    report.removed = [p for p in old.paths + list(old.failed) if p not in current]
+    failed = {p: s for p, s in old.failed.items() if current.get(p) == s}
+    known = {old.paths[i] for i in keep_rows} | set(failed)
+    todo = [p for p in current if p not in known]
+
+    paths = [old.paths[i] for i in keep_rows]
+    stats = [old.stats[i] for i in keep_rows]
+    features = old.features[keep_rows] if keep_rows else None
+    if todo:
+        new_feats, ok = _embed([os.path.join(folder, p) for p in todo], enc,
+                               batch_size or enc.cfg.test_batch_size,
+                               enc.cfg.num_workers if num_workers is None else num_workers, progress)
+        for p, good in zip(todo, ok.tolist()):
+            (report.embedded if good else report.failed).append(p)
+            if not good:
+                failed[p] = current[p]
+                log.warning("cannot read %s; skipped (it is retried when the file changes)", p)
+        paths += report.embedded
+        stats += [current[p] for p in report.embedded]
+        features = new_feats[ok] if features is None else torch.cat([features, new_feats[ok]])
+    if features is None or not paths:
+        raise SystemExit(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}")
+    index = FolderIndex(folder, paths, stats, features, failed)
+    if todo or report.removed or not os.path.isfile(cache_file):
+        _save(index, enc, cache_file)
+    return index, report
+
+
+def _save(index: FolderIndex, enc: Encoders, cache_file: str) -> None:
+    try:
+        os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+        tmp = cache_file + ".tmp"
+        torch.save(index.to_dict(enc.identity), tmp)
+        os.replace(tmp, cache_file)  # atomic: an interrupted save never leaves a half-written cache
+    except OSError as e:  # a read-only folder still gets searched, just not cached
+        log.warning("cannot write the index cache %s (%s); the folder is re-embedded next time", cache_file, e)
+
+
+# --------------------------------------------------------------------------- search
+
+
+class VectorSearch:
+    """Exact maximum-inner-product search: faiss IndexFlatIP when installed, a torch matmul otherwise."""
+
+    def __init__(self, features: torch.Tensor, device: torch.device | str = "cpu", use_faiss: bool | None = None):
+        self.size = features.shape[0]
+        if use_faiss is None:
+            try:
+                import faiss  # noqa: F401  optional: BLAS-tuned search and lower memory for huge folders
+                use_faiss = True
+            except ImportError:
+                use_faiss = False
+        self.backend = "faiss" if use_faiss else "torch"
+        if use_faiss:
+            import faiss
+            self.index = faiss.IndexFlatIP(features.shape[1])
+            self.index.add(features.float().contiguous().numpy())
+        else:
+            self.device = torch.device(device)
+            self.matrix = features.float().to(self.device)
+
+    def search(self, queries: torch.Tensor, k: int, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores [Q, k], row indices [Q, k]), best first."""
+        k = min(k, self.size)
+        if self.backend == "faiss":
+            scores, ids = self.index.search(queries.float().contiguous().numpy(), k)
+            return torch.from_numpy(scores), torch.from_numpy(ids).long()
+        out_s, out_i = [], []
+        for start in range(0, queries.shape[0], chunk):  # bounded [chunk, N] score blocks
+            sims = queries[start:start + chunk].float().to(self.device) @ self.matrix.t()
+            s, i = sims.topk(k, dim=1)
+            out_s.append(s.cpu())
+            out_i.append(i.cpu())
+        return torch.cat(out_s), torch.cat(out_i)
+
+
+def search(index: FolderIndex, enc: Encoders, queries: list[str], topk: int = 10,
+           use_faiss: bool | None = None) -> list[list[tuple[str, float]]]:
+    """Per query, the top-k (relative path, fused score), best first."""
+    engine = VectorSearch(index.features, enc.device, use_faiss)
+    scores, ids = engine.search(enc.encode_queries(queries), topk)
+    return [[(index.paths[i], float(s)) for s, i in zip(row_s.tolist(), row_i.tolist())]
+            for row_s, row_i in zip(scores, ids)]
