@@ -271,6 +271,10 @@ def test_thi_end_to_end_then_resumes_from_the_cache(run_dir, yes_model, monkeypa
     assert lines[0]["refined"] == states[0].refined and lines[0]["vqa_text"] and lines[0]["anchor_round"] == 0
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["metrics"] == metrics and saved["xi"] == -1
+    full = torch.load(out / "final_similarity.pt")              # every query; past --limit the base row
+    assert full.shape == sims.base.shape
+    torch.testing.assert_close(full[:6], result["final"])
+    torch.testing.assert_close(full[6:], sims.base[6:])
 
     # a second run asks the MLLM nothing and gives the same result
     for kind in calls:

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+from utils.checkpoint import atomic_save
 from utils.logger import setup_logger
 from utils.metrics import metrics_table, rank_metrics
 from utils.runs import load_run
@@ -116,6 +117,10 @@ def main(argv=None) -> dict:
     write_json(os.path.join(out, "metrics.json"), {
         "metrics": metrics, "rounds": args.rounds, "xi": xi, "lam": args.lam, "queries": n,
         "checkpoint": args.checkpoint, "model_id": backend.model_id})
+    # every query of the split (those past --limit keep their base row): what test.py --visualize compares
+    full = sims.base.clone()
+    full[:n] = s_final
+    atomic_save(full, os.path.join(out, "final_similarity.pt"))
     log.info("refined queries, anchors and answers: %s", os.path.join(out, "queries.jsonl"))
     return {"metrics": metrics, "states": states, "final": s_final, "base": s_base}
 
