@@ -25,6 +25,7 @@ from utils import distributed as dist
 from utils.device import autocast, resolve_device, resolve_precision
 from utils.evaluator import Evaluator, extract_features
 from utils.logger import append_jsonl
+from utils.metrics import metrics_table
 from utils.seed import rng_state, set_rng_state, set_seed
 
 from .division import alr_weights, clean_votes, consensus, division_quality, gmm_settings
@@ -132,7 +133,7 @@ class Trainer:
                                    device=self.device, dtype=self.dtype)
 
         self.weights = torch.ones(len(self.records))
-        self.start_epoch, self.best_r1 = 1, -1.0
+        self.start_epoch, self.best = 1, {}     # best: {"epoch", "results"} of the best evaluation so far
         if cfg.resume:
             self.resume(os.path.join(run_dir, "last.pth"))
 
@@ -143,6 +144,11 @@ class Trainer:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return torch.compile(model) if self.cfg.compile else model
+
+    @property
+    def best_r1(self) -> float:
+        """R1 of the headline row (the last: fusion / ensemble) at the best evaluation so far."""
+        return list(self.best["results"].values())[-1]["R1"] if self.best else -1.0
 
     # ---------------------------------------------------------------- division
     @torch.no_grad()
@@ -251,7 +257,7 @@ class Trainer:
                 record.update({k: v for k, v in results[headline].items()})
                 record["eval_row"] = headline
                 if results[headline]["R1"] > self.best_r1:
-                    self.best_r1 = results[headline]["R1"]
+                    self.best = {"epoch": epoch, "results": results}
                     self.save("best.pth", epoch, results)
             log.info("epoch %d: %s", epoch, ", ".join(
                 f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float) and math.isfinite(v)))
@@ -265,6 +271,8 @@ class Trainer:
             dist.barrier()
         if tensorboard is not None:
             tensorboard.close()
+        if self.best:
+            log.info("\n%s", metrics_table(self.best["results"], f"{cfg.dataset_name}: best.pth, epoch {self.best['epoch']}"))
         log.info("best R1 %.2f; checkpoints in %s", self.best_r1, self.run_dir)
         return results
 
@@ -273,7 +281,7 @@ class Trainer:
         if not dist.is_main():
             return
         state = {"epoch": epoch, "models": [m.state_dict() for m in self.models], "results": results,
-                 "config": dict(self.cfg), "best_r1": self.best_r1,
+                 "config": dict(self.cfg), "best": self.best,
                  "clip_config": asdict(self.models[0].backbone.config)}  # test.py rebuilds without the CLIP file
         if full:  # what --resume needs to continue the same schedule
             state.update(optimizers=[o.state_dict() for o in self.optimizers],
@@ -290,5 +298,5 @@ class Trainer:
             sched.load_state_dict(s)
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-        self.start_epoch, self.best_r1 = ckpt["epoch"] + 1, ckpt["best_r1"]
+        self.start_epoch, self.best = ckpt["epoch"] + 1, ckpt["best"]
         log.info("resumed from %s at epoch %d (best R1 so far %.2f)", path, self.start_epoch, self.best_r1)
