@@ -208,6 +208,15 @@ class Trainer:
             parts.update({prefix + name: v for name, v in model_parts.items()})
         return total, parts
 
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """One backward for all models (twins share no parameters) and a step of each optimiser."""
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        for opt in self.optimizers:
+            self.scaler.step(opt)
+        self.scaler.update()
+
     def train_epoch(self, epoch: int) -> dict:
         for model in self.models:
             # published RDE / ICL left the models in eval mode after the division pass (see METHOD.md 4)
@@ -220,12 +229,7 @@ class Trainer:
         for batch in bar:
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             loss, parts = self.train_step(batch, weights_on_device[dist.gather(batch["index"])], epoch)
-            for opt in self.optimizers:
-                opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            for opt in self.optimizers:
-                self.scaler.step(opt)
-            self.scaler.update()
+            self.optimizer_step(loss)
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
             steps += 1

@@ -1,0 +1,170 @@
+"""The per-epoch division at realistic size, minus the feature extraction (bench/eval.py times that).
+
+(a) loss pass: `Trainer.division_pass` itself, run on a light stand-in for the Trainer whose feature extraction
+    returns random features already on the device: the per-sample loss of every training pair (the first
+    training loss, in chunks of the batch size, in-batch negatives as in training) under each embedding of each
+    model, plus the positive-pair cosine.  N = 68,126 pairs (CUHK-PEDES's training captions, 34,054 images,
+    11,003 identities) by default on a GPU.
+(b) mixture + consensus: `Trainer.sample_weights` on those signals: one two-component Gaussian mixture per
+    signal (sklearn, CPU), then CCD's consensus (or ALR's weights with --weighting alr).  Timed for RDE's
+    mild-noise settings (noisy rate <= 0.4: max_iter 10, tol 1e-2) and heavy-noise settings (max_iter 100).
+
+    python bench/division.py                         # GPU: CUHK size, single and twin
+    python bench/division.py --small                 # CPU: 8,192 pairs
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from types import SimpleNamespace
+from unittest import mock
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.common import CUHK_TRAIN, add_common_args, finish_args, free_memory, report, timed  # noqa: E402
+
+# the backbone does not take part (features are given): a tiny one, with the real feature sizes
+TINY_BACKBONE = {"embed_dim": 512, "vision_width": 64, "vision_layers": 1, "vision_heads": 1,
+                 "text_width": 64, "text_heads": 1, "text_layers": 1, "vocab_size": 49408}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num_pairs", type=int, default=None, help=f"training pairs (GPU {CUHK_TRAIN['captions']}, small 8192)")
+    p.add_argument("--captions_per_image", type=float, default=CUHK_TRAIN["captions"] / CUHK_TRAIN["images"])
+    p.add_argument("--num_ids", type=int, default=None, help=f"identities (GPU {CUHK_TRAIN['ids']}; scaled with N)")
+    p.add_argument("--batch_size", type=int, default=64, help="the loss chunk: the training batch size")
+    p.add_argument("--models", type=int, nargs="+", choices=(1, 2), default=[1, 2], help="1 = single, 2 = twins")
+    p.add_argument("--embeddings", nargs="+", default=["bge", "tse"])
+    p.add_argument("--bge_dim", type=int, default=512, help="BGE feature size (CLIP's embed_dim)")
+    p.add_argument("--embed_dim", type=int, default=1024, help="TSE feature size")
+    p.add_argument("--loss_names", default="TAL", help="the first one is the division's loss")
+    p.add_argument("--noisy_rate", type=float, nargs="+", default=[0.2, 0.5],
+                   help="picks RDE's mixture settings: <= 0.4 mild (max_iter 10), > 0.4 heavy (max_iter 100)")
+    p.add_argument("--weighting", default="ccd", choices=("ccd", "alr"))
+    p.add_argument("--repeat", type=int, default=1, help="timed repetitions (the mean is reported)")
+    return add_common_args(p)
+
+
+def resolve_defaults(args):
+    args.num_pairs = args.num_pairs or (8192 if args.small else CUHK_TRAIN["captions"])
+    if args.num_ids is None:
+        args.num_ids = max(1, round(CUHK_TRAIN["ids"] * args.num_pairs / CUHK_TRAIN["captions"]))
+    return args
+
+
+def synthetic_records(n: int, captions_per_image: float, num_ids: int) -> list:
+    """What division_pass reads of the records: each pair's image_id and pid (images grouped by identity)."""
+    image_of = (np.arange(n) / captions_per_image).astype(int)
+    num_images = int(image_of[-1]) + 1
+    pid_of_image = np.arange(num_images) * num_ids // num_images
+    return [SimpleNamespace(image_id=int(i), pid=int(pid_of_image[i])) for i in image_of]
+
+
+def build_models(args, num_models: int):
+    from model import build_model
+    from utils.options import resolve
+
+    cfg = resolve({"pretrain_choice": "random", "clip_arch": {**TINY_BACKBONE, "embed_dim": args.bge_dim},
+                   "img_size": [32, 16], "text_length": 8, "embeddings": list(args.embeddings),
+                   "embed_dim": args.embed_dim, "loss_names": args.loss_names, "batch_size": args.batch_size,
+                   "seed": args.seed, "weighting": args.weighting, "twin": num_models == 2,
+                   "dataset_name": "CUHK-PEDES"}, {})
+    models = []
+    for k in range(num_models):
+        torch.manual_seed(args.seed + k)
+        models.append(build_model(cfg, args.num_ids).to(args.device).eval())
+    return models, cfg
+
+
+def random_features(args, model, num_images: int, num_pairs: int, seed: int, noisy_rate: float):
+    """({emb: [images, D]}, {emb: [pairs, D]}) fp32 on the device, as extract_features returns them.
+
+    Each caption is its image's feature plus noise, except a `noisy_rate` fraction of captions that belong to
+    another pair's image (simulated noisy correspondence), so the losses are bimodal as the mixture expects.
+    """
+    g = torch.Generator().manual_seed(seed)
+    image_feats, text_feats = {}, {}
+    image_ids = torch.tensor([r.image_id for r in args._records])
+    noisy = noisy_mask(args, noisy_rate).nonzero().squeeze(1)     # the same pairs for every model
+    image_ids[noisy] = image_ids[noisy[torch.randperm(len(noisy), generator=g)]]
+    for emb, head in model.embeddings.items():
+        dim = getattr(head, "out_dim", None) or args.bge_dim
+        img = torch.randn(num_images, dim, generator=g)
+        txt = img[image_ids] + 1.5 * torch.randn(num_pairs, dim, generator=g)
+        image_feats[emb], text_feats[emb] = img.to(args.device), txt.to(args.device)
+    return image_feats, text_feats
+
+
+def noisy_mask(args, noisy_rate: float) -> torch.Tensor:
+    """The pairs whose caption random_features takes from another pair's image."""
+    n = len(args._records)
+    g = torch.Generator().manual_seed(args.seed)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=g)[:int(noisy_rate * n)]] = True
+    return mask
+
+
+def bench_models(args, num_models: int) -> list[dict]:
+    from solver.engine import Trainer
+    import solver.engine as engine
+
+    device = args.device
+    models, cfg = build_models(args, num_models)
+    records = args._records
+    num_images = records[-1].image_id + 1
+    rows = []
+    for noisy_rate in args.noisy_rate:
+        features = {id(m): random_features(args, m, num_images, len(records), args.seed + k, noisy_rate)
+                    for k, m in enumerate(models)}
+        run_cfg = type(cfg)({**cfg, "noisy_rate": noisy_rate})
+        trainer = SimpleNamespace(cfg=run_cfg, device=device, dtype=None, models=models, records=records,
+                                  division_loaders=(None, None))
+
+        def fake_extract(model, image_loader, text_loader, device, dtype=None, progress=True):
+            return features[id(model)]
+
+        with mock.patch.object(engine, "extract_features", fake_extract):
+            Trainer.division_pass(trainer, 0)                      # warm-up
+            loss_s, (signals, positive_sim) = timed(lambda: Trainer.division_pass(trainer, 1), device, args.repeat)
+        Trainer.sample_weights(trainer, signals, positive_sim, 0)   # warm-up
+        fit_s, weights = timed(lambda: Trainer.sample_weights(trainer, signals, positive_sim, 1), device, args.repeat)
+        from solver.division import gmm_settings
+        settings = gmm_settings(noisy_rate, run_cfg.dataset_name, run_cfg.gmm)
+        rows.append({
+            "models": num_models, "pairs": len(records), "images": num_images, "ids": args.num_ids,
+            "chunk": args.batch_size, "signals": len(signals), "noisy_rate": noisy_rate,
+            "gmm": f"max_iter {settings['max_iter']}, tol {settings['tol']:g}",
+            "loss_pass_s": loss_s, "pairs_per_s": len(records) * num_models / loss_s,
+            "gmm_consensus_s": fit_s, "gmm_per_signal_s": fit_s / len(signals),
+            "total_s": loss_s + fit_s, "kept": int((weights >= 0.5).sum()),
+            "noise_recall": 100.0 * float((weights[noisy_mask(args, noisy_rate)] < 0.5).float().mean())
+            if noisy_rate > 0 else None,
+        })
+    del models, features
+    free_memory(device)
+    return rows
+
+
+COLUMNS = [("models", "models"), ("pairs", "pairs"), ("signals", "signals"), ("gmm", "mixture settings"),
+           ("loss_pass_s", "loss pass s"), ("pairs_per_s", "model-pairs/s"), ("gmm_consensus_s", "GMM+consensus s"),
+           ("gmm_per_signal_s", "GMM s / signal"), ("total_s", "total s"), ("kept", "kept"),
+           ("noise_recall", "noise recall %")]
+
+
+def main(argv=None) -> dict:
+    args = resolve_defaults(finish_args(build_parser().parse_args(argv)))
+    args._records = synthetic_records(args.num_pairs, args.captions_per_image, args.num_ids)
+    rows = [r for m in args.models for r in bench_models(args, m)]
+    del args._records
+    return report("division", args, rows, COLUMNS,
+                  title=f"bench/division.py: {args.num_pairs:,} pairs, chunks of {args.batch_size}, "
+                        f"{args.loss_names.split('+')[0]} per sample, {args.weighting.upper()} (feature extraction not included)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""THI's MLLM throughput through the transformers backend: yes/no decisions per second and VQA answers per second.
+
+The model is a randomly initialised Qwen2-VL (no download): `--arch 7b` is Qwen2-VL-7B's architecture (text:
+hidden 3584, 28 layers, 28 heads, 4 KV heads, MLP 18944, vocabulary 152064; vision: 32 blocks of width 1280)
+built directly on the device in bf16; `--arch tiny` is tests/tiny_qwen2vl.py's model (CPU smoke run).  Both use
+the tiny model's tokenizer and processor (Qwen2-VL's special tokens and chat template, a small byte-level BPE),
+so prompts run a little longer in tokens than with Qwen's own tokenizer: the table gives the padded length.
+
+Requests are what THI sends: the localisation question about a synthetic caption with a 224x224 person image
+(`yes_probability`: one forward pass, the next-token distribution), and the human-centred VQA prompt with the
+same images (`generate`, greedy).  A random model never says EOS on purpose, so every VQA answer is made exactly
+--max_new_tokens long (generation_config.min_new_tokens): answers/s is for answers of that length.
+
+    python bench/thi.py --arch 7b                           # GPU: batch 64
+    python bench/thi.py --arch 7b --load save               # through save_pretrained + the backend's own loading
+    python bench/thi.py --arch tiny --small                 # CPU smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+from bench.common import add_common_args, finish_args, peak_memory_gib, report, reset_peak_memory, timed  # noqa: E402
+
+# Qwen2-VL-7B-Instruct's config.json, the fields that set the amount of compute
+QWEN2VL_7B_TEXT = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, hidden_act="silu", max_position_embeddings=32768,
+                       rms_norm_eps=1e-6, use_sliding_window=False,
+                       rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
+QWEN2VL_7B_VISION = dict(depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4, patch_size=14,
+                         spatial_merge_size=2, temporal_patch_size=2, in_channels=3, hidden_act="quick_gelu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=("7b", "tiny"), default=None, help="GPU: 7b; small: tiny")
+    p.add_argument("--text_layers", type=int, default=None, help="7b: fewer decoder layers (e.g. on a smaller GPU)")
+    p.add_argument("--vision_depth", type=int, default=None, help="7b: fewer vision blocks")
+    p.add_argument("--load", choices=("direct", "save"), default="direct",
+                   help="7b: direct = build on the device and hand it to the backend; save = save_pretrained to a "
+                        "temporary folder (~16 GB) and let the backend load it as THI does")
+    p.add_argument("--batch_size", type=int, default=None, help="requests per batch (GPU 64, small 4)")
+    p.add_argument("--batches", type=int, default=None, help="timed yes/no batches (GPU 5, small 2)")
+    p.add_argument("--vqa_batches", type=int, default=None, help="timed VQA batches (GPU 2, small 1; 0: skip VQA)")
+    p.add_argument("--max_new_tokens", type=int, default=None, help="VQA answer length in tokens (GPU 128, small 8)")
+    p.add_argument("--image_size", type=int, default=224, help="square images; THI's pixel budget is 224x224")
+    return add_common_args(p)
+
+
+def resolve_defaults(args):
+    small = args.small
+    args.arch = args.arch or ("tiny" if small else "7b")
+    args.batch_size = args.batch_size or (4 if small else 64)
+    args.batches = args.batches or (2 if small else 5)
+    if args.vqa_batches is None:
+        args.vqa_batches = 1 if small else 2
+    args.max_new_tokens = args.max_new_tokens or (8 if small else 128)
+    return args
+
+
+def qwen2vl_7b_config(token_ids: dict, text_layers: int | None = None, vision_depth: int | None = None):
+    """Qwen2-VL-7B's architecture with the special-token ids of the tokenizer in use."""
+    from transformers import Qwen2VLConfig
+
+    text = dict(QWEN2VL_7B_TEXT, bos_token_id=token_ids["bos"], eos_token_id=token_ids["eos"],
+                pad_token_id=token_ids["pad"])
+    if text_layers:
+        text.update(num_hidden_layers=text_layers, max_window_layers=text_layers)
+    vision = dict(QWEN2VL_7B_VISION, depth=vision_depth or QWEN2VL_7B_VISION["depth"])
+    return Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=token_ids["image"],
+                         video_token_id=token_ids["video"], vision_start_token_id=token_ids["vision_start"],
+                         vision_end_token_id=token_ids["vision_end"], tie_word_embeddings=False)
+
+
+def english_processor(folder: str, vocab_size: int = 8192, seed: int = 0) -> dict:
+    """Replace the tiny tokenizer in `folder` by a byte-level BPE trained on THI's prompts and a few thousand
+    synthetic captions, so that common words are one token each as with Qwen's 151k vocabulary (the tiny one
+    splits the VQA prompt into about twice Qwen's count).  Same special tokens and chat template; returns their ids.
+    """
+    import random
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    from datasets.synthetic import _sample_identity, make_caption
+    from tests.tiny_qwen2vl import CHAT_TEMPLATE, SPECIAL_TOKENS, _CORPUS
+    from thi import prompts
+
+    rng = random.Random(seed)
+    captions = [make_caption(_sample_identity(rng), rng) for _ in range(3000)]
+    corpus = (_CORPUS + [prompts.SYSTEM_PROMPT, prompts.LOCALISATION_PROMPT, prompts.VQA_PROMPT,
+                         prompts.AGGREGATION_PROMPT] + [q for _, q in prompts.VQA_QUESTIONS]) * 20 + captions
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(corpus, trainer=trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    tok = Qwen2TokenizerFast(vocab=state["vocab"], merges=merges, unk_token=None, bos_token=None,
+                             eos_token="<|im_end|>", pad_token="<|endoftext|>", errors="replace")
+    tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
+    tok.chat_template = CHAT_TEMPLATE
+    for word in ("Yes", "No"):
+        assert len(tok.encode(word, add_special_tokens=False)) == 1, word
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 1280),
+                                 tokenizer=tok, video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(folder)
+    ids = tok.convert_tokens_to_ids
+    return {"bos": ids("<|endoftext|>"), "eos": ids("<|im_end|>"), "pad": ids("<|endoftext|>"),
+            "image": ids("<|image_pad|>"), "video": ids("<|video_pad|>"),
+            "vision_start": ids("<|vision_start|>"), "vision_end": ids("<|vision_end|>")}
+
+
+def build_random_7b(config, device: torch.device):
+    """Random bf16 weights made on the device itself (transformers' own initialisation, on GPU kernels)."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with torch.device(device):
+        model = Qwen2VLForConditionalGeneration._from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def hand_model_to_backend(backend, model, folder: str) -> None:
+    """TransformersBackend._load with the model given instead of read from the folder (everything else as _load)."""
+    from transformers import AutoProcessor
+
+    from thi.backends.yes_no import answer_token_ids
+
+    if backend.device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    processor = AutoProcessor.from_pretrained(folder)
+    processor.tokenizer.padding_side = "left"
+    backend._model = model.to(backend.device, backend.dtype).eval()
+    backend._processor = processor
+    backend.yes_ids, backend.no_ids = answer_token_ids(processor.tokenizer)
+
+
+def make_requests(args, root: str):
+    """(localisation requests, VQA requests): batch_size synthetic persons, their captions and 224x224 images."""
+    from datasets import build_dataset
+    from datasets.synthetic import make_synthetic
+    from thi.backends import Request
+    from thi.prompts import VQA_PROMPT, localisation_prompt
+
+    make_synthetic(root, fmt="CUHK-PEDES", num_train_ids=max(1, (args.batch_size + 1) // 2), num_test_ids=1,
+                   num_val_ids=1, images_per_id=2, captions_per_image=1,
+                   image_size=(args.image_size, args.image_size), seed=args.seed)
+    records = build_dataset("CUHK-PEDES", root).train[:args.batch_size]
+    records = (records * (args.batch_size // len(records) + 1))[:args.batch_size]
+    yes_no = [Request(localisation_prompt(r.caption), image=r.img_path) for r in records]
+    vqa = [Request(VQA_PROMPT, image=r.img_path) for r in records]
+    return yes_no, vqa
+
+
+def prompt_tokens(backend, requests) -> tuple[int, float]:
+    """(padded length, mean unpadded length) of a batch in tokens, image tokens included."""
+    inputs = backend._inputs(requests)
+    return int(inputs["input_ids"].shape[1]), float(inputs["attention_mask"].sum(1).float().mean())
+
+
+def main(argv=None) -> dict:
+    from tests.tiny_qwen2vl import build_tiny_qwen2vl
+    from thi.backends import make_backend
+
+    args = resolve_defaults(finish_args(build_parser().parse_args(argv)))
+    device = args.device
+    work = tempfile.mkdtemp(prefix="bench_thi_")
+    try:
+        folder = build_tiny_qwen2vl(os.path.join(work, "model"), seed=args.seed)   # tokenizer, processor, config
+        yes_no, vqa = make_requests(args, os.path.join(work, "data"))
+        start = time.perf_counter()
+        if args.arch == "7b":
+            config = qwen2vl_7b_config(english_processor(folder, seed=args.seed), args.text_layers, args.vision_depth)
+            model = build_random_7b(config, device)
+            config.save_pretrained(folder)          # the folder now describes the 7B model (config.json)
+            if args.load == "save":
+                for name in os.listdir(folder):
+                    if name.endswith(".safetensors") or name.endswith(".safetensors.index.json"):
+                        os.remove(os.path.join(folder, name))
+                model.save_pretrained(folder)
+                del model
+        backend = make_backend("transformers", folder, device=str(device))
+        if args.arch == "7b" and args.load == "direct":
+            hand_model_to_backend(backend, model, folder)
+            del model
+        else:
+            backend._load()
+        load_s = time.perf_counter() - start
+        model = backend._model
+        params = sum(p.numel() for p in model.parameters())
+        padded, mean_len = prompt_tokens(backend, yes_no)
+        backend.yes_probability(yes_no)                      # warm-up
+        reset_peak_memory(device)
+        yes_s, probs = timed(lambda: backend.yes_probability(yes_no), device, args.batches)
+        assert len(probs) == args.batch_size and all(0.0 <= p <= 1.0 for p in probs)
+        rows = [{"task": "yes/no (localisation)", "arch": args.arch, "params_b": params / 1e9,
+                 "batch_size": args.batch_size, "prompt_tokens_padded": padded, "prompt_tokens_mean": mean_len,
+                 "new_tokens": 1, "batch_s": yes_s, "per_s": args.batch_size / yes_s, "tokens_per_s": None,
+                 "peak_mem_gib": peak_memory_gib(device)}]
+        if args.vqa_batches:
+            padded, mean_len = prompt_tokens(backend, vqa)
+            backend.generate(vqa[:2], max_new_tokens=2)       # warm-up
+            # a random model says EOS only by chance: make every answer exactly max_new_tokens long
+            model.generation_config.min_new_tokens = args.max_new_tokens
+            reset_peak_memory(device)
+            vqa_s, answers = timed(lambda: backend.generate(vqa, max_new_tokens=args.max_new_tokens), device,
+                                   args.vqa_batches)
+            assert len(answers) == args.batch_size
+            rows.append({"task": "VQA answer", "arch": args.arch, "params_b": params / 1e9,
+                         "batch_size": args.batch_size, "prompt_tokens_padded": padded, "prompt_tokens_mean": mean_len,
+                         "new_tokens": args.max_new_tokens, "batch_s": vqa_s, "per_s": args.batch_size / vqa_s,
+                         "tokens_per_s": args.batch_size * args.max_new_tokens / vqa_s,
+                         "peak_mem_gib": peak_memory_gib(device)})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    columns = [("task", "task"), ("params_b", "params (B)"), ("batch_size", "batch"),
+               ("prompt_tokens_padded", "prompt tokens (padded)"), ("new_tokens", "new tokens"),
+               ("batch_s", "s / batch"), ("per_s", "decisions or answers / s"), ("tokens_per_s", "new tokens/s"),
+               ("peak_mem_gib", "peak GiB")]
+    return report("thi", args, rows, columns,
+                  title=f"bench/thi.py: random Qwen2-VL ({args.arch}), transformers backend, "
+                        f"{args.image_size}x{args.image_size} images",
+                  extra={"load_s": load_s,
+                         "reference": {"qwen2vl_7b_h100_transformers_yes_no_per_s_at_64": 120}})
+
+
+if __name__ == "__main__":
+    main()

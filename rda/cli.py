@@ -1,0 +1,137 @@
+"""RDA captions for a dataset: python -m rda --config CONFIG.yaml --model_dir QWEN2_VL_DIR --out OUT.json
+
+Runs METHOD.md section 8 on every training caption (enrichment with THI's VQA + aggregation on its own image,
+decomposition, rewriting into --m paraphrases) and writes the dataset's annotation file again, every record of
+every split, with `diversity_captions` added to the training records: train with it by
+`python main.py --config CONFIG.yaml --anno_path OUT.json`.
+
+Beside OUT (OUT without .json, plus a suffix):
+    .cache.jsonl     every MLLM answer: a killed run started again asks only what is missing
+    .details.jsonl   one line per processed caption: enriched text, sub-sentences, groups, why it fell back
+    .summary.json    how many captions were augmented, how many fell back and why
+A caption that fails or whose reply is mangled keeps its original caption (a string entry, which the loader
+uses as it is).  With --limit N only the first N training captions are augmented; the others keep theirs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from datasets import DatasetError, build_dataset
+from thi.backends import BACKENDS, DEFAULT_PIXELS, make_backend
+from thi.cache import AnswerCache, ask
+from thi.cli import backend_options, write_json, write_jsonl
+from utils.logger import setup_logger
+from utils.options import load_yaml
+from .pipeline import augment, summary
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m rda", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="a training config (configs/*.yaml): its dataset_name, root_dir, anno_path")
+    p.add_argument("--dataset_name", help="overrides the config's")
+    p.add_argument("--root_dir", help="overrides the config's")
+    p.add_argument("--anno_path", help="source annotation file (default: the dataset's own)")
+    p.add_argument("--model_dir", required=True, help="Qwen2-VL model folder (e.g. Qwen2-VL-7B-Instruct, or merged)")
+    p.add_argument("--out", required=True, help="the annotation file to write (JSON)")
+    p.add_argument("--backend", choices=BACKENDS, default="transformers",
+                   help="transformers (any device) or vllm (GPU, pip install vllm)")
+    p.add_argument("--lora", help="peft LoRA adapter folder applied on top of --model_dir")
+    p.add_argument("--m", type=int, default=3, help="paraphrases per sub-sentence (0: reorganisation only)")
+    p.add_argument("--limit", type=int, help="only the first N training captions (quick looks)")
+    p.add_argument("--batch_size", type=int, default=16, help="MLLM requests per batch (vLLM: a few hundred)")
+    p.add_argument("--max_new_tokens", type=int, default=256, help="length limit of every generated answer")
+    p.add_argument("--cache", help="answer cache file (default: beside --out)")
+    p.add_argument("--min_pixels", type=int, default=DEFAULT_PIXELS, help="image size range given to the MLLM")
+    p.add_argument("--max_pixels", type=int, default=DEFAULT_PIXELS)
+    p.add_argument("--mllm_device", help="transformers backend: device of the MLLM (default: cuda if there is one)")
+    v = p.add_argument_group("vllm backend")
+    v.add_argument("--max_model_len", type=int, default=4096, help="context length (bounds vLLM's KV cache)")
+    v.add_argument("--gpu_memory_utilization", type=float, default=0.85)
+    v.add_argument("--max_num_seqs", type=int, default=32)
+    args = p.parse_args(argv)
+    if args.m < 0:
+        p.error("--m must be at least 0")
+    if args.limit is not None and args.limit < 1:
+        p.error("--limit must be at least 1")
+    # the config gives what the command line leaves out; main.py's defaults after that
+    config = load_yaml(args.config) if args.config else {}
+    for key, default in (("dataset_name", None), ("root_dir", "data"), ("anno_path", None)):
+        if getattr(args, key) is None:
+            setattr(args, key, config.get(key) or default)
+    if not args.dataset_name:
+        p.error("give --dataset_name or a --config that names one")
+    if os.path.abspath(args.out) == os.path.abspath(args.anno_path or ""):
+        p.error("--out must not be the source annotation file: a failed run would lose it")
+    return args
+
+
+def side_file(out: str, suffix: str) -> str:
+    return os.path.splitext(out)[0] + suffix
+
+
+def annotated_records(dataset, entries: list) -> list[dict]:
+    """The dataset's annotation records as read from its file, train records with diversity_captions (entries
+    aligned with dataset.train, i.e. train records in file order, their captions in order)."""
+    with open(dataset.anno_file, encoding="utf-8") as f:
+        raw = json.load(f)
+    # the dataset's own parser says which records are training ones (split names have aliases)
+    parsed = dataset._read_records(dataset.anno_file)
+    k = 0
+    for record, rec in zip(raw, parsed):
+        if rec.split == "train":
+            record["diversity_captions"] = entries[k:k + len(rec.captions)]
+            k += len(rec.captions)
+    if k != len(entries):
+        raise RuntimeError(f"{dataset.anno_file}: {k} training captions in the file, {len(entries)} processed")
+    return raw
+
+
+def write_json_list(path: str, records: list) -> None:
+    """Atomically, compact (annotation files are large): a reader never sees half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(records, f, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> dict:
+    """Runs RDA; returns the summary (also written beside --out)."""
+    args = parse(sys.argv[1:] if argv is None else argv)
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    log = setup_logger(os.path.dirname(out), name="rda", filename=os.path.basename(side_file(out, ".log.txt")))
+
+    # the backend first: a missing vLLM or model folder is reported before the dataset is read
+    backend = make_backend(args.backend, args.model_dir, lora=args.lora, **backend_options(args))
+    try:
+        dataset = build_dataset(args.dataset_name, args.root_dir, args.anno_path)
+    except DatasetError as e:
+        raise SystemExit(str(e)) from None
+    train = dataset.train
+    n = len(train) if args.limit is None else min(args.limit, len(train))
+    log.info("RDA on %s (%s): %d of %d training captions, m=%d, model %s", dataset.name, dataset.anno_file, n,
+             len(train), args.m, backend.model_id)
+
+    cache = AnswerCache(args.cache or side_file(out, ".cache.jsonl"))
+
+    def ask_text(requests):
+        return ask(backend, cache, "generate", requests, args.batch_size, max_new_tokens=args.max_new_tokens)
+
+    pairs = augment([r.caption for r in train[:n]], [r.img_path for r in train[:n]], ask_text, args.m)
+    entries = [p.entry for p in pairs] + [r.caption for r in train[n:]]
+    write_json_list(out, annotated_records(dataset, entries))
+    write_jsonl(side_file(out, ".details.jsonl"), [p.to_json() for p in pairs])
+    result = summary(pairs, len(train))
+    write_json(side_file(out, ".summary.json"), result)
+    log.info("augmented %d of %d captions processed (%.1f groups each); %d kept their original caption%s",
+             result["augmented"], n, result["groups_per_caption"], result["fell_back"],
+             "".join(f"\n  {count:6d}  {why}" for why, count in result["reasons"].items()))
+    if result["sentences_without_paraphrase"]:
+        log.info("%d sub-sentences got no usable paraphrase (their group holds the sub-sentence only)",
+                 result["sentences_without_paraphrase"])
+    log.info("wrote %s: train with  python main.py ... --anno_path %s", out, out)
+    return result
