@@ -20,9 +20,9 @@ import os
 import sys
 
 from datasets import DatasetError, build_dataset
-from thi.backends import BACKENDS, DEFAULT_PIXELS, make_backend
+from thi.backends import add_backend_args, backend_from_args
 from thi.cache import AnswerCache, ask
-from thi.cli import backend_options, write_json, write_jsonl
+from thi.cli import write_json, write_jsonl
 from utils.logger import setup_logger
 from utils.options import load_yaml
 from .pipeline import augment, summary
@@ -35,23 +35,11 @@ def parse(argv):
     p.add_argument("--dataset_name", help="overrides the config's")
     p.add_argument("--root_dir", help="overrides the config's")
     p.add_argument("--anno_path", help="source annotation file (default: the dataset's own)")
-    p.add_argument("--model_dir", required=True, help="Qwen2-VL model folder (e.g. Qwen2-VL-7B-Instruct, or merged)")
     p.add_argument("--out", required=True, help="the annotation file to write (JSON)")
-    p.add_argument("--backend", choices=BACKENDS, default="transformers",
-                   help="transformers (any device) or vllm (GPU, pip install vllm)")
-    p.add_argument("--lora", help="peft LoRA adapter folder applied on top of --model_dir")
+    add_backend_args(p)
     p.add_argument("--m", type=int, default=3, help="paraphrases per sub-sentence (0: reorganisation only)")
     p.add_argument("--limit", type=int, help="only the first N training captions (quick looks)")
-    p.add_argument("--batch_size", type=int, default=16, help="MLLM requests per batch (vLLM: a few hundred)")
-    p.add_argument("--max_new_tokens", type=int, default=256, help="length limit of every generated answer")
     p.add_argument("--cache", help="answer cache file (default: beside --out)")
-    p.add_argument("--min_pixels", type=int, default=DEFAULT_PIXELS, help="image size range given to the MLLM")
-    p.add_argument("--max_pixels", type=int, default=DEFAULT_PIXELS)
-    p.add_argument("--mllm_device", help="transformers backend: device of the MLLM (default: cuda if there is one)")
-    v = p.add_argument_group("vllm backend")
-    v.add_argument("--max_model_len", type=int, default=4096, help="context length (bounds vLLM's KV cache)")
-    v.add_argument("--gpu_memory_utilization", type=float, default=0.85)
-    v.add_argument("--max_num_seqs", type=int, default=32)
     args = p.parse_args(argv)
     if args.m < 0:
         p.error("--m must be at least 0")
@@ -106,7 +94,7 @@ def main(argv=None) -> dict:
     log = setup_logger(os.path.dirname(out), name="rda", filename=os.path.basename(side_file(out, ".log.txt")))
 
     # the backend first: a missing vLLM or model folder is reported before the dataset is read
-    backend = make_backend(args.backend, args.model_dir, lora=args.lora, **backend_options(args))
+    backend = backend_from_args(args)
     try:
         dataset = build_dataset(args.dataset_name, args.root_dir, args.anno_path)
     except DatasetError as e:

@@ -85,7 +85,7 @@ def tiny_qwen(tmp_path_factory):
 
 
 def run_rda(monkeypatch, backend, out, *data):
-    monkeypatch.setattr(rda_cli, "make_backend", lambda *a, **kw: backend)
+    monkeypatch.setattr(rda_cli, "backend_from_args", lambda args: backend)
     return rda_cli.main([*data, "--model_dir", "unused", "--out", str(out), "--m", "2", "--batch_size", "8"])
 
 

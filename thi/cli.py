@@ -17,7 +17,7 @@ from utils.checkpoint import atomic_save
 from utils.logger import setup_logger
 from utils.metrics import metrics_table, rank_metrics
 from utils.runs import load_run
-from .backends import BACKENDS, DEFAULT_PIXELS, make_backend
+from .backends import add_backend_args, backend_from_args
 from .cache import AnswerCache, ask
 from .interaction import localise, new_states, refine
 from .rerank import RunSimilarity, reranked
@@ -31,10 +31,7 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="python -m thi", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run folder made by main.py")
-    p.add_argument("--model_dir", required=True, help="Qwen2-VL model folder (e.g. Qwen2-VL-7B-Instruct, or merged)")
-    p.add_argument("--backend", choices=BACKENDS, default="transformers",
-                   help="transformers (any device) or vllm (GPU, pip install vllm)")
-    p.add_argument("--lora", help="peft LoRA adapter folder applied on top of --model_dir")
+    add_backend_args(p)
     p.add_argument("--rounds", type=int, default=5, help="K: interaction rounds = candidates per query")
     p.add_argument("--xi", type=float, help="gate threshold on s1 (default 0.55 on ICFG-PEDES, else 0.5)")
     p.add_argument("--lam", type=float, default=0.8, help="S_final = lam S_base + (1 - lam) S_hat")
@@ -43,18 +40,9 @@ def parse(argv):
     p.add_argument("--limit", type=int, help="only the first N queries (quick looks)")
     p.add_argument("--out", help="output folder (default RUN_DIR/thi)")
     p.add_argument("--cache", help="answer cache file (default OUT/mllm_cache.jsonl)")
-    p.add_argument("--batch_size", type=int, default=16, help="MLLM requests per batch")
-    p.add_argument("--max_new_tokens", type=int, default=256, help="length limit of VQA and aggregation answers")
-    p.add_argument("--min_pixels", type=int, default=DEFAULT_PIXELS, help="image size range given to the MLLM")
-    p.add_argument("--max_pixels", type=int, default=DEFAULT_PIXELS)
     p.add_argument("--root_dir", help="dataset root, if it moved since training")
     p.add_argument("--anno_path", help="annotation file, if it moved since training")
     p.add_argument("--device", help="device of the retrieval model (auto, cpu, cuda ...)")
-    p.add_argument("--mllm_device", help="transformers backend: device of the MLLM (default: cuda if there is one)")
-    v = p.add_argument_group("vllm backend")
-    v.add_argument("--max_model_len", type=int, default=4096, help="context length (bounds vLLM's KV cache)")
-    v.add_argument("--gpu_memory_utilization", type=float, default=0.85)
-    v.add_argument("--max_num_seqs", type=int, default=32)
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
@@ -63,16 +51,6 @@ def parse(argv):
     if not 0 <= args.lam <= 1:
         p.error("--lam must be in [0, 1]")
     return args
-
-
-def backend_options(args) -> dict:
-    opts = dict(min_pixels=args.min_pixels, max_pixels=args.max_pixels)
-    if args.backend == "vllm":
-        opts.update(max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-                    max_num_seqs=args.max_num_seqs)
-    else:
-        opts.update(device=args.mllm_device)
-    return opts
 
 
 def main(argv=None) -> dict:
@@ -84,7 +62,7 @@ def main(argv=None) -> dict:
     log = setup_logger(out, name="thi", filename="thi_log.txt")   # thi.* modules log through it
 
     # the backend first: a missing vLLM or model folder is reported before the dataset is read
-    backend = make_backend(args.backend, args.model_dir, lora=args.lora, **backend_options(args))
+    backend = backend_from_args(args)
     run = load_run(args.run, root_dir=args.root_dir, anno_path=args.anno_path, device=args.device)
     xi = args.xi if args.xi is not None else DEFAULT_XI.get(run.cfg.dataset_name, FALLBACK_XI)
     run.load_weights(args.checkpoint)

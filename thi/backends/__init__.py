@@ -77,3 +77,30 @@ def make_backend(name: str, model_dir: str, lora: str | None = None, **opts) -> 
         from .vllm import VLLMBackend
         return VLLMBackend(model_dir, lora=lora, **opts)
     raise SystemExit(f"--backend {name!r}: choose one of {', '.join(BACKENDS)}")
+
+
+def add_backend_args(p) -> None:
+    """The MLLM options of every command that asks Qwen2-VL (THI, RDA, the benchmarks)."""
+    p.add_argument("--model_dir", required=True, help="Qwen2-VL model folder (e.g. Qwen2-VL-7B-Instruct, or merged)")
+    p.add_argument("--backend", choices=BACKENDS, default="transformers",
+                   help="transformers (any device) or vllm (GPU, pip install vllm)")
+    p.add_argument("--lora", help="peft LoRA adapter folder applied on top of --model_dir")
+    p.add_argument("--batch_size", type=int, default=16, help="MLLM requests per batch (vLLM: a few hundred)")
+    p.add_argument("--max_new_tokens", type=int, default=256, help="length limit of every generated answer")
+    p.add_argument("--min_pixels", type=int, default=DEFAULT_PIXELS, help="image size range given to the MLLM")
+    p.add_argument("--max_pixels", type=int, default=DEFAULT_PIXELS)
+    p.add_argument("--mllm_device", help="transformers backend: device of the MLLM (default: cuda if there is one)")
+    v = p.add_argument_group("vllm backend")
+    v.add_argument("--max_model_len", type=int, default=4096, help="context length (bounds vLLM's KV cache)")
+    v.add_argument("--gpu_memory_utilization", type=float, default=0.85)
+    v.add_argument("--max_num_seqs", type=int, default=32)
+
+
+def backend_from_args(args) -> Backend:
+    opts = dict(min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    if args.backend == "vllm":
+        opts.update(max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+                    max_num_seqs=args.max_num_seqs)
+    else:
+        opts.update(device=args.mllm_device)
+    return make_backend(args.backend, args.model_dir, lora=args.lora, **opts)
