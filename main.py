@@ -10,6 +10,7 @@ import sys
 import time
 
 from datasets import DatasetError
+from datasets.loaders import ImageDecodeError
 from solver.engine import Trainer
 from utils import distributed as dist
 from utils.logger import setup_logger
@@ -39,7 +40,14 @@ def main(argv=None) -> dict:
     except DatasetError as e:
         log.error("%s", e)
         raise SystemExit(2) from None
-    return trainer.run()
+    try:
+        return trainer.run()
+    except ImageDecodeError as e:
+        # from a loader worker the message carries the worker's traceback, whose last line names the image
+        line = "cannot decode image" + str(e).rsplit("cannot decode image", 1)[-1].splitlines()[0]
+        log.error("%s\nreplace or remove that image (python -m datasets.check --decode lists them all), then "
+                  "continue with: python main.py --resume %s", line, cfg.run_dir)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

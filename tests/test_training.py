@@ -124,3 +124,15 @@ def test_bad_checkpoint_and_bad_config_are_reported(data_root, tmp_path):
         train_main.main(["--config", str(bad)])
     with pytest.raises(SystemExit, match="no configs.yaml"):
         train_main.main(["--resume", str(tmp_path / "nowhere")])
+
+
+def test_an_undecodable_image_stops_training_with_its_path(tmp_path):
+    root = tmp_path / "data"
+    make_synthetic(str(root), fmt="CUHK-PEDES", num_train_ids=6, num_test_ids=3, num_val_ids=2, seed=4)
+    bad = next((root / "CUHK-PEDES" / "imgs").rglob("*.jpg"))
+    bad.write_bytes(b"\xff\xd8 broken")
+    with pytest.raises(SystemExit):
+        train_main.main(tiny_args(str(root), tmp_path / "run", "--num_workers", "1", "--division", "false"))
+    log = (tmp_path / "run" / "train_log.txt").read_text()
+    error = log[log.index("ERROR"):]
+    assert f"cannot decode image {bad}" in error and "--resume" in error and "Traceback" not in error
