@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from bench.common import (add_common_args, finish_args, free_memory, peak_memory_gib, random_caption_ids,  # noqa: E402
                           report, reset_peak_memory, timed)
-from bench.train import SMALL_ARCH  # noqa: E402
+from bench.train import model_size_defaults  # noqa: E402
 
 # name: (gallery images, query captions, identities)
 SETS = {"cuhk": (3074, 6156, 1000), "icfg": (19848, 19848, 1000), "rstp": (1000, 2000, 200),
@@ -51,19 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_defaults(args):
-    import yaml
-
     small = args.small
     if args.max_pairs is None:
         args.max_pairs = 25e6 if small else 0
-    args.img_size = args.img_size or ([128, 64] if small else [384, 128])
-    args.text_length = args.text_length or (32 if small else 77)
-    args.embed_dim = args.embed_dim or (128 if small else 1024)
-    if args.clip_arch is None:
-        args.clip_arch = dict(SMALL_ARCH) if small else {}
-    elif isinstance(args.clip_arch, str):
-        args.clip_arch = yaml.safe_load(args.clip_arch) or {}
-    return args
+    return model_size_defaults(args)
 
 
 def set_size(name: str, max_pairs: float) -> tuple[int, int, int]:

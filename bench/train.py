@@ -60,6 +60,12 @@ def resolve_defaults(args):
     args.steps = args.steps or (3 if small else 50)
     if args.warmup is None:
         args.warmup = 1 if small else (30 if args.compile else 10)
+    return model_size_defaults(args)
+
+
+def model_size_defaults(args):
+    """Image size, text length, TSE size and CLIP architecture: tiny with --small, ViT-B/16 at 384x128 otherwise."""
+    small = args.small
     args.img_size = args.img_size or ([128, 64] if small else [384, 128])
     args.text_length = args.text_length or (32 if small else 77)
     args.embed_dim = args.embed_dim or (128 if small else 1024)

@@ -21,6 +21,7 @@ from model.clip import CLIP, CLIPConfig, load_state_dict_file
 from utils.plot import main as plot_main, panels, plot_run, read_metrics
 from utils.runs import load_run
 from utils.visualize import first_correct_ranks, load_thi_similarity, pick_queries
+from test_training import tiny_args as training_tiny_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ARCH = dict(embed_dim=32, vision_width=32, vision_layers=1, vision_heads=2,
@@ -36,11 +37,7 @@ def data_root(tmp_path_factory):
 
 
 def tiny_args(data_root, run_dir, *extra):
-    return ["--dataset_name", "CUHK-PEDES", "--root_dir", data_root, "--run_dir", str(run_dir),
-            "--pretrain_choice", "random", "--clip_arch", json.dumps(TINY_ARCH),
-            "--img_size", "64", "32", "--text_length", "40", "--embed_dim", "48",
-            "--batch_size", "8", "--test_batch_size", "32", "--num_workers", "0",
-            "--num_epoch", "1", "--warmup_epochs", "1", "--lr", "1e-4", *extra]
+    return training_tiny_args(data_root, run_dir, "--num_epoch", "1", *extra)   # later values win
 
 
 @pytest.fixture(scope="module")
