@@ -18,7 +18,6 @@ same images (`generate`, greedy).  A random model never says EOS on purpose, so 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -89,29 +88,17 @@ def english_processor(folder: str, vocab_size: int = 8192, seed: int = 0) -> dic
     """
     import random
 
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     from datasets.synthetic import _sample_identity, make_caption
-    from tests.tiny_qwen2vl import CHAT_TEMPLATE, SPECIAL_TOKENS, _CORPUS
+    from tests.tiny_qwen2vl import CHAT_TEMPLATE, _CORPUS, train_tokenizer
     from thi import prompts
 
     rng = random.Random(seed)
     captions = [make_caption(_sample_identity(rng), rng) for _ in range(3000)]
     corpus = (_CORPUS + [prompts.SYSTEM_PROMPT, prompts.LOCALISATION_PROMPT, prompts.VQA_PROMPT,
                          prompts.AGGREGATION_PROMPT] + [q for _, q in prompts.VQA_QUESTIONS]) * 20 + captions
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator(corpus, trainer=trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    state = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    tok = Qwen2TokenizerFast(vocab=state["vocab"], merges=merges, unk_token=None, bos_token=None,
-                             eos_token="<|im_end|>", pad_token="<|endoftext|>", errors="replace")
-    tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
-    tok.chat_template = CHAT_TEMPLATE
-    for word in ("Yes", "No"):
-        assert len(tok.encode(word, add_special_tokens=False)) == 1, word
+    tok = train_tokenizer(vocab_size, corpus)
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 1280),
                                  tokenizer=tok, video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(folder)

@@ -56,7 +56,9 @@ _CORPUS = [
 ]
 
 
-def _train_tokenizer(vocab_size: int = 600):
+def train_tokenizer(vocab_size: int = 600, corpus: list[str] | None = None):
+    """A byte-level BPE with Qwen2-VL's special tokens and chat template, trained offline on `corpus`
+    (default: a few captions and prompt-like lines); "Yes" and "No" are single tokens."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
@@ -65,7 +67,7 @@ def _train_tokenizer(vocab_size: int = 600):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     # answers repeated so that their merges are among the first learnt
-    bpe.train_from_iterator(_CORPUS * 3 + ["Yes No"] * 50, trainer=trainer)
+    bpe.train_from_iterator((corpus or _CORPUS * 3) + ["Yes No"] * 50, trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     tok = Qwen2TokenizerFast(vocab=state["vocab"], merges=merges, unk_token=None, bos_token=None,
@@ -122,7 +124,7 @@ def build_tiny_qwen2vl(out_dir: str, seed: int = 0, favour: str | None = None) -
                               Qwen2VLVideoProcessor)
 
     torch.manual_seed(seed)
-    tok = _train_tokenizer()
+    tok = train_tokenizer()
     # a range wider than the sizes THI resizes to, so its images pass through unchanged (as with the real model)
     image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
     video_processor = Qwen2VLVideoProcessor()
