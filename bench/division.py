@@ -1,9 +1,9 @@
 """The per-epoch division at realistic size, minus the feature extraction (bench/eval.py times that).
 
-(a) loss pass: `Trainer.division_pass` itself, run on a light stand-in for the Trainer whose feature extraction
-    returns random features already on the device: the per-sample loss of every training pair (the first
-    training loss, in chunks of the batch size, in-batch negatives as in training) under each embedding of each
-    model, plus the positive-pair cosine.  N = 68,126 pairs (CUHK-PEDES's training captions, 34,054 images,
+(a) loss pass: `solver.engine.division_signals`, what `Trainer.division_pass` runs after feature extraction, on
+    random features already on the device: the per-sample loss of every training pair (the first training loss,
+    in chunks of the batch size, in-batch negatives as in training) under each embedding of each model, plus the
+    positive-pair cosine.  N = 68,126 pairs (CUHK-PEDES's training captions, 34,054 images,
     11,003 identities) by default on a GPU.
 (b) mixture + consensus: `Trainer.sample_weights` on those signals: one two-component Gaussian mixture per
     signal (sklearn, CPU), then CCD's consensus (or ALR's weights with --weighting alr).  Timed for RDE's
@@ -18,7 +18,6 @@ import argparse
 import os
 import sys
 from types import SimpleNamespace
-from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -110,8 +109,7 @@ def noisy_mask(args, noisy_rate: float) -> torch.Tensor:
 
 
 def bench_models(args, num_models: int) -> list[dict]:
-    from solver.engine import Trainer
-    import solver.engine as engine
+    from solver.engine import Trainer, division_signals
 
     device = args.device
     models, cfg = build_models(args, num_models)
@@ -119,18 +117,19 @@ def bench_models(args, num_models: int) -> list[dict]:
     num_images = records[-1].image_id + 1
     rows = []
     for noisy_rate in args.noisy_rate:
-        features = {id(m): random_features(args, m, num_images, len(records), args.seed + k, noisy_rate)
-                    for k, m in enumerate(models)}
+        features = [random_features(args, m, num_images, len(records), args.seed + k, noisy_rate)
+                    for k, m in enumerate(models)]
         run_cfg = type(cfg)({**cfg, "noisy_rate": noisy_rate})
-        trainer = SimpleNamespace(cfg=run_cfg, device=device, dtype=None, models=models, records=records,
-                                  division_loaders=(None, None))
+        image_ids = torch.tensor([r.image_id for r in records], device=device)
+        pids = torch.tensor([r.pid for r in records], device=device)
+        order = torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed)).to(device)
 
-        def fake_extract(model, image_loader, text_loader, device, dtype=None, progress=True):
-            return features[id(model)]
+        def loss_pass():
+            return division_signals(models, features, image_ids, pids, order, args.batch_size)
 
-        with mock.patch.object(engine, "extract_features", fake_extract):
-            Trainer.division_pass(trainer, 0)                      # warm-up
-            loss_s, (signals, positive_sim) = timed(lambda: Trainer.division_pass(trainer, 1), device, args.repeat)
+        loss_pass()                                                 # warm-up
+        loss_s, (signals, positive_sim) = timed(loss_pass, device, args.repeat)
+        trainer = SimpleNamespace(cfg=run_cfg)                      # what sample_weights reads
         Trainer.sample_weights(trainer, signals, positive_sim, 0)   # warm-up
         fit_s, weights = timed(lambda: Trainer.sample_weights(trainer, signals, positive_sim, 1), device, args.repeat)
         from solver.division import gmm_settings

@@ -81,6 +81,24 @@ def division_losses(model, image_feats: dict, text_feats: dict, pids: torch.Tens
     return losses
 
 
+@torch.no_grad()
+def division_signals(models, features, image_ids, pids, order, batch_size: int):
+    """Per-sample loss of every training pair under each embedding of each model (the first training loss,
+    in-batch negatives as in training) and the positive-pair cosine averaged over all of them.
+
+    features[k] = ({emb: [images, D]}, {emb: [pairs, D]}) of model k; image_ids[i] is pair i's image.
+    """
+    signals, positive_sim = {}, torch.zeros(len(pids), device=pids.device)
+    for k, (model, (image_feats, text_feats)) in enumerate(zip(models, features), 1):
+        image_feats = {e: f[image_ids] for e, f in image_feats.items()}     # pair i's image
+        losses = division_losses(model, image_feats, text_feats, pids, order, batch_size)
+        for emb in image_feats:
+            positive_sim += F.cosine_similarity(image_feats[emb], text_feats[emb], dim=-1)
+        prefix = f"model{k}/" if len(models) > 1 else ""
+        signals.update({prefix + emb: v.cpu().numpy() for emb, v in losses.items()})
+    return signals, (positive_sim / len(signals)).cpu().numpy()
+
+
 class Trainer:
     def __init__(self, cfg, run_dir: str):
         self.cfg, self.run_dir = cfg, run_dir
@@ -151,23 +169,13 @@ class Trainer:
         return list(self.best["results"].values())[-1]["R1"] if self.best else -1.0
 
     # ---------------------------------------------------------------- division
-    @torch.no_grad()
     def division_pass(self, epoch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Per-sample loss of every training pair under each embedding of each model (the first training
-        loss, in-batch negatives as in training), and the positive-pair cosine averaged over all of them."""
+        """Division signals of every model on the (noisy) training pairs, read like a test set."""
         image_ids = torch.tensor([r.image_id for r in self.records], device=self.device)
         pids = torch.tensor([r.pid for r in self.records], device=self.device)
         order = torch.randperm(len(self.records), generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
-        signals, positive_sim = {}, torch.zeros(len(self.records), device=self.device)
-        for k, model in enumerate(self.models, 1):
-            image_feats, text_feats = extract_features(model, *self.division_loaders, self.device, self.dtype)
-            image_feats = {e: f[image_ids] for e, f in image_feats.items()}     # pair i's image
-            losses = division_losses(model, image_feats, text_feats, pids, order.to(self.device), self.cfg.batch_size)
-            for emb in image_feats:
-                positive_sim += F.cosine_similarity(image_feats[emb], text_feats[emb], dim=-1)
-            prefix = f"model{k}/" if len(self.models) > 1 else ""
-            signals.update({prefix + emb: v.cpu().numpy() for emb, v in losses.items()})
-        return signals, (positive_sim / len(signals)).cpu().numpy()
+        features = [extract_features(m, *self.division_loaders, self.device, self.dtype) for m in self.models]
+        return division_signals(self.models, features, image_ids, pids, order.to(self.device), self.cfg.batch_size)
 
     def sample_weights(self, signals: dict[str, np.ndarray], positive_sim: np.ndarray, epoch: int) -> torch.Tensor:
         """Every signal votes clean/noisy (a Gaussian mixture each); CCD or ALR turns the votes into weights."""
