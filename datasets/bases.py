@@ -77,7 +77,7 @@ class PersonDataset:
         self.root_dir = os.path.abspath(os.path.expanduser(root_dir))
         self.dataset_root = os.path.join(self.root_dir, self.dataset_dir)
         self.anno_file = self._resolve_anno_file(anno_path)
-        records = self._read_records(self.anno_file)
+        records = self.read_records(self.anno_file)
         self._check_splits(records)
         if check_images:
             self._check_images(records)
@@ -121,7 +121,9 @@ class PersonDataset:
             f"{self.dataset_dir}/, or pass --anno_path to the JSON file.")
 
     # ---- parsing and validation -------------------------------------------------------
-    def _read_records(self, path: str) -> list[_Record]:
+    def read_records(self, path: str) -> list[_Record]:
+        """Every record of an annotation file in file order, parsed and checked (tools that rewrite the file
+        pair their output with these, e.g. python -m rda)."""
         try:
             with open(path, "r", encoding="utf-8") as f:
                 data = json.load(f)

@@ -62,10 +62,10 @@ def read_raw_records(cls, root_dir: str, anno_path: str | None):
         with open(ds.anno_file, encoding="utf-8") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        ds._read_records(ds.anno_file)  # raises the class's own message for a malformed file
+        ds.read_records(ds.anno_file)  # raises the class's own message for a malformed file
         raise
     if not isinstance(data, list) or not data:
-        ds._read_records(ds.anno_file)
+        ds.read_records(ds.anno_file)
     return ds, data
 
 

@@ -67,7 +67,7 @@ def annotated_records(dataset, entries: list) -> list[dict]:
     with open(dataset.anno_file, encoding="utf-8") as f:
         raw = json.load(f)
     # the dataset's own parser says which records are training ones (split names have aliases)
-    parsed = dataset._read_records(dataset.anno_file)
+    parsed = dataset.read_records(dataset.anno_file)
     k = 0
     for record, rec in zip(raw, parsed):
         if rec.split == "train":
