@@ -21,6 +21,7 @@ import math
 import os
 import pickle
 import re
+import logging
 import warnings
 import zipfile
 from dataclasses import dataclass, replace
@@ -436,9 +437,13 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                          f"parameter names to tensors) or a checkpoint dict with a 'model' / 'state_dict' entry")
 
     sd: dict[str, torch.Tensor] = {}
+    ignored = []
     for raw_key, value in obj.items():
         key = _strip_prefixes(str(raw_key))
-        if not _CLIP_KEY.fullmatch(key) or not isinstance(value, torch.Tensor):
+        if not isinstance(value, torch.Tensor):
+            continue
+        if not _CLIP_KEY.fullmatch(key):
+            ignored.append(str(raw_key))
             continue
         if key in sd:
             raise ValueError(f"{path!r}: two entries map to CLIP key {key!r} after stripping prefixes "
@@ -449,6 +454,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path!r} contains no CLIP weights (expected keys like 'visual.conv1.weight', "
                          f"'token_embedding.weight', optionally under 'module.' / 'base_model.'); "
                          f"{len(obj)} keys seen, e.g. {seen}")
+    if ignored:  # e.g. the heads of an IRRA / RDE checkpoint: said, so that a misspelt layout is noticed
+        logging.getLogger("reid").info("%s: %d tensors outside the CLIP layout were not loaded, e.g. %s",
+                                       path, len(ignored), ignored[:5])
     return sd
 
 

@@ -420,3 +420,26 @@ def test_autocast_cuda(dtype):
         assert torch.isfinite(t).all()
     torch.testing.assert_close(img_emb.float(), model.encode_image(img), atol=0.1, rtol=0.1)
     torch.testing.assert_close(txt_tokens.float(), model.encode_text_tokens(ids)[0], atol=0.1, rtol=0.1)
+
+
+def test_tensors_outside_the_clip_layout_are_named_in_the_log(tmp_path, caplog):
+    import logging
+
+    from model.clip import CLIP, CLIPConfig, load_state_dict_file
+
+    sd = CLIP(CLIPConfig(embed_dim=16, image_size=(32, 32), vision_width=64, vision_layers=1, vision_heads=1,
+                         text_width=64, text_layers=1, text_heads=1, context_length=8)).state_dict()
+    path = tmp_path / "irra.pth"
+    torch.save({"model": {**{f"base_model.{k}": v for k, v in sd.items()},
+                          "classifier.weight": torch.zeros(3, 16)}}, path)
+    logger = logging.getLogger("reid")
+    logger.addHandler(caplog.handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        loaded = load_state_dict_file(path)
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(old_level)
+    assert set(loaded) == set(sd)
+    assert "1 tensors outside the CLIP layout" in caplog.text and "classifier.weight" in caplog.text
