@@ -25,7 +25,8 @@ def rank_metrics(similarity, query_pids, gallery_pids, chunk_size: int = 1024, d
     """
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sim = _as_tensor(similarity, "cpu")
+    # left where it is (a GPU similarity is never copied to the host); chunks move to `device` as needed
+    sim = similarity if isinstance(similarity, torch.Tensor) else _as_tensor(similarity, "cpu")
     qp = _as_tensor(query_pids, device).long()
     gp = _as_tensor(gallery_pids, device).long()
     if sim.dim() != 2 or sim.shape != (len(qp), len(gp)):
