@@ -11,6 +11,7 @@ Beside OUT (OUT without .json, plus a suffix):
     .summary.json    how many captions were augmented, how many fell back and why
 A caption that fails or whose reply is mangled keeps its original caption (a string entry, which the loader
 uses as it is).  With --limit N only the first N training captions are augmented; the others keep theirs.
+Over several GPUs: --shard K/N per process, then the same command without it (see thi/shards.py).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from datasets import DatasetError, build_dataset
 from thi.backends import add_backend_args, backend_from_args
 from thi.cache import AnswerCache, ask
 from thi.cli import write_json, write_jsonl
+from thi.shards import add_shard_arg
 from utils.logger import setup_logger
 from utils.options import load_yaml
 from .pipeline import augment, summary
@@ -40,6 +42,7 @@ def parse(argv):
     p.add_argument("--m", type=int, default=3, help="paraphrases per sub-sentence (0: reorganisation only)")
     p.add_argument("--limit", type=int, help="only the first N training captions (quick looks)")
     p.add_argument("--cache", help="answer cache file (default: beside --out)")
+    add_shard_arg(p)
     args = p.parse_args(argv)
     if args.m < 0:
         p.error("--m must be at least 0")
@@ -104,11 +107,17 @@ def main(argv=None) -> dict:
     log.info("RDA on %s (%s): %d of %d training captions, m=%d, model %s", dataset.name, dataset.anno_file, n,
              len(train), args.m, backend.model_id)
 
-    cache = AnswerCache(args.cache or side_file(out, ".cache.jsonl"))
+    cache = AnswerCache(args.cache or side_file(out, ".cache.jsonl"), args.shard)
 
     def ask_text(requests):
         return ask(backend, cache, "generate", requests, args.batch_size, max_new_tokens=args.max_new_tokens)
 
+    if args.shard is not None:
+        mine = args.shard.take(train[:n])
+        augment([r.caption for r in mine], [r.img_path for r in mine], ask_text, args.m)
+        log.info("shard %s: %d of %d captions processed, answers in %s; when every shard is done, run the same "
+                 "command without --shard to write %s", args.shard, len(mine), n, cache.path, out)
+        return {"shard": str(args.shard), "processed": len(mine)}
     pairs = augment([r.caption for r in train[:n]], [r.img_path for r in train[:n]], ask_text, args.m)
     entries = [p.entry for p in pairs] + [r.caption for r in train[n:]]
     write_json_list(out, annotated_records(dataset, entries))

@@ -170,6 +170,25 @@ def test_rda_resumes_from_its_cache_and_limit(rda_out, data_root, monkeypatch, t
     assert {r.image for r in backend.requests if r.image} == {r.img_path for r in ds.train[:5]}
 
 
+def test_rda_shards_then_merge_equal_one_process(rda_out, data_root, monkeypatch, tmp_path):
+    """--shard K/N: each process asks about every N-th caption into its own cache; the merge asks nothing."""
+    out, first_backend, summary = rda_out
+    sharded = tmp_path / "sharded.json"
+    shards = [ScriptedMLLM(first_backend.mangle) for _ in range(3)]
+    for k, backend in enumerate(shards):
+        assert run_rda(monkeypatch, backend, sharded, *data_args(data_root), "--shard", f"{k}/3")["processed"] \
+            == len(range(k, 40, 3))
+    assert not sharded.exists()                                   # a shard writes answers, not annotations
+    asked = [{r.prompt for r in b.requests if r.image is None and "Description: " in r.prompt} for b in shards]
+    assert all(a and not a & b for a, b in zip(asked, asked[1:] + asked[:1]))   # disjoint work
+    assert sorted(p.name for p in tmp_path.glob("sharded.cache.shard*")) == \
+        [f"sharded.cache.shard{k}-of-3.jsonl" for k in range(3)]
+    merge = ScriptedMLLM(first_backend.mangle)
+    assert run_rda(monkeypatch, merge, sharded, *data_args(data_root)) == summary
+    assert merge.requests == []
+    assert json.loads(sharded.read_text()) == json.loads(out.read_text())
+
+
 CAPTIONS = ["A man in a red coat. He carries a black bag.", "A woman in a blue skirt. She has long hair.",
             "A girl in a green top. She wears white shoes."]
 

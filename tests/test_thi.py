@@ -285,6 +285,37 @@ def test_thi_end_to_end_then_resumes_from_the_cache(run_dir, yes_model, monkeypa
     assert read_jsonl(out / "queries.jsonl") == lines
 
 
+def test_shards_then_merge_equal_one_process(run_dir, yes_model, monkeypatch, tmp_path):
+    """Data parallel THI: --shard K/N asks every N-th query's questions into its own cache and log; the same
+    command without --shard asks nothing and writes what one process would have."""
+    argv = ["--run", run_dir, "--model_dir", yes_model, "--xi", "0.05", "--limit", "7", "--rounds", "3",
+            "--max_new_tokens", "4", *SMALL_IMAGES]
+    single = cli.main([*argv, "--out", str(tmp_path / "single")])
+    out = tmp_path / "sharded"
+    calls = count_backend_calls(monkeypatch)
+    for k in range(3):
+        shard = cli.main([*argv, "--out", str(out), "--shard", f"{k}/3"])
+        assert [s.query for s in shard["states"]] == list(range(k, 7, 3))
+    assert sum(calls["yes_probability"]) >= 7 and calls["generate"]
+    assert not (out / "metrics.json").exists()
+    assert {p.name for p in out.iterdir()} >= {f"mllm_cache.shard{k}-of-3.jsonl" for k in range(3)} | \
+        {f"thi_log.shard{k}-of-3.txt" for k in range(3)}
+    for kind in calls:
+        calls[kind].clear()
+    merged = cli.main([*argv, "--out", str(out)])
+    assert calls == {"yes_probability": [], "generate": []}
+    assert merged["metrics"] == single["metrics"]
+    torch.testing.assert_close(merged["final"], single["final"])
+    assert read_jsonl(out / "queries.jsonl") == read_jsonl(tmp_path / "single" / "queries.jsonl")
+
+
+@pytest.mark.parametrize("text", ["3/3", "-1/2", "1", "a/b", "1/0"])
+def test_a_bad_shard_is_refused(text, run_dir, yes_model, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--run", run_dir, "--model_dir", yes_model, "--shard", text])
+    assert "K/N" in capsys.readouterr().err
+
+
 def load_run_weights(run_dir):
     run = load_run(run_dir)
     run.load_weights("best")
@@ -410,13 +441,15 @@ def test_vllm_backend_glue_against_a_stand_in_engine(yes_model, data_root, monke
     os.makedirs(lora, exist_ok=True)
     with open(os.path.join(lora, "adapter_config.json"), "w") as f:
         json.dump({"r": 12}, f)
-    backend = make_backend("vllm", yes_model, lora=lora, max_model_len=2048, min_pixels=3136, max_pixels=3136)
+    backend = make_backend("vllm", yes_model, lora=lora, max_model_len=2048, tensor_parallel_size=2,
+                           min_pixels=3136, max_pixels=3136)
     image = load_run_split_images(data_root)[0]
     p = backend.yes_probability([Request("Is this a person? Answer Yes or No.", image), Request("Yes or No?")])
     assert p == pytest.approx([1 / (1 + torch.e ** -2.3)] * 2)
     assert backend.generate([Request("Describe.", image)], max_new_tokens=16) == ["1. male"]
     engine = seen["engine"]
     assert engine["max_model_len"] == 2048 and engine["limit_mm_per_prompt"] == {"image": 1}
+    assert engine["tensor_parallel_size"] == 2 and "max_num_seqs" not in engine      # vLLM's own default
     assert engine["enable_lora"] and engine["max_lora_rank"] == 16 and seen["lora"].path == lora
     with_image, text_only = seen["prompts"][:2]
     width, height = with_image["multi_modal_data"]["image"].size      # resized as the transformers backend does

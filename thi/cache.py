@@ -2,6 +2,8 @@
 
 The cache is an append-only JSON-lines file, one answer a line, written with one write() per line and
 fsync'd per batch: a kill mid-write can only leave a partial last line, which the next open cuts off.
+Under --shard each process appends to a file of its own (thi/shards.py); every cache also reads the shards'
+files beside it, which is how a run without --shard merges them.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from datasets.loaders import ImageDecodeError
+from .shards import Shard, shard_cache_files
 
 logger = logging.getLogger(__name__)
 
@@ -25,22 +28,25 @@ class Failure:
 
 
 class AnswerCache:
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, shard: Shard | None = None):
+        self.path = path if shard is None else shard.own_file(path)   # the file this process appends to
         self.answers: dict[str, object] = {}
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if os.path.exists(path):
-            self._load()
+        for other in [path] + shard_cache_files(path):
+            if other != self.path and os.path.exists(other):
+                self._load(other, writable=False)
+        if os.path.exists(self.path):
+            self._load(self.path, writable=True)
 
-    def _load(self) -> None:
-        with open(self.path, "rb") as f:
+    def _load(self, path: str, writable: bool) -> None:
+        with open(path, "rb") as f:
             data = f.read()
         complete = data.rfind(b"\n") + 1
-        if complete < len(data):
+        if complete < len(data) and writable:
             # the partial line of a killed write: cut it so that the next append starts on a fresh line
-            with open(self.path, "r+b") as f:
+            with open(path, "r+b") as f:
                 f.truncate(complete)
-            logger.info("answer cache %s: dropped an unfinished last line", self.path)
+            logger.info("answer cache %s: dropped an unfinished last line", path)
         bad = 0
         for line in data[:complete].splitlines():
             try:
@@ -49,7 +55,7 @@ class AnswerCache:
             except (ValueError, KeyError, TypeError):
                 bad += 1
         if bad:
-            logger.warning("answer cache %s: skipped %d unreadable lines", self.path, bad)
+            logger.warning("answer cache %s: skipped %d unreadable lines", path, bad)
 
     @staticmethod
     def key(model_id: str, kind: str, request, **params) -> str:

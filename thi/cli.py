@@ -5,6 +5,7 @@ with the gate, VQA on the accepted anchor, aggregation into a refined query), re
 and mINP for the base ranking and after each round.  Writes OUT/queries.jsonl (one line per query: candidates,
 P(yes) per round, anchor, answers, refined query, error) and OUT/metrics.json; OUT defaults to RUN_DIR/thi.
 Every MLLM answer is cached in OUT/mllm_cache.jsonl, so a killed run started again asks only what is missing.
+Over several GPUs: --shard K/N per process, then the same command without it (thi/shards.py; run_vllm_ICL.sh).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .backends import add_backend_args, backend_from_args
 from .cache import AnswerCache, ask
 from .interaction import localise, new_states, refine
 from .rerank import RunSimilarity, reranked
+from .shards import add_shard_arg
 
 # METHOD.md section 7 (ref): xi per dataset, K, lambda
 DEFAULT_XI = {"ICFG-PEDES": 0.55}
@@ -43,6 +45,7 @@ def parse(argv):
     p.add_argument("--root_dir", help="dataset root, if it moved since training")
     p.add_argument("--anno_path", help="annotation file, if it moved since training")
     p.add_argument("--device", help="device of the retrieval model (auto, cpu, cuda ...)")
+    add_shard_arg(p)
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
@@ -59,7 +62,8 @@ def main(argv=None) -> dict:
     args = parse(sys.argv[1:] if argv is None else argv)
     out = args.out or os.path.join(args.run, "thi")
     os.makedirs(out, exist_ok=True)
-    log = setup_logger(out, name="thi", filename="thi_log.txt")   # thi.* modules log through it
+    log_file = "thi_log.txt" if args.shard is None else args.shard.own_file("thi_log.txt")
+    log = setup_logger(out, name="thi", filename=log_file)   # thi.* modules log through it
 
     # the backend first: a missing vLLM or model folder is reported before the dataset is read
     backend = backend_from_args(args)
@@ -72,12 +76,17 @@ def main(argv=None) -> dict:
     s_base = sims.base[:n]
     captions, query_pids = split.captions[:n], split.caption_pids[:n]
 
-    cache = AnswerCache(args.cache or os.path.join(out, "mllm_cache.jsonl"))
+    cache = AnswerCache(args.cache or os.path.join(out, "mllm_cache.jsonl"), args.shard)
     states = new_states(s_base, captions, args.rounds)
-    localise(states, split.img_paths,
+    asked = states if args.shard is None else args.shard.take(states)
+    localise(asked, split.img_paths,
              lambda reqs: ask(backend, cache, "yes_probability", reqs, args.batch_size), args.rounds, xi)
-    refine(states, split.img_paths,
+    refine(asked, split.img_paths,
            lambda reqs: ask(backend, cache, "generate", reqs, args.batch_size, max_new_tokens=args.max_new_tokens))
+    if args.shard is not None:
+        log.info("shard %s: %d of %d queries asked, answers in %s; when every shard is done, run the same command "
+                 "without --shard for the metrics", args.shard, len(asked), n, cache.path)
+        return {"states": asked}
 
     refined = [s for s in states if s.refined is not None]
     refined_rows = sims.of_captions([s.refined for s in refined])

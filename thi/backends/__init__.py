@@ -18,6 +18,9 @@ from ..prompts import SYSTEM_PROMPT
 # Qwen2-VL's image size in THI (METHOD.md section 7): 224 x 224
 DEFAULT_PIXELS = 50_176
 BACKENDS = ("transformers", "vllm")
+# requests per call: what fits one padded forward pass, and for vLLM enough to keep its scheduler full (it
+# batches internally up to max_num_seqs and refills as sequences finish; the cache is written per call)
+DEFAULT_BATCH = {"transformers": 16, "vllm": 1024}
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,8 @@ def add_backend_args(p) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="transformers",
                    help="transformers (any device) or vllm (GPU, pip install vllm)")
     p.add_argument("--lora", help="peft LoRA adapter folder applied on top of --model_dir")
-    p.add_argument("--batch_size", type=int, default=16, help="MLLM requests per batch (vLLM: a few hundred)")
+    p.add_argument("--batch_size", type=int, help="MLLM requests handed over at once, and cached together "
+                   f"(default: {', '.join(f'{b} {n}' for b, n in DEFAULT_BATCH.items())})")
     p.add_argument("--max_new_tokens", type=int, default=256, help="length limit of every generated answer")
     p.add_argument("--min_pixels", type=int, default=DEFAULT_PIXELS, help="image size range given to the MLLM")
     p.add_argument("--max_pixels", type=int, default=DEFAULT_PIXELS)
@@ -93,14 +97,22 @@ def add_backend_args(p) -> None:
     v = p.add_argument_group("vllm backend")
     v.add_argument("--max_model_len", type=int, default=4096, help="context length (bounds vLLM's KV cache)")
     v.add_argument("--gpu_memory_utilization", type=float, default=0.85)
-    v.add_argument("--max_num_seqs", type=int, default=32)
+    v.add_argument("--max_num_seqs", type=int, help="sequences the engine runs at once (default: vLLM's own; lower "
+                   "it if a small GPU runs out of memory)")
+    v.add_argument("--tensor_parallel_size", type=int, default=1,
+                   help="GPUs one engine spans (a model too large for one card); for throughput use --shard instead")
 
 
 def backend_from_args(args) -> Backend:
+    """The backend the options ask for; also fills in the backend's default --batch_size."""
+    if args.batch_size is None:
+        args.batch_size = DEFAULT_BATCH[args.backend]
+    elif args.batch_size < 1:
+        raise SystemExit(f"--batch_size {args.batch_size}: must be at least 1")
     opts = dict(min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     if args.backend == "vllm":
         opts.update(max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-                    max_num_seqs=args.max_num_seqs)
+                    max_num_seqs=args.max_num_seqs, tensor_parallel_size=args.tensor_parallel_size)
     else:
         opts.update(device=args.mllm_device)
     return make_backend(args.backend, args.model_dir, lora=args.lora, **opts)

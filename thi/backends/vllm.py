@@ -23,15 +23,17 @@ class VLLMBackend(Backend):
     precision = "auto"   # vLLM runs the checkpoint's dtype (bf16 for Qwen2-VL)
 
     def __init__(self, model_dir: str, lora: str | None = None, max_model_len: int = 4096,
-                 gpu_memory_utilization: float = 0.85, max_num_seqs: int = 32, min_pixels: int = DEFAULT_PIXELS,
-                 max_pixels: int = DEFAULT_PIXELS, seed: int = 0):
+                 gpu_memory_utilization: float = 0.85, max_num_seqs: int | None = None, tensor_parallel_size: int = 1,
+                 min_pixels: int = DEFAULT_PIXELS, max_pixels: int = DEFAULT_PIXELS, seed: int = 0):
         if importlib.util.find_spec("vllm") is None:
             raise SystemExit("--backend vllm: vLLM is not installed. Install it with `pip install vllm` (it needs an "
                              "NVIDIA GPU), or use --backend transformers.")
         super().__init__(model_dir, lora, min_pixels, max_pixels)
         self.engine_args = dict(model=self.model_dir, max_model_len=max_model_len,
-                                gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
+                                gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
                                 limit_mm_per_prompt={"image": 1}, seed=seed)
+        if max_num_seqs is not None:
+            self.engine_args["max_num_seqs"] = max_num_seqs
         if self.lora:
             self.engine_args.update(enable_lora=True, max_lora_rank=lora_rank_bound(self.lora))
         self._llm = self._processor = self._lora_request = None
