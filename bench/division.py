@@ -64,20 +64,20 @@ def synthetic_records(n: int, captions_per_image: float, num_ids: int) -> list:
     return [SimpleNamespace(image_id=int(i), pid=int(pid_of_image[i])) for i in image_of]
 
 
-def build_models(args, num_models: int):
-    from model import build_model
+def build_trainer(args, num_models: int, noisy_rate: float):
+    """A Trainer without data: its models give the embedding heads and losses, its sample_weights the division."""
+    from solver.engine import Trainer
     from utils.options import resolve
 
     cfg = resolve({"pretrain_choice": "random", "clip_arch": {**TINY_BACKBONE, "embed_dim": args.bge_dim},
                    "img_size": [32, 16], "text_length": 8, "embeddings": list(args.embeddings),
                    "embed_dim": args.embed_dim, "loss_names": args.loss_names, "batch_size": args.batch_size,
                    "seed": args.seed, "weighting": args.weighting, "twin": num_models == 2,
-                   "dataset_name": "CUHK-PEDES"}, {})
-    models = []
-    for k in range(num_models):
-        torch.manual_seed(args.seed + k)
-        models.append(build_model(cfg, args.num_ids).to(args.device).eval())
-    return models, cfg
+                   "dataset_name": "CUHK-PEDES", "noisy_rate": noisy_rate, "device": str(args.device)}, {})
+    trainer = Trainer.without_data(cfg, args.num_ids)
+    for model in trainer.models:
+        model.eval()
+    return trainer
 
 
 def random_features(args, model, num_images: int, num_pairs: int, seed: int, noisy_rate: float):
@@ -109,31 +109,29 @@ def noisy_mask(args, noisy_rate: float) -> torch.Tensor:
 
 
 def bench_models(args, num_models: int) -> list[dict]:
-    from solver.engine import Trainer, division_signals
+    from solver.division import gmm_settings
+    from solver.engine import division_signals
 
     device = args.device
-    models, cfg = build_models(args, num_models)
     records = args._records
     num_images = records[-1].image_id + 1
+    image_ids = torch.tensor([r.image_id for r in records], device=device)
+    pids = torch.tensor([r.pid for r in records], device=device)
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed)).to(device)
     rows = []
     for noisy_rate in args.noisy_rate:
+        trainer = build_trainer(args, num_models, noisy_rate)
         features = [random_features(args, m, num_images, len(records), args.seed + k, noisy_rate)
-                    for k, m in enumerate(models)]
-        run_cfg = type(cfg)({**cfg, "noisy_rate": noisy_rate})
-        image_ids = torch.tensor([r.image_id for r in records], device=device)
-        pids = torch.tensor([r.pid for r in records], device=device)
-        order = torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed)).to(device)
+                    for k, m in enumerate(trainer.models)]
 
         def loss_pass():
-            return division_signals(models, features, image_ids, pids, order, args.batch_size)
+            return division_signals(trainer.models, features, image_ids, pids, order, args.batch_size)
 
         loss_pass()                                                 # warm-up
         loss_s, (signals, positive_sim) = timed(loss_pass, device, args.repeat)
-        trainer = SimpleNamespace(cfg=run_cfg)                      # what sample_weights reads
-        Trainer.sample_weights(trainer, signals, positive_sim, 0)   # warm-up
-        fit_s, weights = timed(lambda: Trainer.sample_weights(trainer, signals, positive_sim, 1), device, args.repeat)
-        from solver.division import gmm_settings
-        settings = gmm_settings(noisy_rate, run_cfg.dataset_name, run_cfg.gmm)
+        trainer.sample_weights(signals, positive_sim, 0)            # warm-up
+        fit_s, weights = timed(lambda: trainer.sample_weights(signals, positive_sim, 1), device, args.repeat)
+        settings = gmm_settings(noisy_rate, trainer.cfg.dataset_name, trainer.cfg.gmm)
         rows.append({
             "models": num_models, "pairs": len(records), "images": num_images, "ids": args.num_ids,
             "chunk": args.batch_size, "signals": len(signals), "noisy_rate": noisy_rate,
@@ -144,8 +142,8 @@ def bench_models(args, num_models: int) -> list[dict]:
             "noise_recall": 100.0 * float((weights[noisy_mask(args, noisy_rate)] < 0.5).float().mean())
             if noisy_rate > 0 else None,
         })
-    del models, features
-    free_memory(device)
+        del trainer, features
+        free_memory(device)
     return rows
 
 

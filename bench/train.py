@@ -1,8 +1,8 @@
 """Training throughput of the real training step, on random tensors already on the device (the model, not the data).
 
 One step is exactly the engine's: `Trainer.train_step` (every model's forward under autocast, the per-sample
-losses weighted by the division's weights and --loss_weights, summed) called on a light stand-in for the
-Trainer (no dataset), then `Trainer.train_epoch`'s zero_grad / GradScaler backward / optimiser step.  FLOPs of
+losses weighted by the division's weights and --loss_weights, summed) of a `Trainer.without_data`, then
+`Trainer.optimizer_step` (zero_grad, GradScaler backward, the fused optimiser steps).  FLOPs of
 one forward+backward are counted with torch.utils.flop_counter on the uncompiled model(s); model FLOP
 utilisation (MFU) = FLOPs per step / step time / the device's dense bf16 peak.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench.common import (add_common_args, finish_args, free_memory, peak_memory_gib, peak_tflops,  # noqa: E402
                           random_caption_ids, report, reset_peak_memory, timed)
+from solver.engine import Trainer  # noqa: E402
 
 # the tiny CLIP of --small (the demo's size class)
 SMALL_ARCH = {"embed_dim": 64, "vision_width": 64, "vision_layers": 2, "vision_heads": 2,
@@ -105,44 +105,23 @@ def random_batch(args, cfg, batch_size: int, num_models: int) -> dict:
     return {k: v.to(args.device) for k, v in batch.items()}
 
 
-def build_training(args, cfg, num_models: int):
-    """A stand-in Trainer with the pieces Trainer.__init__ builds (models, runners, optimisers, scaler), no data."""
-    from model import build_model
-    from solver.engine import Trainer
-    from solver.optimizer import build_optimizer
-    from utils.device import resolve_precision
-
-    device = args.device
-    dtype = resolve_precision(cfg.precision, device)
-    models = []
-    for k in range(num_models):
-        torch.manual_seed(cfg.seed + k)   # as Trainer: twins are independently initialised
-        models.append(build_model(cfg, args.num_classes).to(device).train())
-    trainer = SimpleNamespace(cfg=cfg, device=device, dtype=dtype, models=models)
-    trainer.runners = [Trainer.wrap(trainer, m) for m in models]      # torch.compile under --compile
-    trainer.optimizers = [build_optimizer(m, cfg, device) for m in models]
-    trainer.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return trainer
-
-
 def make_step(trainer, batch, weights, epoch: int = 1):
-    from solver.engine import Trainer
-
     def step():
         # the body of Trainer.train_epoch's loop (no host sync: no .item())
-        loss, _parts = Trainer.train_step(trainer, batch, weights, epoch)
-        Trainer.optimizer_step(trainer, loss)
+        loss, _parts = trainer.train_step(batch, weights, epoch)
+        trainer.optimizer_step(loss)
     return step
 
 
 def count_flops(trainer, batch, weights, epoch: int = 1) -> int:
-    """FLOPs of one forward + backward of every model (uncompiled: the count is the model's, not the kernels')."""
-    from solver.engine import Trainer
-
-    plain = SimpleNamespace(**{**vars(trainer), "runners": trainer.models})
-    with FlopCounterMode(display=False) as counter:
-        loss, _ = Trainer.train_step(plain, batch, weights, epoch)
-        loss.backward()
+    """FLOPs of one forward + backward of every model, uncompiled: the count is the model's, not the kernels'."""
+    runners, trainer.runners = trainer.runners, trainer.models
+    try:
+        with FlopCounterMode(display=False) as counter:
+            loss, _ = trainer.train_step(batch, weights, epoch)
+            loss.backward()
+    finally:
+        trainer.runners = runners
     for m in trainer.models:
         m.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
@@ -151,7 +130,7 @@ def count_flops(trainer, batch, weights, epoch: int = 1) -> int:
 def bench_one(args, batch_size: int, num_models: int) -> dict:
     device = args.device
     cfg = make_cfg(args, batch_size, num_models)
-    trainer = build_training(args, cfg, num_models)
+    trainer = Trainer.without_data(cfg, args.num_classes)
     batch = random_batch(args, cfg, batch_size, num_models)
     weights = (torch.rand(batch_size, generator=torch.Generator().manual_seed(args.seed)) > 0.1).float().to(device)
     flops = count_flops(trainer, batch, weights)

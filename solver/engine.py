@@ -101,13 +101,7 @@ def division_signals(models, features, image_ids, pids, order, batch_size: int):
 
 class Trainer:
     def __init__(self, cfg, run_dir: str):
-        self.cfg, self.run_dir = cfg, run_dir
-        self.device = dist.init_distributed(cfg.device) or resolve_device(cfg.device)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        self.dtype = resolve_precision(cfg.precision, self.device)
-        set_seed(cfg.seed)
-
+        self._setup(cfg, run_dir)
         self.dataset = build_dataset(cfg.dataset_name, cfg.root_dir, cfg.anno_path or None)
         log.info("dataset %s from %s\n%s", cfg.dataset_name, self.dataset.anno_file, self.dataset.summary())
         self.records, self.is_clean = self.dataset.train, None
@@ -118,12 +112,34 @@ class Trainer:
             self.is_clean = perm == np.arange(len(perm))
             log.info("noisy correspondence: %d of %d captions permuted (%s)",
                      int((~self.is_clean).sum()), len(perm), noisy_file)
+        self._build_models(self.dataset.num_train_pids)
+        self._build_data()
+        self.start_epoch, self.best = 1, {}     # best: {"epoch", "results"} of the best evaluation so far
+        if cfg.resume:
+            self.resume(os.path.join(run_dir, "last.pth"))
 
-        num_models = 2 if cfg.twin else 1
+    @classmethod
+    def without_data(cls, cfg, num_classes: int) -> "Trainer":
+        """The models, optimisers and training step, no dataset and no run folder: what the benchmarks time."""
+        trainer = cls.__new__(cls)
+        trainer._setup(cfg, None)
+        trainer._build_models(num_classes)
+        return trainer
+
+    def _setup(self, cfg, run_dir: str | None) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        self.device = dist.init_distributed(cfg.device) or resolve_device(cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        self.dtype = resolve_precision(cfg.precision, self.device)
+        set_seed(cfg.seed)
+
+    def _build_models(self, num_classes: int) -> None:
+        cfg = self.cfg
         self.models = []
-        for k in range(num_models):
+        for k in range(2 if cfg.twin else 1):
             torch.manual_seed(cfg.seed + k)  # twins: independently initialised heads
-            self.models.append(build_model(cfg, self.dataset.num_train_pids).to(self.device))
+            self.models.append(build_model(cfg, num_classes).to(self.device))
         # what the training step calls: the model itself, or its DDP wrapper under torchrun (whose forward
         # gathers features across processes so the in-batch losses see the global batch), maybe compiled
         self.runners = [self.wrap(m) for m in self.models]
@@ -131,6 +147,8 @@ class Trainer:
         self.schedulers = [build_scheduler(o, cfg) for o in self.optimizers]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
 
+    def _build_data(self) -> None:
+        cfg, num_models = self.cfg, len(self.models)
         loader_kw = dict(image_size=tuple(cfg.img_size), text_length=cfg.text_length, num_workers=cfg.num_workers)
         # one shuffle for any number of processes (each takes every world_size-th sample of it), so N
         # processes x batch B see exactly the batches of one process with batch N x B; cfg.batch_size is per
@@ -151,9 +169,6 @@ class Trainer:
                                    device=self.device, dtype=self.dtype)
 
         self.weights = torch.ones(len(self.records))
-        self.start_epoch, self.best = 1, {}     # best: {"epoch", "results"} of the best evaluation so far
-        if cfg.resume:
-            self.resume(os.path.join(run_dir, "last.pth"))
 
     def wrap(self, model):
         if dist.world_size() > 1:
@@ -236,7 +251,7 @@ class Trainer:
                    disable=not dist.is_main())
         for batch in bar:
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            loss, parts = self.train_step(batch, weights_on_device[dist.gather(batch["index"])], epoch)
+            loss, parts = self.train_step(batch, weights_on_device[dist.gather_batch(batch["index"])], epoch)
             self.optimizer_step(loss)
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
