@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.distributed import gather, gather_with_grad
+from utils.distributed import gather_batch
 
 from .clip import build_clip
 from .embeddings import build_embedding
@@ -34,12 +34,12 @@ class RetrievalModel(nn.Module):
 
         Returns ({(embedding, loss): [B_global]}, the same for (image, RDA caption) pairs or None).
         """
-        image_feats = {k: gather_with_grad(v) for k, v in self.encode_image(images).items()}
-        text_feats = {k: gather_with_grad(v) for k, v in self.encode_text(caption_ids).items()}
-        pids = gather(pids)
+        image_feats = {k: gather_batch(v) for k, v in self.encode_image(images).items()}
+        text_feats = {k: gather_batch(v) for k, v in self.encode_text(caption_ids).items()}
+        pids = gather_batch(pids)
         rda = None
         if rda_ids is not None:
-            rda_feats = {k: gather_with_grad(v) for k, v in self.encode_text(rda_ids).items()}
+            rda_feats = {k: gather_batch(v) for k, v in self.encode_text(rda_ids).items()}
             rda = self.per_sample_losses(image_feats, rda_feats, pids)
         return self.per_sample_losses(image_feats, text_feats, pids), rda
 

@@ -42,8 +42,9 @@ def barrier() -> None:
         dist.barrier()
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate equal-sized per-rank tensors along dim 0, gradients flowing back to their owners.
+def gather_batch(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate equal-sized per-rank tensors (a training batch) along dim 0, gradients flowing back to
+    their owners.  No size exchange, hence no host-device sync: the training step calls it on every batch.
 
     Every rank then computes the loss of the whole global batch; with DDP's gradient averaging this gives
     exactly the gradient one process would get on that batch (each rank's copy sends its share back).
@@ -54,7 +55,8 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate per-rank tensors of possibly different lengths along dim 0 (no gradient)."""
+    """Concatenate per-rank tensors of possibly different lengths along dim 0 (no gradient; the lengths are
+    exchanged first, a host sync: for evaluation, not the training step)."""
     if world_size() == 1:
         return x
     sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world_size())]
