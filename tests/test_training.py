@@ -136,3 +136,16 @@ def test_an_undecodable_image_stops_training_with_its_path(tmp_path):
     log = (tmp_path / "run" / "train_log.txt").read_text()
     error = log[log.index("ERROR"):]
     assert f"cannot decode image {bad}" in error and "--resume" in error and "Traceback" not in error
+
+
+def test_compiled_twins_train_like_eager_twins(data_root, tmp_path):
+    """--compile with the twin trainer and the division (torch.compile's default backend, inductor: about a
+    minute of compilation on 2 CPU cores) gives the losses and the ranking of the uncompiled run."""
+    args = ["--twin", "true", "--num_epoch", "1", "--noisy_rate", "0.2"]
+    train_main.main(tiny_args(data_root, tmp_path / "eager", *args))
+    train_main.main(tiny_args(data_root, tmp_path / "compiled", *args, "--compile", "true"))
+    eager, compiled = read_metrics(tmp_path / "eager")[0], read_metrics(tmp_path / "compiled")[0]
+    losses = sorted(k for k in eager if k.startswith("loss/"))
+    assert len(losses) == 4                                     # two models x (BGE, TSE)
+    assert [compiled[k] for k in losses] == pytest.approx([eager[k] for k in losses], rel=1e-4)
+    assert compiled["mAP"] == pytest.approx(eager["mAP"], abs=0.5)
