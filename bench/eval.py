@@ -101,7 +101,7 @@ def bench_set(args, model, name: str, dtype) -> dict:
     num_images, num_captions, num_ids = set_size(name, args.max_pairs)
     g = torch.Generator().manual_seed(args.seed)
     b = args.batch_size
-    images = torch.randn(min(b, num_images), 3, *args.img_size, generator=g).to(device)
+    images = torch.randint(0, 256, (min(b, num_images), 3, *args.img_size), generator=g, dtype=torch.uint8).to(device)
     ids = random_caption_ids(min(b, num_captions), args.text_length, g,
                              args.clip_arch.get("vocab_size", 49408)).to(device)
     image_pids = torch.arange(num_images) % num_ids

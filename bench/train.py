@@ -96,7 +96,7 @@ def random_batch(args, cfg, batch_size: int, num_models: int) -> dict:
     def ids():
         return torch.stack([random_caption_ids(batch_size, cfg.text_length, g, vocab) for _ in range(num_models)], 1)
 
-    batch = {"images": torch.randn(batch_size, num_models, 3, h, w, generator=g),
+    batch = {"images": torch.randint(0, 256, (batch_size, num_models, 3, h, w), generator=g, dtype=torch.uint8),
              "caption_ids": ids(),
              "pid": torch.randint(0, max(args.num_classes, 1), (batch_size,), generator=g),
              "index": torch.arange(batch_size)}

@@ -185,10 +185,16 @@ class Transformer(nn.Module):
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
 
 
+# CLIP's pixel statistics: its image encoder was pre-trained on inputs normalised with these
+PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
+PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
         width = cfg.vision_width
+        self.set_pixel_stats()
         self.grid_size = cfg.grid_size
         self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.stride, bias=False)
         self.class_embedding = nn.Parameter(torch.empty(width))
@@ -198,6 +204,13 @@ class VisionTransformer(nn.Module):
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(torch.empty(width, cfg.embed_dim))
 
+    def set_pixel_stats(self) -> None:
+        """uint8 images are normalised in forward, on the device: the loaders then copy a quarter of the bytes
+        and spend no CPU on float conversion.  Buffers outside the state dict (the OpenAI key layout stays as
+        it is), so a model built on the meta device and loaded with assign=True sets them again."""
+        self.register_buffer("pixel_mean", 255 * torch.tensor(PIXEL_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", 255 * torch.tensor(PIXEL_STD).view(3, 1, 1), persistent=False)
+
     def init_weights(self) -> None:
         scale = self.conv1.out_channels ** -0.5
         nn.init.normal_(self.class_embedding, std=scale)
@@ -206,7 +219,10 @@ class VisionTransformer(nn.Module):
         self.transformer.init_weights()
 
     def forward(self, images: torch.Tensor, need_weights: bool = False):
-        """Returns the transformer output before ln_post, [B, 1 + N, W], and the attention map."""
+        """images: uint8 [B, 3, H, W] as the loaders give them, or already normalised floats.
+        Returns the transformer output before ln_post, [B, 1 + N, W], and the attention map."""
+        if images.dtype == torch.uint8:
+            images = (images.float() - self.pixel_mean.float()) / self.pixel_std.float()
         x = self.conv1(images.to(self.conv1.weight.dtype))  # [B, W, gh, gw]
         if x.shape[-2:] != self.grid_size:
             raise ValueError(f"image of size {tuple(images.shape[-2:])} gives a {tuple(x.shape[-2:])} patch grid, "
@@ -577,6 +593,7 @@ def load_clip(path: str | os.PathLike | None, image_size: Iterable[int] = (384, 
     if missing or unexpected:
         raise RuntimeError(f"{os.fspath(path)!r} does not match the CLIP architecture read from it: "
                            f"missing keys {list(missing)}, unexpected keys {list(unexpected)}")
+    model.visual.set_pixel_stats()
     return model
 
 

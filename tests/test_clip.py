@@ -443,3 +443,16 @@ def test_tensors_outside_the_clip_layout_are_named_in_the_log(tmp_path, caplog):
         logger.setLevel(old_level)
     assert set(loaded) == set(sd)
     assert "1 tensors outside the CLIP layout" in caplog.text and "classifier.weight" in caplog.text
+
+
+def test_uint8_images_are_normalised_with_clips_statistics():
+    """The loaders hand over uint8 images; the model normalises them as torchvision's ToTensor + Normalize did."""
+    import torchvision.transforms as T
+
+    from model.clip import PIXEL_MEAN, PIXEL_STD
+
+    model = make_model()
+    raw = torch.randint(0, 256, (2, 3, *model.config.image_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    by_hand = T.Normalize(PIXEL_MEAN, PIXEL_STD)(raw.float() / 255)
+    torch.testing.assert_close(model.encode_image(raw), model.encode_image(by_hand), atol=1e-5, rtol=1e-5)
+    assert not any("pixel" in k for k in model.state_dict())      # the OpenAI key layout is unchanged

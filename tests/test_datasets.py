@@ -282,7 +282,7 @@ def test_train_pairs_views(tmp_path):
     random.seed(0)
     item = pairs[3]
     assert item["index"] == 3 and item["pid"] == ds.train[3].pid
-    assert item["images"].shape == (2, 3, 64, 32) and item["images"].dtype == torch.float32
+    assert item["images"].shape == (2, 3, 64, 32) and item["images"].dtype == torch.uint8   # normalised on the device
     assert item["caption_ids"].shape == (2, 40) and item["rda_ids"].shape == (2, 40)
     assert not torch.equal(item["images"][0], item["images"][1])  # independent augmentation draws
     diffs = [not torch.equal(v[0], v[1]) for it in (pairs[i] for i in range(8)) for v in (it["caption_ids"],

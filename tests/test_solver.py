@@ -70,7 +70,7 @@ def test_the_training_step_never_waits_for_the_gpu():
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 400, (8, 2, 16), generator=g)
     ids[..., 0], ids[..., 10], ids[..., 11:] = 49406, 49407, 0           # SOT, words, EOT, padding
-    batch = {"images": torch.randn(8, 2, 3, 64, 32, generator=g), "caption_ids": ids,
+    batch = {"images": torch.randint(0, 256, (8, 2, 3, 64, 32), generator=g, dtype=torch.uint8), "caption_ids": ids,
              "pid": torch.arange(8) % 4, "index": torch.arange(8)}
     batch = {k: v.cuda() for k, v in batch.items()}
     weights = torch.ones(8, device="cuda")
