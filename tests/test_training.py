@@ -140,7 +140,7 @@ def test_an_undecodable_image_stops_training_with_its_path(tmp_path):
 
 def test_compiled_twins_train_like_eager_twins(data_root, tmp_path):
     """--compile with the twin trainer and the division (torch.compile's default backend, inductor: about a
-    minute of compilation on 2 CPU cores) gives the losses and the ranking of the uncompiled run."""
+    minute of compilation on 2 CPU cores) gives the losses and the weights of the uncompiled run."""
     args = ["--twin", "true", "--num_epoch", "1", "--noisy_rate", "0.2"]
     train_main.main(tiny_args(data_root, tmp_path / "eager", *args))
     train_main.main(tiny_args(data_root, tmp_path / "compiled", *args, "--compile", "true"))
@@ -148,4 +148,12 @@ def test_compiled_twins_train_like_eager_twins(data_root, tmp_path):
     losses = sorted(k for k in eager if k.startswith("loss/"))
     assert len(losses) == 4                                     # two models x (BGE, TSE)
     assert [compiled[k] for k in losses] == pytest.approx([eager[k] for k in losses], rel=1e-4)
-    assert compiled["mAP"] == pytest.approx(eager["mAP"], abs=0.5)
+    # the trained weights agree (rankings of 24 captions are too coarse to compare).  The heads get a wider
+    # margin: a bias before BatchNorm has no gradient in exact arithmetic, so Adam moves it by up to the head lr
+    # per step in the direction of the rounding noise, which differs between the kernels.
+    states = [torch.load(tmp_path / run / "last.pth", weights_only=False)["models"] for run in ("eager", "compiled")]
+    for eager_model, compiled_model in zip(*states):
+        assert eager_model.keys() == compiled_model.keys()
+        for name, value in eager_model.items():
+            atol = 1e-4 if name.startswith("backbone.") else 5e-3
+            torch.testing.assert_close(compiled_model[name], value, atol=atol, rtol=1e-3, msg=name)
