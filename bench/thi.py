@@ -118,21 +118,6 @@ def build_random_7b(config, device: torch.device):
     return model.eval()
 
 
-def hand_model_to_backend(backend, model, folder: str) -> None:
-    """TransformersBackend._load with the model given instead of read from the folder (everything else as _load)."""
-    from transformers import AutoProcessor
-
-    from thi.backends.yes_no import answer_token_ids
-
-    if backend.device.type == "cuda":
-        torch.backends.cuda.enable_cudnn_sdp(False)
-    processor = AutoProcessor.from_pretrained(folder)
-    processor.tokenizer.padding_side = "left"
-    backend._model = model.to(backend.device, backend.dtype).eval()
-    backend._processor = processor
-    backend.yes_ids, backend.no_ids = answer_token_ids(processor.tokenizer)
-
-
 def make_requests(args, root: str):
     """(localisation requests, VQA requests): batch_size synthetic persons, their captions and 224x224 images."""
     from datasets import build_dataset
@@ -179,7 +164,7 @@ def main(argv=None) -> dict:
                 del model
         backend = make_backend("transformers", folder, device=str(device))
         if args.arch == "7b" and args.load == "direct":
-            hand_model_to_backend(backend, model, folder)
+            backend.use_model(model)
             del model
         else:
             backend._load()

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from utils.logger import append_jsonl, setup_logger
 from .backends import DEFAULT_PIXELS, Request
 from .backends.chat import prompts_and_images
+from .backends.hf import disable_cudnn_attention
 from .prompts import SYSTEM_PROMPT
 from .sft_data import DATA_FILE, IMAGE_TOKEN
 
@@ -159,6 +160,7 @@ def load_base(model_dir: str, device: torch.device, dtype: torch.dtype):
 
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise SystemExit(f"--model_dir {model_dir}: no config.json there; expected a Qwen2-VL model folder")
+    disable_cudnn_attention(device)
     processor = AutoProcessor.from_pretrained(model_dir)
     model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir, dtype=dtype)
     return model.to(device), processor

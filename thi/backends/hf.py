@@ -24,19 +24,23 @@ class TransformersBackend(Backend):
     def _load(self):
         if self._model is not None:
             return
-        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+        from transformers import Qwen2VLForConditionalGeneration
 
-        if self.device.type == "cuda":
-            # cuDNN attention plans anew for every new sequence shape, and the vision tower runs attention once
-            # per image (each its own length): the set-up cost dominated; the other SDPA kernels have none
-            torch.backends.cuda.enable_cudnn_sdp(False)
-        processor = AutoProcessor.from_pretrained(self.model_dir)
-        processor.tokenizer.padding_side = "left"   # so that position -1 is every row's answer position
         model = Qwen2VLForConditionalGeneration.from_pretrained(self.model_dir, dtype=self.dtype)
         if self.lora:
             from peft import PeftModel
             model = PeftModel.from_pretrained(model, self.lora)
-        self._model = model.to(self.device).eval()
+        self.use_model(model)
+
+    def use_model(self, model) -> None:
+        """Answer with `model` (a Qwen2-VL, processor read from model_dir): the end of _load, and how the
+        benchmark hands over a model built in memory."""
+        from transformers import AutoProcessor
+
+        disable_cudnn_attention(self.device)
+        processor = AutoProcessor.from_pretrained(self.model_dir)
+        processor.tokenizer.padding_side = "left"   # so that position -1 is every row's answer position
+        self._model = model.to(self.device, self.dtype).eval()
         self._processor = processor
         self.yes_ids, self.no_ids = answer_token_ids(processor.tokenizer)
 
@@ -60,3 +64,10 @@ class TransformersBackend(Backend):
                                    temperature=None, top_p=None, top_k=None)
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
         return [t.strip() for t in self._processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def disable_cudnn_attention(device: torch.device) -> None:
+    """cuDNN attention plans anew for every new sequence shape, and Qwen2-VL's vision tower runs attention once
+    per image (each its own length): the set-up cost dominated.  The other SDPA kernels have none."""
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
