@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from utils.files import atomic_open
+
 from .bases import DatasetError, TrainRecord
 
 
@@ -46,10 +48,8 @@ def load_or_create_permutation(noisy_file: str, n: int, rate: float, seed: int) 
     parent = os.path.dirname(os.path.abspath(noisy_file))
     os.makedirs(parent, exist_ok=True)
     # Atomic: a concurrent run never reads a half-written file. np.save on a file object keeps the name.
-    tmp = f"{noisy_file}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_open(noisy_file, "wb") as f:
         np.save(f, perm)
-    os.replace(tmp, noisy_file)
     return perm
 
 

@@ -12,7 +12,6 @@ the dataset classes, so the synthetic files cannot drift from what the loaders e
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -20,6 +19,8 @@ from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from utils.files import write_json
 
 from .bases import PersonDataset
 from .cuhkpedes import CUHKPEDES
@@ -339,9 +340,6 @@ def make_synthetic(root_dir: str, fmt: str = "CUHK-PEDES", num_train_ids: int = 
 
     # Written last and atomically: an annotation file means the images are all there.
     anno_path = os.path.join(folder, spec.anno_names[0])
-    tmp = f"{anno_path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(records, f)
-    os.replace(tmp, anno_path)
+    write_json(anno_path, records, indent=None)
     logger.info("wrote synthetic %s (%d records) to %s", fmt, len(records), anno_path)
     return anno_path

@@ -23,8 +23,8 @@ import sys
 from datasets import DatasetError, build_dataset
 from thi.backends import add_backend_args, backend_from_args
 from thi.cache import AnswerCache, ask
-from thi.cli import write_json, write_jsonl
 from thi.shards import add_shard_arg
+from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger
 from utils.options import load_yaml
 from .pipeline import augment, summary
@@ -81,20 +81,14 @@ def annotated_records(dataset, entries: list) -> list[dict]:
     return raw
 
 
-def write_json_list(path: str, records: list) -> None:
-    """Atomically, compact (annotation files are large): a reader never sees half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(records, f, ensure_ascii=False)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> dict:
     """Runs RDA; returns the summary (also written beside --out)."""
     args = parse(sys.argv[1:] if argv is None else argv)
     out = os.path.abspath(args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    log = setup_logger(os.path.dirname(out), name="rda", filename=os.path.basename(side_file(out, ".log.txt")))
+    log_file = os.path.basename(side_file(out, ".log.txt"))
+    log = setup_logger(os.path.dirname(out), name="rda",
+                       filename=log_file if args.shard is None else args.shard.own_file(log_file))
 
     # the backend first: a missing vLLM or model folder is reported before the dataset is read
     backend = backend_from_args(args)
@@ -112,15 +106,14 @@ def main(argv=None) -> dict:
     def ask_text(requests):
         return ask(backend, cache, "generate", requests, args.batch_size, max_new_tokens=args.max_new_tokens)
 
+    todo = train[:n] if args.shard is None else args.shard.take(train[:n])
+    pairs = augment([r.caption for r in todo], [r.img_path for r in todo], ask_text, args.m)
     if args.shard is not None:
-        mine = args.shard.take(train[:n])
-        augment([r.caption for r in mine], [r.img_path for r in mine], ask_text, args.m)
         log.info("shard %s: %d of %d captions processed, answers in %s; when every shard is done, run the same "
-                 "command without --shard to write %s", args.shard, len(mine), n, cache.path, out)
-        return {"shard": str(args.shard), "processed": len(mine)}
-    pairs = augment([r.caption for r in train[:n]], [r.img_path for r in train[:n]], ask_text, args.m)
+                 "command without --shard to write %s", args.shard, len(todo), n, cache.path, out)
+        return {"shard": str(args.shard), "processed": len(todo)}
     entries = [p.entry for p in pairs] + [r.caption for r in train[n:]]
-    write_json_list(out, annotated_records(dataset, entries))
+    write_json(out, annotated_records(dataset, entries), indent=None)   # compact: annotation files are large
     write_jsonl(side_file(out, ".details.jsonl"), [p.to_json() for p in pairs])
     result = summary(pairs, len(train))
     write_json(side_file(out, ".summary.json"), result)

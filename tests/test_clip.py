@@ -452,7 +452,8 @@ def test_uint8_images_are_normalised_with_clips_statistics():
     from model.clip import PIXEL_MEAN, PIXEL_STD
 
     model = make_model()
-    raw = torch.randint(0, 256, (2, 3, *model.config.image_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randint(0, 256, (2, 3, *model.config.image_size), dtype=torch.uint8, generator=g)
     by_hand = T.Normalize(PIXEL_MEAN, PIXEL_STD)(raw.float() / 255)
     torch.testing.assert_close(model.encode_image(raw), model.encode_image(by_hand), atol=1e-5, rtol=1e-5)
     assert not any("pixel" in k for k in model.state_dict())      # the OpenAI key layout is unchanged

@@ -183,6 +183,8 @@ def test_rda_shards_then_merge_equal_one_process(rda_out, data_root, monkeypatch
     assert all(a and not a & b for a, b in zip(asked, asked[1:] + asked[:1]))   # disjoint work
     assert sorted(p.name for p in tmp_path.glob("sharded.cache.shard*")) == \
         [f"sharded.cache.shard{k}-of-3.jsonl" for k in range(3)]
+    assert sorted(p.name for p in tmp_path.glob("sharded.log.shard*")) == \
+        [f"sharded.log.shard{k}-of-3.txt" for k in range(3)]          # a log each: no interleaved lines
     merge = ScriptedMLLM(first_backend.mangle)
     assert run_rda(monkeypatch, merge, sharded, *data_args(data_root)) == summary
     assert merge.requests == []

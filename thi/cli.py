@@ -10,11 +10,11 @@ Over several GPUs: --shard K/N per process, then the same command without it (th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from utils.checkpoint import atomic_save
+from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger
 from utils.metrics import metrics_table, rank_metrics
 from utils.runs import load_run
@@ -111,18 +111,3 @@ def main(argv=None) -> dict:
     log.info("refined queries, anchors and answers: %s", os.path.join(out, "queries.jsonl"))
     return {"metrics": metrics, "states": states, "final": s_final, "base": s_base}
 
-
-def write_jsonl(path: str, records: list[dict]) -> None:
-    """Atomically: a reader never sees half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-    os.replace(tmp, path)
-
-
-def write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)

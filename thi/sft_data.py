@@ -31,6 +31,7 @@ from datasets.loaders import CaptionList, ImageFolderList
 from datasets.transforms import build_transforms
 from model import similarities
 from utils.evaluator import encode_loader, similarity_rows
+from utils.files import write_json
 from utils.logger import setup_logger
 from utils.runs import load_run
 from .prompts import SYSTEM_PROMPT, localisation_prompt
@@ -119,14 +120,6 @@ DATASET_INFO = {
     "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
              "system_tag": "system"},
 }
-
-
-def write_json(path: str, obj) -> None:
-    """Atomically: a reader (LLaMA-Factory, thi.sft) never sees half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
 
 
 def write_dataset(out: str, samples: list[Sample], captions: list[str], image_paths: list[str], meta: dict) -> str:

@@ -5,11 +5,12 @@ import os
 
 import torch
 
+from .files import atomic_open
+
 
 def atomic_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str) -> dict:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from datasets.loaders import ImageDecodeError, read_image
 from datasets.transforms import build_transforms
-from .checkpoint import load_checkpoint, load_model_states
+from .checkpoint import atomic_save, load_checkpoint, load_model_states
 from .device import autocast, resolve_device, resolve_precision
 from .options import load_yaml, resolve
 from .runs import build_models
@@ -249,9 +249,7 @@ def open_index(folder: str, enc: Encoders, batch_size: int | None = None, num_wo
 def _save(index: FolderIndex, enc: Encoders, cache_file: str) -> None:
     try:
         os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-        tmp = cache_file + ".tmp"
-        torch.save(index.to_dict(enc.identity), tmp)
-        os.replace(tmp, cache_file)  # atomic: an interrupted save never leaves a half-written cache
+        atomic_save(index.to_dict(enc.identity), cache_file)  # an interrupted save leaves no half-written cache
     except OSError as e:  # a read-only folder still gets searched, just not cached
         log.warning("cannot write the index cache %s (%s); the folder is re-embedded next time", cache_file, e)
 

@@ -30,8 +30,8 @@ class VLLMBackend(Backend):
                              "NVIDIA GPU), or use --backend transformers.")
         super().__init__(model_dir, lora, min_pixels, max_pixels)
         self.engine_args = dict(model=self.model_dir, max_model_len=max_model_len,
-                                gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
-                                limit_mm_per_prompt={"image": 1}, seed=seed)
+                                gpu_memory_utilization=gpu_memory_utilization,
+                                tensor_parallel_size=tensor_parallel_size, limit_mm_per_prompt={"image": 1}, seed=seed)
         if max_num_seqs is not None:
             self.engine_args["max_num_seqs"] = max_num_seqs
         if self.lora:

@@ -1,0 +1,28 @@
+"""Files written atomically: into a temporary file beside the target, then renamed over it, so that a reader,
+a concurrent run or a run killed mid-write never sees half a file."""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+
+
+@contextmanager
+def atomic_open(path: str, mode: str = "w"):
+    """open(path, mode) for writing, made visible under `path` only once the block has finished."""
+    tmp = f"{path}.tmp{os.getpid()}"   # one temporary per process: concurrent writers never share it
+    with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+        yield f
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj, indent: int | None = 1) -> None:
+    """indent=None: compact, for large files (annotations)."""
+    with atomic_open(path) as f:
+        json.dump(obj, f, ensure_ascii=False, indent=indent)
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+    with atomic_open(path) as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
