@@ -244,6 +244,23 @@ def read_jsonl(path):
         return [json.loads(line) for line in f]
 
 
+def assert_same_up_to_float_noise(got, expected, path="", rel=1e-5, abs=1e-6):
+    """Structures equal exactly in everything but floats (ids, counts, texts, keys), floats within a
+    tolerance: P(yes) from batches of different composition differs in the last bits."""
+    if isinstance(expected, float) or isinstance(got, float):
+        assert got == pytest.approx(expected, rel=rel, abs=abs), path
+    elif isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys(), path
+        for key in expected:
+            assert_same_up_to_float_noise(got[key], expected[key], f"{path}.{key}", rel, abs)
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(got, (list, tuple)) and len(got) == len(expected), path
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert_same_up_to_float_noise(g, e, f"{path}[{i}]", rel, abs)
+    else:
+        assert got == expected, path
+
+
 def test_thi_end_to_end_then_resumes_from_the_cache(run_dir, yes_model, monkeypatch, tmp_path):
     out = tmp_path / "thi"
     argv = ["--run", run_dir, "--model_dir", yes_model, "--out", str(out), "--xi", "-1", "--limit", "6",
@@ -304,9 +321,10 @@ def test_shards_then_merge_equal_one_process(run_dir, yes_model, monkeypatch, tm
         calls[kind].clear()
     merged = cli.main([*argv, "--out", str(out)])
     assert calls == {"yes_probability": [], "generate": []}
-    assert merged["metrics"] == single["metrics"]
+    # the shards batch other queries together than one process does: floats agree to rounding, the rest exactly
+    assert_same_up_to_float_noise(merged["metrics"], single["metrics"])
     torch.testing.assert_close(merged["final"], single["final"])
-    assert read_jsonl(out / "queries.jsonl") == read_jsonl(tmp_path / "single" / "queries.jsonl")
+    assert_same_up_to_float_noise(read_jsonl(out / "queries.jsonl"), read_jsonl(tmp_path / "single" / "queries.jsonl"))
 
 
 @pytest.mark.parametrize("text", ["3/3", "-1/2", "1", "a/b", "1/0"])
