@@ -1,21 +1,32 @@
-"""Evaluate a run folder's best.pth and last.pth with the run's own saved config.
+"""Evaluate a run folder's best.pth and last.pth with the run's own saved config, or checkpoint files with a config.
 
     python test.py --run logs/CUHK-PEDES/20260101_120000_RDE
     python test.py --run RUN_DIR --checkpoint best --root_dir /other/data/root
+    python test.py --checkpoint RDE_best.pth --config configs/rde/cuhk.yaml --root_dir /data     # published weights
+    python test.py --checkpoint A.pth B.pth --config configs/recommended.yaml                     # two files: twins
+
+Checkpoint files may be in RDE / ICL, IRRA-family or MLLM4Text-ReID layout, or written by main.py
+(model/published.py); every tensor of a file is reported as loaded or unused, with the reason.  With --config,
+any training option can follow to override the file (--embeddings bge, --img_size 384 128, --text_length 77 ...).
 """
 import argparse
 import os
 import sys
 
 from utils.logger import setup_logger
-from utils.runs import load_run
+from utils.options import build_parser
+from utils.runs import load_checkpoint_files, load_run
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="run folder made by main.py (holds configs.yaml and *.pth)")
-    p.add_argument("--checkpoint", nargs="+", default=["best", "last"],
-                   help="checkpoint names in the run folder, or paths to .pth files")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)   # unknown options go on to main.py's parser whole
+    p.add_argument("--run", help="run folder made by main.py (holds configs.yaml and *.pth)")
+    p.add_argument("--config", help="options file (e.g. configs/rde/cuhk.yaml) for --checkpoint files, instead of --run")
+    p.add_argument("--checkpoint", nargs="+",
+                   help="with --run: checkpoint names in the run folder or .pth paths, each evaluated (default: best "
+                        "last); with --config: one checkpoint file, or two for twins")
+    p.add_argument("--out", default="", help="with --config: folder for test_log.txt and --visualize pictures")
     p.add_argument("--root_dir", help="dataset root, if it moved since training")
     p.add_argument("--anno_path", help="annotation file, if it moved since training")
     p.add_argument("--split", choices=["test", "val"], default="test")
@@ -26,18 +37,44 @@ def parse(argv):
                    help="draw N queries with their top-10 into RUN_DIR/visualize/ (first --checkpoint)")
     p.add_argument("--visualize_mode", choices=["random", "worst"], default="random",
                    help="which queries: a seeded random sample, or the worst by rank of the first correct image")
-    return p.parse_args(argv)
+    args, rest = p.parse_known_args(argv)
+    if (args.run is None) == (args.config is None):
+        p.error("give either --run RUN_DIR, or --checkpoint FILE [FILE] with --config CONFIG")
+    if args.config is not None:
+        if not args.checkpoint:
+            p.error("--config needs --checkpoint FILE (or two files for twins)")
+        if args.visualize and not args.out:
+            p.error("--visualize with --config needs --out DIR for the pictures")
+    elif rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)} (training options can only be overridden with --config; "
+                "a run folder is evaluated with its own)")
+    # the options of main.py, typed after --config, override the file (only the ones given appear)
+    args.options = vars(build_parser().parse_args(rest)) if rest else {}
+    args.options.pop("config", None)
+    args.checkpoint = args.checkpoint or ["best", "last"]
+    return args
 
 
 def main(argv=None) -> dict:
     args = parse(sys.argv[1:] if argv is None else argv)
-    run = load_run(args.run, root_dir=args.root_dir, anno_path=args.anno_path, device=args.device,
-                   test_batch_size=args.test_batch_size, num_workers=args.num_workers)
-    log = setup_logger(args.run, filename="test_log.txt")
+    overrides = dict(root_dir=args.root_dir, anno_path=args.anno_path, device=args.device,
+                     test_batch_size=args.test_batch_size, num_workers=args.num_workers)
+    if args.config is not None:
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+        run = load_checkpoint_files(args.checkpoint, args.config, out_dir=args.out, **args.options, **overrides)
+        log = setup_logger(args.out or None, filename="test_log.txt")
+        names = [" + ".join(os.path.basename(f) for f in args.checkpoint)]
+    else:
+        run = load_run(args.run, **overrides)
+        log = setup_logger(args.run, filename="test_log.txt")
+        names = args.checkpoint
     evaluator = run.evaluator(args.split)
     all_results = {}
-    for name in args.checkpoint:
+    for name in names:
         ckpt = run.load_weights(name)
+        for report in run.reports or []:
+            log.info("\n%s", "\n".join(report.lines()))
         title = f"{os.path.basename(name)} (epoch {ckpt['epoch']}), {run.cfg.dataset_name} {args.split}"
         results, table = evaluator.evaluate(run.models, title=title)
         log.info("\n%s", table)

@@ -1,4 +1,5 @@
 """THI on a trained run: python -m thi --run RUN_DIR --model_dir QWEN2_VL_DIR [options]
+or on checkpoint files:  python -m thi --checkpoint RDE_best.pth --config configs/rde/cuhk.yaml --model_dir ...
 
 Ranks the run's test queries with its best checkpoint, asks the MLLM about the top candidates (rounds of yes/no
 with the gate, VQA on the accepted anchor, aggregation into a refined query), re-ranks, and prints R@1/5/10, mAP
@@ -17,7 +18,7 @@ from utils.checkpoint import atomic_save
 from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger
 from utils.metrics import metrics_table, rank_metrics
-from utils.runs import load_run
+from utils.runs import load_checkpoint_files, load_run
 from .backends import add_backend_args, backend_from_args
 from .cache import AnswerCache, ask
 from .interaction import localise, new_states, refine
@@ -32,21 +33,28 @@ FALLBACK_XI = 0.5
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m thi", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="run folder made by main.py")
+    p.add_argument("--run", help="run folder made by main.py")
+    p.add_argument("--config", help="options file (e.g. configs/rde/cuhk.yaml) for --checkpoint files, instead of "
+                                    "--run: published RDE / ICL / IRRA-family weights as they are (test.py reads the same)")
     add_backend_args(p)
     p.add_argument("--rounds", type=int, default=5, help="K: interaction rounds = candidates per query")
     p.add_argument("--xi", type=float, help="gate threshold on s1 (default 0.55 on ICFG-PEDES, else 0.5)")
     p.add_argument("--lam", type=float, default=0.8, help="S_final = lam S_base + (1 - lam) S_hat")
-    p.add_argument("--checkpoint", default="best", help="best, last or a .pth path")
+    p.add_argument("--checkpoint", nargs="+", default=["best"],
+                   help="with --run: best, last or a .pth path; with --config: one checkpoint file, or two for twins")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--limit", type=int, help="only the first N queries (quick looks)")
-    p.add_argument("--out", help="output folder (default RUN_DIR/thi)")
+    p.add_argument("--out", help="output folder (default RUN_DIR/thi; with --config logs/thi/CHECKPOINT_NAME)")
     p.add_argument("--cache", help="answer cache file (default OUT/mllm_cache.jsonl)")
     p.add_argument("--root_dir", help="dataset root, if it moved since training")
     p.add_argument("--anno_path", help="annotation file, if it moved since training")
     p.add_argument("--device", help="device of the retrieval model (auto, cpu, cuda ...)")
     add_shard_arg(p)
     args = p.parse_args(argv)
+    if (args.run is None) == (args.config is None):
+        p.error("give either --run RUN_DIR, or --checkpoint FILE [FILE] with --config CONFIG")
+    if args.run is not None and len(args.checkpoint) != 1:
+        p.error("with --run, give one --checkpoint (best, last or a .pth path)")
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
     if args.limit is not None and args.limit < 1:
@@ -60,16 +68,21 @@ def main(argv=None) -> dict:
     """Runs THI; returns {'metrics': {row: metrics}, 'states': [QueryState], 'base': S_base, 'final': S_final}
     (S_final after the last round; both [queries, gallery])."""
     args = parse(sys.argv[1:] if argv is None else argv)
-    out = args.out or os.path.join(args.run, "thi")
+    stem = os.path.splitext(os.path.basename(args.checkpoint[0]))[0]
+    out = args.out or (os.path.join(args.run, "thi") if args.run else os.path.join("logs", "thi", stem))
     os.makedirs(out, exist_ok=True)
     log_file = "thi_log.txt" if args.shard is None else args.shard.own_file("thi_log.txt")
     log = setup_logger(out, name="thi", filename=log_file)   # thi.* modules log through it
 
     # the backend first: a missing vLLM or model folder is reported before the dataset is read
     backend = backend_from_args(args)
-    run = load_run(args.run, root_dir=args.root_dir, anno_path=args.anno_path, device=args.device)
+    where = dict(root_dir=args.root_dir, anno_path=args.anno_path, device=args.device)
+    run = (load_run(args.run, **where) if args.run else
+           load_checkpoint_files(args.checkpoint, args.config, out_dir=out, **where))
     xi = args.xi if args.xi is not None else DEFAULT_XI.get(run.cfg.dataset_name, FALLBACK_XI)
-    run.load_weights(args.checkpoint)
+    run.load_weights(args.checkpoint[0])
+    for report in run.reports or []:
+        log.info("\n%s", "\n".join(report.lines()))
     sims = RunSimilarity(run, args.split)
     split = sims.split
     n = len(split.captions) if args.limit is None else min(args.limit, len(split.captions))
@@ -103,7 +116,7 @@ def main(argv=None) -> dict:
     write_jsonl(os.path.join(out, "queries.jsonl"), [s.to_json() for s in states])
     write_json(os.path.join(out, "metrics.json"), {
         "metrics": metrics, "rounds": args.rounds, "xi": xi, "lam": args.lam, "queries": n,
-        "checkpoint": args.checkpoint, "model_id": backend.model_id})
+        "checkpoint": args.checkpoint[0] if args.run else args.checkpoint, "model_id": backend.model_id, "dataset_name": run.cfg.dataset_name})
     # every query of the split (those past --limit keep their base row): what test.py --visualize compares
     full = sims.base.clone()
     full[:n] = s_final

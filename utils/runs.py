@@ -1,4 +1,5 @@
-"""Reading a finished run folder back: its config, its data and its trained models (test.py, THI, tools)."""
+"""Reading trained models back with their config and data (test.py, THI, tools): from a run folder, or from
+checkpoint files (published layouts included, model/published.py) plus a config file."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ import torch
 from datasets import DatasetError, PersonDataset, build_dataset
 from datasets.loaders import build_eval_loaders
 from model import build_model
+from model.published import CheckpointMismatch, load_models
 from .checkpoint import load_checkpoint, load_model_states
 from .device import resolve_device, resolve_precision
 from .evaluator import Evaluator
@@ -22,6 +24,8 @@ class Run:
     device: torch.device
     dtype: torch.dtype | None
     models: list | None = None     # filled by load_weights
+    files: list[str] | None = None # checkpoint files given with a config instead of a run folder
+    reports: list | None = None    # model.published.LoadReport per file: what was loaded, what not and why
 
     def evaluator(self, split_name: str = "test") -> Evaluator:
         split = self.dataset.val if split_name == "val" else self.dataset.test
@@ -32,7 +36,12 @@ class Run:
         return Evaluator(split, *loaders, device=self.device, dtype=self.dtype)
 
     def load_weights(self, checkpoint: str = "best") -> dict:
-        """Load best / last / a .pth path into the run's models (built on first use); returns the checkpoint."""
+        """Load best / last / a .pth path into the run's models (built on first use); returns the checkpoint.
+
+        A Run made from checkpoint files (load_checkpoint_files) has one set of weights: `checkpoint` is ignored.
+        """
+        if self.files is not None:
+            return self._load_files()
         path = checkpoint if checkpoint.endswith(".pth") else os.path.join(self.cfg.run_dir, f"{checkpoint}.pth")
         try:
             ckpt = load_checkpoint(path)
@@ -45,12 +54,54 @@ class Run:
             m.eval()
         return ckpt
 
+    def _load_files(self) -> dict:
+        if self.models is None:
+            try:
+                self.models, self.reports = load_models(
+                    self.files, self.cfg, lambda cfg, arch: random_model(cfg, arch, self.dataset.num_train_pids),
+                    self.device)
+            except (FileNotFoundError, CheckpointMismatch) as e:
+                raise SystemExit(str(e)) from None
+            if self.cfg.twin and len(self.models) == 1:
+                self.reports[0].notes.append("the config asks for twins; one file holds one model, evaluated alone "
+                                             "(give two files for twins)")
+            self.cfg.twin = len(self.models) == 2
+        for m in self.models:
+            m.eval()
+        return {"epoch": ", ".join(str(r.epoch) for r in self.reports), "files": self.files}
+
+
+def random_model(cfg, clip_arch: dict | None, num_classes: int):
+    """A model with random weights and the given CLIP architecture: no CLIP file (nor ReID-pretrained file) read."""
+    loss_names = "+".join(p for p in cfg.loss_names.split("+") if p != "pre") or "TAL"
+    cfg = resolve({"pretrain_choice": "random", "pretrain_path": "", "clip_arch": clip_arch or {},
+                   "loss_names": loss_names}, dict(cfg))
+    return build_model(cfg, num_classes)
+
 
 def build_models(cfg, ckpt: dict, num_classes: int, device) -> list:
     """The run's models with random weights, shaped like the checkpoint's: the CLIP file is not needed."""
     arch = {k: v for k, v in ckpt.get("clip_config", {}).items() if k not in ("image_size", "stride", "context_length")}
-    cfg = resolve({"pretrain_choice": "random", "clip_arch": arch}, dict(cfg))
-    return [build_model(cfg, num_classes).to(device) for _ in range(2 if cfg.twin else 1)]
+    return [random_model(cfg, arch, num_classes).to(device) for _ in range(2 if cfg.twin else 1)]
+
+
+def _read_dataset(cfg, hint: str) -> PersonDataset:
+    try:
+        return build_dataset(cfg.dataset_name, cfg.root_dir, cfg.anno_path or None)
+    except DatasetError as e:
+        raise SystemExit(f"{e}\n({hint})") from None
+
+
+def load_checkpoint_files(files: list[str], config_file: str, out_dir: str = "", **overrides) -> Run:
+    """Weights from checkpoint files (RDE / ICL, IRRA-family, MLLM4Text-ReID or main.py layouts; two files make
+    twins) with the options of `config_file` and `overrides`: no run folder needed.  Models load on load_weights."""
+    if not 1 <= len(files) <= 2:
+        raise SystemExit(f"give one checkpoint file, or two for twins; got {len(files)}")
+    cfg = resolve({k: v for k, v in overrides.items() if v is not None}, load_yaml(config_file))
+    cfg.run_dir = out_dir
+    device = resolve_device(cfg.device)
+    dataset = _read_dataset(cfg, "pass --root_dir / --anno_path to point at the data")
+    return Run(cfg, dataset, device, resolve_precision(cfg.precision, device), files=list(files))
 
 
 def load_run(run_dir: str, **overrides) -> Run:
@@ -61,9 +112,6 @@ def load_run(run_dir: str, **overrides) -> Run:
     cfg = resolve({k: v for k, v in overrides.items() if v is not None}, load_yaml(config_file))
     cfg.run_dir = run_dir
     device = resolve_device(cfg.device)
-    try:
-        dataset = build_dataset(cfg.dataset_name, cfg.root_dir, cfg.anno_path or None)
-    except DatasetError as e:
-        raise SystemExit(f"{e}\n(the run's data is read with its saved config; pass --root_dir / --anno_path "
-                         "if the data moved)") from None
+    dataset = _read_dataset(cfg, "the run's data is read with its saved config; pass --root_dir / --anno_path "
+                                 "if the data moved")
     return Run(cfg, dataset, device, resolve_precision(cfg.precision, device))
