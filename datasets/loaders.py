@@ -32,18 +32,29 @@ def _tokenize(text: str, text_length: int) -> torch.Tensor:
     return tokenize_one(text, text_length)
 
 
+def sample_seed(seed: int, epoch: int, stream: int, index: int) -> int:
+    """The seed of one sample's augmentation draws: a function of (run seed, epoch, stream, sample) only, so a
+    sample is augmented the same whichever worker or process reads it, and a resumed run draws what the
+    uninterrupted run drew."""
+    return int(np.random.SeedSequence([seed, epoch, stream, index]).generate_state(1)[0])
+
+
 class TrainPairs(Dataset):
-    """Training pairs; item i is a dict:
+    """Training pairs.  A key is a sample index, or (index, epoch, stream) as EpochDraws yields them (a bare
+    index draws as epoch 0, stream 0).  Item is a dict:
 
     index, pid, image_id: int
-    images:      FloatTensor [V, 3, H, W], V = num_views independent augmentation draws (twin models)
+    images:      uint8 [V, 3, H, W], V = num_views independent augmentation draws (twin models)
+    erase:       int [V, 4] each view's random-erasing rectangle (top, left, height, width; all 0: none),
+                 applied on the device after the normalisation (datasets.transforms.erase)
     caption_ids: LongTensor [V, L], each view its own txt_aug draw (identical rows without txt_aug)
-    rda_ids:     LongTensor [V, L], only with use_rda: each view its own RDA composition; a record
-                 without diversity captions falls back to its caption, so every item of a batch has it.
+    rda_ids:     LongTensor [V, L], only with use_rda: each view its own RDA composition, with txt_aug as
+                 ICL applies it; a record without diversity captions falls back to its caption, so every
+                 item of a batch has it.
     """
 
     def __init__(self, records: Sequence[TrainRecord], transform, text_length: int = 77, txt_aug: bool = False,
-                 num_views: int = 1, use_rda: bool = False):
+                 num_views: int = 1, use_rda: bool = False, seed: int = 0):
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
         self.records = list(records)
@@ -52,30 +63,61 @@ class TrainPairs(Dataset):
         self.txt_aug = txt_aug
         self.num_views = num_views
         self.use_rda = use_rda
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict:
+    def _caption(self, ids: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        return augment_caption_ids(ids, rng) if self.txt_aug else ids
+
+    def __getitem__(self, key) -> dict:
+        i, epoch, stream = key if isinstance(key, tuple) else (key, 0, 0)
         rec = self.records[i]
         img = read_image(rec.img_path)
-        views = range(self.num_views)
+        seed = sample_seed(self.seed, epoch, stream, i)
+        rng = random.Random(seed)
+        # torchvision draws from torch's global CPU generator: seed it for this sample, then put it back
+        state = torch.get_rng_state()
+        torch.default_generator.manual_seed(seed)   # not torch.manual_seed: that also queues CUDA seeding
+        try:
+            images, boxes = zip(*(self.transform(img) for _ in range(self.num_views)))
+        finally:
+            torch.set_rng_state(state)
         ids = _tokenize(rec.caption, self.text_length)
-        if self.txt_aug:
-            caption_ids = torch.stack([augment_caption_ids(ids) for _ in views])
-        else:
-            caption_ids = ids.unsqueeze(0).repeat(self.num_views, 1)
         item = {
             "index": i,
             "pid": rec.pid,
             "image_id": rec.image_id,
-            "images": torch.stack([self.transform(img) for _ in views]),
-            "caption_ids": caption_ids,
+            "images": torch.stack(images),
+            "erase": torch.tensor(boxes, dtype=torch.int32),
+            "caption_ids": torch.stack([self._caption(ids, rng) for _ in range(self.num_views)]),
         }
         if self.use_rda:
             entry = rec.diversity if rec.diversity is not None else rec.caption
-            item["rda_ids"] = torch.stack([_tokenize(compose_rda_caption(entry), self.text_length) for _ in views])
+            item["rda_ids"] = torch.stack([self._caption(_tokenize(compose_rda_caption(entry, rng), self.text_length),
+                                                         rng) for _ in range(self.num_views)])
         return item
+
+
+class EpochDraws(Sampler):
+    """Wraps an index sampler (with set_epoch) and yields (index, epoch, stream) keys for TrainPairs: the epoch
+    reaches the dataset even in persistent workers, so augmentation is a function of (seed, epoch, sample)."""
+
+    def __init__(self, sampler, stream: int = 0):
+        self.sampler, self.stream, self.epoch = sampler, stream, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch, stream = self.epoch, self.stream
+        return ((i, epoch, stream) for i in self.sampler)
 
 
 class ImageFolderList(Dataset):
@@ -129,12 +171,16 @@ def _loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool =
 
 def build_train_loader(records: Sequence[TrainRecord], image_size, text_length: int, batch_size: int,
                        num_workers: int, img_aug: bool = True, txt_aug: bool = False, num_views: int = 1,
-                       use_rda: bool = False, seed: int = 0, drop_last: bool = True,
+                       use_rda: bool = False, seed: int = 0, drop_last: bool = False,
                        sampler: Optional[Sampler] = None) -> DataLoader:
-    """Shuffled (seeded) training loader of TrainPairs dicts; a given sampler replaces the shuffle."""
+    """Training loader of TrainPairs dicts.  `sampler` (an EpochDraws, whose set_epoch moves the data order
+    and the augmentation draws) defaults to a seeded shuffle.  The last partial batch is kept, as published."""
     dataset = TrainPairs(records, build_transforms(image_size, is_train=True, img_aug=img_aug),
-                         text_length=text_length, txt_aug=txt_aug, num_views=num_views, use_rda=use_rda)
-    return _loader(dataset, batch_size, num_workers, shuffle=True, drop_last=drop_last, sampler=sampler, seed=seed)
+                         text_length=text_length, txt_aug=txt_aug, num_views=num_views, use_rda=use_rda, seed=seed)
+    if sampler is None:
+        sampler = EpochDraws(torch.utils.data.DistributedSampler(range(len(dataset)), num_replicas=1, rank=0,
+                                                                 shuffle=True, seed=seed))
+    return _loader(dataset, batch_size, num_workers, drop_last=drop_last, sampler=sampler, seed=seed)
 
 
 def build_eval_loaders(split: EvalSplit, image_size, text_length: int, batch_size: int,

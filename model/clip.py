@@ -218,11 +218,15 @@ class VisionTransformer(nn.Module):
         nn.init.normal_(self.proj, std=scale)
         self.transformer.init_weights()
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [B, 3, H, W] -> float32 in CLIP's normalised units."""
+        return (images.float() - self.pixel_mean.float()) / self.pixel_std.float()
+
     def forward(self, images: torch.Tensor, need_weights: bool = False):
         """images: uint8 [B, 3, H, W] as the loaders give them, or already normalised floats.
         Returns the transformer output before ln_post, [B, 1 + N, W], and the attention map."""
         if images.dtype == torch.uint8:
-            images = (images.float() - self.pixel_mean.float()) / self.pixel_std.float()
+            images = self.normalize(images)
         x = self.conv1(images.to(self.conv1.weight.dtype))  # [B, W, gh, gw]
         if x.shape[-2:] != self.grid_size:
             raise ValueError(f"image of size {tuple(images.shape[-2:])} gives a {tuple(x.shape[-2:])} patch grid, "

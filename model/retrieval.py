@@ -57,8 +57,12 @@ class RetrievalModel(nn.Module):
                 for emb, losses in self.losses.items() for name, loss in losses.items()}
 
     def new_modules(self) -> list[nn.Module]:
-        """Modules trained from scratch (higher learning rate than the pretrained backbone)."""
-        return [self.embeddings, self.losses]
+        """RDE-style heads trained from scratch: head_lr (solver/optimizer.py)."""
+        return [self.embeddings]
+
+    def irra_modules(self) -> list[nn.Module]:
+        """IRRA-style modules trained from scratch (the ID classifier): lr x lr_factor (solver/optimizer.py)."""
+        return [self.losses]
 
 
 def similarities(image_feats: dict, text_feats: dict) -> dict[str, torch.Tensor]:

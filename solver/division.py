@@ -36,11 +36,12 @@ def clean_probability(losses: np.ndarray, settings: dict, seed: int = 0) -> np.n
 
 
 def clean_votes(losses: np.ndarray, settings: dict, seed: int = 0) -> np.ndarray:
-    """One signal's verdict: clean when p_clean > 0.5; if that is everyone, the 1% highest losses are noisy."""
-    clean = clean_probability(losses, settings, seed) > 0.5
-    if clean.all():
-        clean[np.argsort(losses)[-max(1, len(losses) // 100):]] = False
-    return clean
+    """One signal's verdict: clean when p_clean > 0.5.  If that is everyone, RDE's split_prob moves the threshold
+    to the (N // 100)-th smallest p_clean, so the N // 100 + 1 pairs of lowest p_clean become noisy."""
+    p_clean = clean_probability(losses, settings, seed)
+    if (p_clean > 0.5).all():
+        return p_clean > np.sort(p_clean)[len(p_clean) // 100]
+    return p_clean > 0.5
 
 
 def consensus(votes: np.ndarray, generator: torch.Generator) -> torch.Tensor:

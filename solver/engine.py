@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from datasets import EvalSplit, build_dataset
-from datasets.loaders import build_eval_loaders, build_train_loader
+from datasets.loaders import EpochDraws, build_eval_loaders, build_train_loader
+from datasets.transforms import erase
 from datasets.noise import apply_noise, load_or_create_permutation
 from model import build_model
 from utils.checkpoint import atomic_save, load_checkpoint, load_model_states
@@ -147,23 +148,35 @@ class Trainer:
         self.schedulers = [build_scheduler(o, cfg) for o in self.optimizers]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
 
+    def _epoch_sampler(self, stream: int) -> EpochDraws:
+        """One shuffle for any number of processes (each takes every world_size-th sample of it), so N processes
+        x batch B see exactly the batches of one process with batch N x B (cfg.batch_size is per process); the
+        order and the augmentation draws are functions of (seed, epoch, stream)."""
+        return EpochDraws(torch.utils.data.DistributedSampler(
+            range(len(self.records)), num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
+            seed=self.cfg.seed + stream), stream=stream)
+
     def _build_data(self) -> None:
         cfg, num_models = self.cfg, len(self.models)
         loader_kw = dict(image_size=tuple(cfg.img_size), text_length=cfg.text_length, num_workers=cfg.num_workers)
-        # one shuffle for any number of processes (each takes every world_size-th sample of it), so N
-        # processes x batch B see exactly the batches of one process with batch N x B; cfg.batch_size is per
-        # process
-        self.sampler = torch.utils.data.DistributedSampler(
-            range(len(self.records)), num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
-            seed=cfg.seed, drop_last=True)
-        self.train_loader = build_train_loader(
-            self.records, batch_size=cfg.batch_size, img_aug=cfg.img_aug, txt_aug=cfg.txt_aug,
-            num_views=num_models, use_rda=self.dataset.has_rda and cfg.use_rda, seed=cfg.seed,
-            sampler=self.sampler, **loader_kw)
-        # the division pass reads the (noisy) training pairs like a test set: each image once, no augmentation
-        paths, pids = unique_images(self.records)
-        self.train_as_eval = EvalSplit(paths, pids, [r.caption for r in self.records], [r.pid for r in self.records])
-        self.division_loaders = build_eval_loaders(self.train_as_eval, batch_size=cfg.test_batch_size, **loader_kw)
+        train_kw = dict(batch_size=cfg.batch_size, img_aug=cfg.img_aug, txt_aug=cfg.txt_aug, num_views=num_models,
+                        seed=cfg.seed, **loader_kw)
+        self.sampler = self._epoch_sampler(stream=0)
+        self.train_loader = build_train_loader(self.records, use_rda=self.dataset.has_rda and cfg.use_rda,
+                                               sampler=self.sampler, **train_kw)
+        if cfg.division_read == "augmented":
+            # as published: the training pipeline once more (its own shuffle and augmentation draws)
+            self.division_sampler = self._epoch_sampler(stream=1)
+            self.division_loader = build_train_loader(self.records, sampler=self.division_sampler, **train_kw)
+        elif cfg.division_read == "clean":
+            # read like a test set: each image once, no augmentation
+            paths, pids = unique_images(self.records)
+            self.train_as_eval = EvalSplit(paths, pids, [r.caption for r in self.records],
+                                           [r.pid for r in self.records])
+            self.division_loaders = build_eval_loaders(self.train_as_eval, batch_size=cfg.test_batch_size,
+                                                       **loader_kw)
+        else:
+            raise ValueError(f"division_read {cfg.division_read!r}: choose augmented or clean")
         split = self.dataset.val if cfg.val_dataset == "val" and self.dataset.val is not None else self.dataset.test
         self.evaluator = Evaluator(split, *build_eval_loaders(split, batch_size=cfg.test_batch_size, **loader_kw),
                                    device=self.device, dtype=self.dtype)
@@ -185,12 +198,49 @@ class Trainer:
 
     # ---------------------------------------------------------------- division
     def division_pass(self, epoch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Division signals of every model on the (noisy) training pairs, read like a test set."""
+        """Division signals of every model on the (noisy) training pairs and their mean positive cosine."""
+        if self.cfg.division_read == "augmented":
+            return self.division_pass_augmented(epoch)
         image_ids = torch.tensor([r.image_id for r in self.records], device=self.device)
         pids = torch.tensor([r.pid for r in self.records], device=self.device)
         order = torch.randperm(len(self.records), generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
         features = [extract_features(m, *self.division_loaders, self.device, self.dtype) for m in self.models]
         return division_signals(self.models, features, image_ids, pids, order.to(self.device), self.cfg.batch_size)
+
+    @torch.no_grad()
+    def division_pass_augmented(self, epoch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The published read (RDE's get_loss): per-pair loss on augmented training batches, in eval mode, with
+        those batches' in-batch negatives; twins score each model on the other model's view (3RTPR)."""
+        n, first, num_models = len(self.records), self.models[0].loss_names[0], len(self.models)
+        losses, positive_sim = {}, torch.zeros(n, device=self.device)
+        for model in self.models:
+            model.eval()
+        self.division_sampler.set_epoch(epoch)
+        for batch in tqdm(self.division_loader, desc=f"division {epoch}", leave=False, disable=not dist.is_main()):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            index, pids = dist.gather_batch(batch["index"]), dist.gather_batch(batch["pid"])
+            for k, model in enumerate(self.models):
+                view = (k + 1) % num_models
+                with autocast(self.device, self.dtype):
+                    image_feats = model.encode_image(self.view_images(model, batch, view))
+                    text_feats = model.encode_text(batch["caption_ids"][:, view])
+                image_feats = {e: dist.gather_batch(f) for e, f in image_feats.items()}
+                text_feats = {e: dist.gather_batch(f) for e, f in text_feats.items()}
+                per = model.per_sample_losses(image_feats, text_feats, pids)
+                for emb in image_feats:
+                    name = f"model{k + 1}/{emb}" if num_models > 1 else emb
+                    losses.setdefault(name, torch.zeros(n, device=self.device))[index] = per[(emb, first)].float()
+                    positive_sim[index] += F.cosine_similarity(image_feats[emb].float(), text_feats[emb].float(), dim=-1)
+        signals = {name: v.cpu().numpy() for name, v in losses.items()}
+        return signals, (positive_sim / len(signals)).cpu().numpy()
+
+    def view_images(self, model, batch: dict, view: int) -> torch.Tensor:
+        """One augmented view of a batch's images as the model takes them: uint8 straight from the loader, or
+        normalised and then randomly erased (the published order: erasing after the normalisation)."""
+        images = batch["images"][:, view]
+        if "erase" not in batch:     # a batch made without the training transform (the benchmarks)
+            return images
+        return erase(model.backbone.visual.normalize(images), batch["erase"][:, view])
 
     def sample_weights(self, signals: dict[str, np.ndarray], positive_sim: np.ndarray, epoch: int) -> torch.Tensor:
         """Every signal votes clean/noisy (a Gaussian mixture each); CCD or ALR turns the votes into weights."""
@@ -206,11 +256,11 @@ class Trainer:
     def divide(self, epoch: int) -> dict:
         start = time.time()
         self.weights = self.sample_weights(*self.division_pass(epoch), epoch)
-        stats = division_quality(self.weights, self.is_clean)
+        stats = {**division_quality(self.weights, self.is_clean), "time": time.time() - start}
         log.info("epoch %d division: kept %d of %d pairs%s (%.1fs)", epoch, stats["kept"], stats["total"],
                  "" if self.is_clean is None else
                  f", noise precision {stats['noise_precision']:.1f}% recall {stats['noise_recall']:.1f}%",
-                 time.time() - start)
+                 stats["time"])
         return {f"division/{k}": v for k, v in stats.items()}
 
     # ---------------------------------------------------------------- training
@@ -224,7 +274,7 @@ class Trainer:
         for k, (model, runner) in enumerate(zip(self.models, self.runners)):
             prefix = f"model{k + 1}/" if len(self.models) > 1 else ""
             with autocast(self.device, self.dtype):
-                per_sample, rda = runner(batch["images"][:, k], batch["caption_ids"][:, k], batch["pid"],
+                per_sample, rda = runner(self.view_images(model, batch, k), batch["caption_ids"][:, k], batch["pid"],
                                          batch["rda_ids"][:, k] if rda_weight else None)
             loss, model_parts = weighted_loss(model, per_sample, weights, self.cfg.loss_weights, rda, rda_weight)
             total = total + loss
@@ -248,7 +298,7 @@ class Trainer:
         sums, steps = {}, 0
         weights_on_device = self.weights.to(self.device)
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{self.cfg.num_epoch}", leave=False,
-                   disable=not dist.is_main())
+                   disable=None if dist.is_main() else True)  # None: drawn on a terminal only (utils/progress.py)
         for batch in bar:
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             loss, parts = self.train_step(batch, weights_on_device[dist.gather_batch(batch["index"])], epoch)
@@ -270,7 +320,8 @@ class Trainer:
             tensorboard = SummaryWriter(self.run_dir)
         for epoch in range(self.start_epoch, cfg.num_epoch + 1):
             start = time.time()
-            record = {"epoch": epoch, "lr": self.optimizers[0].param_groups[0]["lr"]}
+            record = {"epoch": epoch, "lr": next(g["lr"] for g in self.optimizers[0].param_groups
+                                                 if g["initial_lr"] == cfg.lr)}   # the backbone's
             if cfg.division:
                 record.update(self.divide(epoch))
             record.update(self.train_epoch(epoch))

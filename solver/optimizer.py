@@ -1,28 +1,48 @@
-"""Adam with the published learning rates (METHOD.md section 5), in four parameter groups.
+"""Adam with the published learning-rate rules (METHOD.md section 5), in a handful of parameter groups.
 
-The published code makes one group per tensor; four groups let the fused / foreach Adam kernels update
-all tensors of a group at once.
+The published `build_optimizer` (IRRA, RDE, ICL) walks the parameters by name, one group per tensor:
+  1. every parameter: lr, weight_decay;
+  2. a name that *contains* "bias" (attention in_proj_bias included): lr x bias_lr_factor, no weight decay;
+  3. IRRA-style new modules (ID classifier, MLM / cross-modal heads): lr x lr_factor, set after rule 2, so
+     their biases too; ICL also gives the text position embedding lr x lr_factor when text_length != 77;
+  4. RDE's heads (TSE): head_lr, set last, so their biases train at head_lr too.
+Each later rule overrides the learning rate only; the weight decay stays as rule 2 left it.  Parameters that
+end up with the same (lr, weight_decay) share a group, so the fused / foreach Adam kernels update many
+tensors at once.
 """
 from __future__ import annotations
 
 import torch
 
 
-def param_groups(model, cfg) -> list[dict]:
-    new = {id(p) for m in model.new_modules() for p in m.parameters()}
-    groups = {}
+def parameter_settings(model, cfg) -> dict[str, tuple[float, float]]:
+    """{parameter name: (lr, weight_decay)} by the published rules above."""
+    heads = {id(p) for m in model.new_modules() for p in m.parameters()}
+    lr_factor = {id(p) for m in model.irra_modules() for p in m.parameters()}
+    if cfg.text_length != 77:
+        lr_factor.add(id(model.backbone.positional_embedding))
+    settings = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_new = id(p) in new
-        is_bias = name.endswith(".bias")
-        lr = cfg.head_lr if is_new else cfg.lr
-        key = ("head" if is_new else "clip", "bias" if is_bias else "weight")
-        if key not in groups:
-            groups[key] = {"params": [], "name": "/".join(key),
-                           "lr": lr * (cfg.bias_lr_factor if is_bias else 1.0),
-                           "weight_decay": 0.0 if is_bias else cfg.weight_decay}
-        groups[key]["params"].append(p)
+        lr, decay = cfg.lr, cfg.weight_decay
+        if "bias" in name:
+            lr, decay = cfg.lr * cfg.bias_lr_factor, 0.0
+        if id(p) in lr_factor:
+            lr = cfg.lr * cfg.lr_factor
+        if id(p) in heads:
+            lr = cfg.head_lr
+        settings[name] = (lr, decay)
+    return settings
+
+
+def param_groups(model, cfg) -> list[dict]:
+    params = dict(model.named_parameters())
+    groups: dict[tuple[float, float], dict] = {}
+    for name, (lr, decay) in parameter_settings(model, cfg).items():
+        group = groups.setdefault((lr, decay), {"params": [], "param_names": [], "lr": lr, "weight_decay": decay})
+        group["params"].append(params[name])
+        group["param_names"].append(name)
     return list(groups.values())
 
 

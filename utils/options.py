@@ -64,19 +64,26 @@ OPTIONS: dict[str, tuple[object, str]] = {
     "weighting": ("ccd", "how the division becomes per-sample weights: ccd (RDE, 0/1 + coin) or alr (3RTPR, soft)"),
     "alr_k": (5.0, "ALR: w = sigmoid(k s / mu) below mu (3RTPR: 5, 8 under synthetic noise)"),
     "alr_mu": ("min", "ALR: mu statistic over the consensus-clean set: min, mean or pNN (percentile, e.g. p5)"),
-    "published_eval_mode": (False, "reproduce RDE/ICL's published quirk: train in eval mode after the division pass "
-                                   "(changes BatchNorm in the heads); the published noisy-label numbers used it"),
+    "published_eval_mode": (False, "ICL's (and RDE's first release's) quirk: train in eval mode after the "
+                                   "division pass (changes BatchNorm in the heads); RDE's code since October "
+                                   "2024 trains in train mode"),
     "use_rda": (True, "ICL: when annotations carry diversity_captions, add TAL on (image, RDA caption) "
                          "weighted max(0.1, 1 - 0.03 epoch)"),
+    "division_read": ("augmented", "what the division pass reads: augmented (as published: the training pipeline's "
+                                   "augmented batches, their in-batch negatives; twins score each model on the "
+                                   "other's view) or clean (each pair once, no augmentation, like a test set)"),
     "gmm": ({}, "GaussianMixture settings max_iter/tol/reg_covar; default chosen from noisy_rate and dataset"),
     # optimisation
     "optimizer": ("Adam", "Adam or AdamW"),
     "lr": (1e-5, "learning rate of the CLIP backbone"),
-    "head_lr": (1e-3, "learning rate of the new heads (TSE, ID classifier)"),
-    "bias_lr_factor": (2.0, "bias learning rates are multiplied by this"),
-    "weight_decay": (4e-5, "weight decay of weights (biases get none)"),
+    "head_lr": (1e-3, "learning rate of RDE-style new heads (TSE, fused), biases included"),
+    "lr_factor": (5.0, "IRRA-style new modules (ID classifier) train at lr x this; so does the text position "
+                       "embedding when text_length is not 77 (ICL)"),
+    "bias_lr_factor": (2.0, "parameters whose name contains 'bias' train at lr x this, without weight decay"),
+    "weight_decay": (4e-5, "weight decay (none for biases)"),
     "betas": ([0.9, 0.999], "Adam betas"),
-    "eps": (1e-8, "Adam epsilon (the published fp16-weight code used 1e-3)"),
+    "eps": (1e-3, "Adam epsilon, 1e-3 as IRRA, RDE and ICL pass it (it shapes every step: gradients are far "
+                  "below it)"),
     "num_epoch": (60, "training epochs"),
     "warmup_epochs": (5, "linear warm-up epochs"),
     "warmup_factor": (0.1, "warm-up starts at this fraction of the learning rate"),

@@ -23,10 +23,10 @@ def select_text_tokens(tokens: torch.Tensor, attn: torch.Tensor, ids: torch.Tens
     eot = ids.argmax(dim=-1)
     rows = torch.arange(b, device=ids.device)
     scores = attn[rows, eot].float()                            # [B, L]
-    allowed = (ids != 0)
-    allowed[:, 0] = False
-    allowed[rows, eot] = False
-    scores = scores.masked_fill(~allowed, -1.0)                 # attention weights are >= 0
+    # as published: padding scores 0, SOT and EOT -1 (attention weights are > 0, so real tokens come first)
+    scores = scores.masked_fill(ids == 0, 0.0)
+    scores[:, 0] = -1.0
+    scores[rows, eot] = -1.0
     k = max(1, int((length - 2) * ratio))
     idx = scores.topk(k, dim=-1).indices
     selected = tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))

@@ -1,0 +1,182 @@
+"""The published recipes do what the published code (IRRA, RDE, ICL) does: each rule and constant pinned with its
+own numbers, so that a later change cannot drift silently (issue: published recipes = published code)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+from datasets.loaders import TrainPairs, build_train_loader
+from datasets.synthetic import make_synthetic
+from datasets.text_aug import MASK_ID
+from datasets.transforms import TrainTransform, build_transforms, erase
+from model import build_model
+from model.clip import PIXEL_MEAN, PIXEL_STD, VisionTransformer, CLIPConfig
+from model.embeddings.selection import select_text_tokens
+from solver.optimizer import build_optimizer, parameter_settings
+from utils.options import OPTIONS, load_yaml, resolve
+
+TINY = dict(embed_dim=32, vision_width=64, vision_layers=1, vision_heads=1, text_width=64, text_layers=1,
+            text_heads=1)
+
+
+def published_cfg(config="configs/rde/cuhk.yaml", **over):
+    values = {**load_yaml(config), "pretrain_choice": "random", "clip_arch": TINY, "img_size": [64, 32],
+              "text_length": 40, **over}
+    return resolve({}, values)
+
+
+@pytest.mark.parametrize("config", ["configs/rde/cuhk.yaml", "configs/rde/ufine.yaml", "configs/3rtpr/rstp.yaml"])
+def test_published_recipes_use_adam_eps_1e3(config):
+    cfg = resolve({}, load_yaml(config))
+    assert cfg.optimizer == "Adam" and cfg.eps == 1e-3 and cfg.betas == [0.9, 0.999]
+    assert cfg.division_read == "augmented" and cfg.img_aug and cfg.txt_aug
+
+
+def test_learning_rate_and_weight_decay_per_parameter():
+    cfg = published_cfg(loss_names="TAL+ID", text_length=77)
+    model = build_model(cfg, num_classes=10)
+    settings = parameter_settings(model, cfg)
+    expect = {
+        "backbone.visual.conv1.weight": (1e-5, 4e-5),
+        "backbone.visual.transformer.resblocks.0.attn.in_proj_weight": (1e-5, 4e-5),
+        # "bias" *in* the name: the attention's in_proj_bias is a bias for the published rule
+        "backbone.visual.transformer.resblocks.0.attn.in_proj_bias": (2e-5, 0.0),
+        "backbone.visual.transformer.resblocks.0.attn.out_proj.bias": (2e-5, 0.0),
+        "backbone.visual.ln_pre.bias": (2e-5, 0.0),
+        "backbone.positional_embedding": (1e-5, 4e-5),       # text length 77: no ICL factor
+        # RDE's TSE lr is set after the bias rule: its biases train at 1e-3 too, without weight decay
+        "embeddings.tse.image_mlp.fc1.weight": (1e-3, 4e-5),
+        "embeddings.tse.image_mlp.fc1.bias": (1e-3, 0.0),
+        "embeddings.tse.image_mlp.bn.weight": (1e-3, 4e-5),
+        # IRRA's classifier: lr x lr_factor (5), biases too
+        "losses.bge.ID.classifier.weight": (5e-5, 4e-5),
+        "losses.bge.ID.classifier.bias": (5e-5, 0.0),
+    }
+    missing = set(expect) - set(settings)
+    assert not missing, f"parameter names changed: {missing}; known: {sorted(settings)[:40]}"
+    for name, (lr, decay) in expect.items():
+        assert settings[name] == pytest.approx((lr, decay), rel=1e-12), name
+    assert "backbone.logit_scale" not in settings                       # frozen
+    optimizer = build_optimizer(model, cfg, torch.device("cpu"))
+    assert optimizer.defaults["eps"] == 1e-3
+    assert 3 <= len(optimizer.param_groups) <= 6                       # a handful, not one per tensor
+    grouped = {n: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for n in g["param_names"]}
+    assert grouped == settings
+
+
+def test_icl_text_position_embedding_lr_when_the_text_length_is_not_77():
+    cfg = published_cfg("configs/rde/ufine.yaml", text_length=168)
+    settings = parameter_settings(build_model(cfg, num_classes=10), cfg)
+    assert settings["backbone.positional_embedding"] == pytest.approx((5e-5, 4e-5))
+    assert settings["backbone.visual.positional_embedding"] == pytest.approx((1e-5, 4e-5))   # the image's: not
+
+
+def textured_image(seed=0, size=(150, 60)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+def published_train_transform(size):
+    """IRRA / RDE's build_transforms(is_train=True): float pipeline, normalised, then erased with the mean."""
+    return T.Compose([T.Resize(size), T.RandomHorizontalFlip(0.5), T.Pad(10), T.RandomCrop(size), T.ToTensor(),
+                      T.Normalize(PIXEL_MEAN, PIXEL_STD), T.RandomErasing(scale=(0.02, 0.4), value=PIXEL_MEAN)])
+
+
+def test_training_pixels_equal_the_published_pipeline_erased_pixels_read_the_mean():
+    size = (64, 32)
+    ours, visual = TrainTransform(size, img_aug=True), VisionTransformer(CLIPConfig(**TINY, image_size=size))
+    erased = 0
+    for seed in range(40):
+        img = textured_image(seed)
+        torch.manual_seed(seed)
+        reference = published_train_transform(size)(img)
+        torch.manual_seed(seed)
+        image, box = ours(img)
+        got = erase(visual.normalize(image[None]), torch.tensor([box]))[0]
+        torch.testing.assert_close(got, reference, atol=1e-5, rtol=0)
+        if box[2]:
+            erased += 1
+            top, left, h, w = box
+            region = got[:, top:top + h, left:left + w]
+            assert torch.equal(region, torch.tensor(PIXEL_MEAN).view(3, 1, 1).expand_as(region))
+    assert 10 <= erased <= 30          # p = 0.5
+
+
+def test_resize_is_torchvisions_default_bilinear():
+    img = textured_image(1, (200, 90))
+    ours = build_transforms((64, 32), is_train=False)(img)
+    bilinear = T.PILToTensor()(img.resize((32, 64), Image.BILINEAR))
+    bicubic = T.PILToTensor()(img.resize((32, 64), Image.BICUBIC))
+    assert torch.equal(ours, bilinear) and not torch.equal(ours, bicubic)
+
+
+@pytest.fixture(scope="module")
+def rda_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("published_data")
+    make_synthetic(str(root), fmt="CUHK-PEDES", num_train_ids=4, num_test_ids=2, num_val_ids=1, seed=2)
+    anno = root / "CUHK-PEDES" / "reid_raw.json"
+    records = json.loads(anno.read_text())
+    for r in records:
+        if r["split"] == "train":
+            r["diversity_captions"] = [[["a woman in a long red coat walking", "a lady wearing a red coat"],
+                                        ["black boots with heels and a bag", "dark heeled boots, a bag"]]] \
+                * len(r["captions"])
+    anno.write_text(json.dumps(records))
+    return str(root)
+
+
+def test_rda_captions_get_the_text_augmentation_too(rda_root):
+    from datasets import build_dataset
+    ds = build_dataset("CUHK-PEDES", rda_root)
+    plain = TrainPairs(ds.train, TrainTransform((64, 32), True), text_length=40, use_rda=True, seed=0)
+    augmented = TrainPairs(ds.train, TrainTransform((64, 32), True), text_length=40, use_rda=True, txt_aug=True,
+                           seed=0)
+    masked = 0
+    for i in range(len(ds.train)):
+        assert not (plain[i]["rda_ids"] == MASK_ID).any()
+        masked += int((augmented[i]["rda_ids"] == MASK_ID).any())
+    assert masked >= len(ds.train) // 3        # ~12 words, each masked with p 0.12
+    # a sample's draws are a function of (seed, epoch, stream, index): the same key, the same item
+    again = augmented[(3, 2, 0)]
+    for key in ("images", "erase", "caption_ids", "rda_ids"):
+        assert torch.equal(again[key], augmented[(3, 2, 0)][key])
+    assert not torch.equal(augmented[(3, 2, 0)]["caption_ids"], augmented[(3, 5, 0)]["caption_ids"]) or \
+        not torch.equal(augmented[(3, 2, 0)]["images"], augmented[(3, 5, 0)]["images"])
+
+
+def test_the_last_partial_batch_is_trained_on(rda_root):
+    from datasets import build_dataset
+    ds = build_dataset("CUHK-PEDES", rda_root)
+    loader = build_train_loader(ds.train, (64, 32), 40, batch_size=5, num_workers=0)
+    sizes = [len(b["index"]) for b in loader]
+    assert sum(sizes) == len(ds.train) and len(sizes) == -(-len(ds.train) // 5)
+    assert sorted(torch.cat([b["index"] for b in loader]).tolist()) == list(range(len(ds.train)))
+
+
+def test_all_clean_fallback_marks_the_n_over_100_plus_1_lowest_posteriors(monkeypatch):
+    import solver.division as division
+    p_clean = 0.6 + 0.39 * np.random.default_rng(0).random(1000)      # the mixture calls every pair clean
+    monkeypatch.setattr(division, "clean_probability", lambda losses, settings, seed=0: p_clean)
+    votes = division.clean_votes(np.zeros(1000), {})
+    assert (~votes).sum() == 1000 // 100 + 1
+    assert set(np.flatnonzero(~votes)) == set(np.argsort(p_clean)[:11])
+    p_clean = np.r_[0.4, p_clean[1:]]                                  # one noisy already: no fallback
+    assert np.flatnonzero(~division.clean_votes(np.zeros(1000), {})).tolist() == [0]
+
+
+def test_text_selection_scores_padding_0_and_sot_eot_minus_1():
+    ids = torch.tensor([[49406, 5, 6, 49407, 0, 0, 0, 0, 0, 0]])           # 2 real words, length 10
+    attn = torch.full((1, 10, 10), 0.1)
+    tokens = torch.arange(10, dtype=torch.float32).view(1, 10, 1)          # a token's feature is its position
+    selected, keep = select_text_tokens(tokens, attn, ids, ratio=0.9)      # k = int(8 * 0.9) = 7
+    positions = selected[0, :, 0].long().tolist()
+    assert set(positions[:2]) == {1, 2} and set(positions[2:]) <= {4, 5, 6, 7, 8, 9}   # padding before SOT / EOT
+    assert keep.tolist() == [[True, True, False, False, False, False, False]]
+
+
+def test_option_defaults_are_the_published_ones():
+    assert OPTIONS["eps"][0] == 1e-3 and OPTIONS["lr_factor"][0] == 5.0 and OPTIONS["bias_lr_factor"][0] == 2.0
+    assert OPTIONS["division_read"][0] == "augmented" and OPTIONS["published_eval_mode"][0] is False
