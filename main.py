@@ -13,8 +13,10 @@ from datasets import DatasetError
 from datasets.loaders import ImageDecodeError
 from solver.engine import Trainer
 from utils import distributed as dist
+from utils.checkpoint import load_latest
 from utils.logger import setup_logger
-from utils.options import parse_args, save_config
+from utils.options import config_conflicts, parse_args, save_config
+from utils.run_folder import RunFolder, RunFolderError
 
 
 def make_run_dir(cfg) -> str:
@@ -24,22 +26,43 @@ def make_run_dir(cfg) -> str:
     return os.path.join(cfg.output_dir, cfg.dataset_name, f"{stamp}_{cfg.name}")
 
 
+def checkpoint_to_resume(cfg, log):
+    """(checkpoint, path) of the run to continue, or None when it has not finished an epoch yet (it then starts
+    at epoch 1 with its saved config).  A configs.yaml edited since the checkpoint was written is refused."""
+    checkpoint, path = load_latest(cfg.run_dir, log)
+    if checkpoint is None:
+        log.info("%s has no checkpoint yet: training it from epoch 1 with its saved configs.yaml", cfg.run_dir)
+        return None
+    edited = config_conflicts(checkpoint["config"], {k: v for k, v in cfg.items() if k in checkpoint["config"]})
+    if edited:
+        raise SystemExit(f"{cfg.run_dir}/configs.yaml differs from the config {os.path.basename(path)} was trained "
+                         f"with: {'; '.join(edited)} (run = the checkpoint's value); put the checkpoint's values "
+                         "back, or start a new run")
+    return checkpoint, path
+
+
 def main(argv=None) -> dict:
     cfg = parse_args(argv)
     dist.init_distributed(cfg.device)                       # under torchrun; nothing on one process
     cfg.run_dir = dist.broadcast_object(make_run_dir(cfg))  # one folder, named by rank 0
+    folder = None
     if dist.is_main():
-        os.makedirs(cfg.run_dir, exist_ok=True)
+        try:
+            folder = RunFolder(cfg.run_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite)
+        except RunFolderError as e:
+            raise SystemExit(str(e)) from None
         if not cfg.resume:
             save_config(cfg, os.path.join(cfg.run_dir, "configs.yaml"))
     dist.barrier()
     log = setup_logger(cfg.run_dir if dist.is_main() else None, quiet=not dist.is_main())
     log.info("run folder %s", cfg.run_dir)
     try:
-        trainer = Trainer(cfg, cfg.run_dir)
-    except DatasetError as e:
+        trainer = Trainer(cfg, cfg.run_dir, checkpoint_to_resume(cfg, log) if cfg.resume else None)
+    except (DatasetError, SystemExit) as e:
         log.error("%s", e)
-        raise SystemExit(2) from None
+        if folder is not None:
+            folder.remove_if_unused()        # a failed start leaves no empty run folder behind
+        raise SystemExit(2 if isinstance(e, DatasetError) else e.code) from None
     try:
         return trainer.run()
     except ImageDecodeError as e:
@@ -48,6 +71,9 @@ def main(argv=None) -> dict:
         log.error("%s\nreplace or remove that image (python -m datasets.check --decode lists them all), then "
                   "continue with: python main.py --resume %s", line, cfg.run_dir)
         raise SystemExit(2) from None
+    finally:
+        if folder is not None:
+            folder.release()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ clean/noisy division listens to) or `sample_weights` (how the division becomes p
 """
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
@@ -21,11 +22,12 @@ from datasets.loaders import EpochDraws, build_eval_loaders, build_train_loader
 from datasets.transforms import erase
 from datasets.noise import apply_noise, load_or_create_permutation
 from model import build_model
-from utils.checkpoint import atomic_save, load_checkpoint, load_model_states
+from utils.checkpoint import atomic_save, load_model_states
 from utils import distributed as dist
 from utils.device import autocast, resolve_device, resolve_precision
 from utils.evaluator import Evaluator, extract_features
 from utils.logger import append_jsonl
+from utils.run_folder import LAST, METRICS, PREVIOUS, crash_point, settle_metrics
 from utils.metrics import metrics_table
 from utils.seed import rng_state, set_rng_state, set_seed
 
@@ -101,7 +103,8 @@ def division_signals(models, features, image_ids, pids, order, batch_size: int):
 
 
 class Trainer:
-    def __init__(self, cfg, run_dir: str):
+    def __init__(self, cfg, run_dir: str, resume_from: tuple[dict, str] | None = None):
+        """resume_from: (checkpoint, its path) to continue from, as utils.checkpoint.load_latest reads it."""
         self._setup(cfg, run_dir)
         self.dataset = build_dataset(cfg.dataset_name, cfg.root_dir, cfg.anno_path or None)
         log.info("dataset %s from %s\n%s", cfg.dataset_name, self.dataset.anno_file, self.dataset.summary())
@@ -116,8 +119,9 @@ class Trainer:
         self._build_models(self.dataset.num_train_pids)
         self._build_data()
         self.start_epoch, self.best = 1, {}     # best: {"epoch", "results"} of the best evaluation so far
-        if cfg.resume:
-            self.resume(os.path.join(run_dir, "last.pth"))
+        self.resumed_record = None              # the metrics row of the checkpoint's epoch
+        if resume_from is not None:
+            self.resume(*resume_from)
 
     @classmethod
     def without_data(cls, cfg, num_classes: int) -> "Trainer":
@@ -306,6 +310,8 @@ class Trainer:
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
             steps += 1
+            if steps == len(self.train_loader) // 2:
+                crash_point(f"epoch{epoch}:mid")
             if steps % self.cfg.log_period == 0:  # the only host sync of the loop
                 bar.set_postfix(loss=f"{float(loss):.3f}")
         return {f"loss/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
@@ -313,15 +319,16 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def run(self) -> dict:
         cfg, results = self.cfg, {}
-        metrics_file = os.path.join(self.run_dir, "metrics.jsonl")
+        metrics_file = os.path.join(self.run_dir, METRICS)
         tensorboard = None
         if dist.is_main():
-            from torch.utils.tensorboard import SummaryWriter  # event files in the run folder
-            tensorboard = SummaryWriter(self.run_dir)
+            # every finished epoch once, in the log and in one events file rebuilt from it (TensorBoard cannot
+            # take back the points of an epoch that a kill cut short)
+            rows = settle_metrics(metrics_file, self.start_epoch - 1, self.resumed_record)
+            tensorboard = self.tensorboard(rows)
         for epoch in range(self.start_epoch, cfg.num_epoch + 1):
             start = time.time()
-            record = {"epoch": epoch, "lr": next(g["lr"] for g in self.optimizers[0].param_groups
-                                                 if g["initial_lr"] == cfg.lr)}   # the backbone's
+            record = {"epoch": epoch, "lr": self.backbone_lr()}
             if cfg.division:
                 record.update(self.divide(epoch))
             record.update(self.train_epoch(epoch))
@@ -339,12 +346,11 @@ class Trainer:
                     self.save("best.pth", epoch, results)
             log.info("epoch %d: %s", epoch, ", ".join(
                 f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float) and math.isfinite(v)))
-            self.save("last.pth", epoch, results, full=True)
+            self.save(LAST, epoch, results, record)
+            crash_point(f"epoch{epoch}:logging")
             if dist.is_main():
                 append_jsonl(metrics_file, record)
-                for key, value in record.items():
-                    if isinstance(value, (int, float)) and key != "epoch":
-                        tensorboard.add_scalar(key, value, epoch)
+                self.add_scalars(tensorboard, record)
                 tensorboard.flush()
             dist.barrier()
         if tensorboard is not None:
@@ -354,21 +360,43 @@ class Trainer:
         log.info("best R1 %.2f; checkpoints in %s", self.best_r1, self.run_dir)
         return results
 
+    def backbone_lr(self) -> float:
+        groups = self.optimizers[0].param_groups
+        return next((g["lr"] for g in groups if g["initial_lr"] == self.cfg.lr), groups[0]["lr"])
+
+    def tensorboard(self, rows: list[dict]):
+        """A fresh events file holding the metrics rows so far (one events file per run folder)."""
+        from torch.utils.tensorboard import SummaryWriter
+        for old in glob.glob(os.path.join(self.run_dir, "events.out.tfevents.*")):
+            os.remove(old)
+        writer = SummaryWriter(self.run_dir)
+        for row in rows:
+            self.add_scalars(writer, row)
+        return writer
+
+    @staticmethod
+    def add_scalars(writer, record: dict) -> None:
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key != "epoch":
+                writer.add_scalar(key, value, record["epoch"])
+
     # ---------------------------------------------------------------- checkpoints
-    def save(self, name: str, epoch: int, results: dict, full: bool = False) -> None:
+    def save(self, name: str, epoch: int, results: dict, record: dict | None = None) -> None:
+        """best.pth (weights) or, with the epoch's metrics record, last.pth: all that --resume needs to continue
+        the same schedule, the previous one kept as last.prev.pth."""
         if not dist.is_main():
             return
         state = {"epoch": epoch, "models": [m.state_dict() for m in self.models], "results": results,
                  "config": dict(self.cfg), "best": self.best,
                  "clip_config": asdict(self.models[0].backbone.config)}  # test.py rebuilds without the CLIP file
-        if full:  # what --resume needs to continue the same schedule
+        if record is not None:
             state.update(optimizers=[o.state_dict() for o in self.optimizers],
                          schedulers=[s.state_dict() for s in self.schedulers],
-                         scaler=self.scaler.state_dict(), rng=rng_state())
-        atomic_save(state, os.path.join(self.run_dir, name))
+                         scaler=self.scaler.state_dict(), rng=rng_state(), record=record)
+        atomic_save(state, os.path.join(self.run_dir, name), crash_name=f"epoch{epoch}:{name}",
+                    previous=os.path.join(self.run_dir, PREVIOUS) if name == LAST else None)
 
-    def resume(self, path: str) -> None:
-        ckpt = load_checkpoint(path)
+    def resume(self, ckpt: dict, path: str) -> None:
         load_model_states(self.models, ckpt["models"], path)
         for opt, s in zip(self.optimizers, ckpt["optimizers"]):
             opt.load_state_dict(s)
@@ -377,4 +405,5 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.start_epoch, self.best = ckpt["epoch"] + 1, ckpt["best"]
+        self.resumed_record = ckpt.get("record")
         log.info("resumed from %s at epoch %d (best R1 so far %.2f)", path, self.start_epoch, self.best_r1)

@@ -1,6 +1,9 @@
 """End to end on tiny synthetic data: train, log, checkpoint, resume, evaluate a run folder."""
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,8 @@ import main as train_main
 import test as test_main
 from datasets.synthetic import make_synthetic
 from model.clip import CLIP, CLIPConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # widths of 64 so that a saved file's head count reads back as CLIP's width // 64
 TINY_ARCH = dict(embed_dim=32, vision_width=64, vision_layers=1, vision_heads=1,
@@ -71,33 +76,95 @@ def test_train_writes_a_complete_run_folder_and_test_py_reads_it(data_root, tmp_
     assert results["best"]["BGE+TSE"]["R1"] == pytest.approx(best_epoch_r1)
 
 
-def test_resume_continues_a_killed_run_exactly(data_root, tmp_path, monkeypatch):
+TIMING = ("train_time", "division/time")
+
+
+def run_subprocess(args, crash_at=None):
+    env = {**os.environ, "REID_CRASH_AT": crash_at or "", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_kill_9_anywhere_then_resume_equals_an_uninterrupted_run(data_root, tmp_path):
+    """A real kill -9 (the process kills itself at a named point: REID_CRASH_AT) mid-epoch, while last.pth is
+    being written, and between last.pth and the metrics log; --resume then ends where an uninterrupted run
+    ends: every epoch once in metrics.jsonl, the same rows, the same weights, one events file, no leftovers."""
+    args = lambda run: tiny_args(data_root, run, "--num_epoch", "3", "--num_workers", "1")  # noqa: E731
     full = tmp_path / "full"
-    train_main.main(tiny_args(data_root, full))
+    assert run_subprocess(args(full)).returncode == 0
+    expected = read_metrics(full)
+    weights = torch.load(full / "last.pth", weights_only=False)["models"][0]
+    for point in ("epoch2:mid", "epoch2:last.pth", "epoch2:logging"):
+        run = tmp_path / point.replace(":", "_").replace(".", "_")
+        killed = run_subprocess(args(run), crash_at=point)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
+        resumed = run_subprocess(["--resume", str(run)])
+        assert resumed.returncode == 0, (point, resumed.stderr[-3000:])
+        rows = read_metrics(run)
+        assert [r["epoch"] for r in rows] == [1, 2, 3], point
+        for got, want in zip(without_timing(rows), without_timing(expected)):
+            assert got.keys() == want.keys()
+            for key in want:
+                assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (point, got["epoch"], key)
+        resumed_weights = torch.load(run / "last.pth", weights_only=False)["models"][0]
+        for key in weights:
+            torch.testing.assert_close(resumed_weights[key], weights[key], rtol=1e-5, atol=1e-6, msg=key)
+        names = os.listdir(run)
+        assert not [n for n in names if ".tmp" in n], names
+        assert len([n for n in names if n.startswith("events.out.tfevents")]) == 1, names
 
-    killed = tmp_path / "killed"
-    import solver.engine as engine
-    real_append = engine.append_jsonl
 
-    def die_after_first_epoch(path, record):
-        real_append(path, record)
-        raise KeyboardInterrupt  # as if killed right after epoch 1 was saved
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(data_root, tmp_path, caplog):
+    run = tmp_path / "run"
+    train_main.main(tiny_args(data_root, run))
+    expected = read_metrics(run)
+    data = (run / "last.pth").read_bytes()
+    (run / "last.pth").write_bytes(data[: len(data) // 2])          # a copy cut short
+    train_main.main(["--resume", str(run)])
+    log = (run / "train_log.txt").read_text()
+    assert "last.pth is not a readable checkpoint" in log and "falling back" in log
+    assert "resumed from " + str(run / "last.prev.pth") in log
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+    assert read_metrics(run)[1]["R1"] == pytest.approx(expected[1]["R1"], abs=1e-6)
 
-    monkeypatch.setattr(engine, "append_jsonl", die_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_main.main(tiny_args(data_root, killed))
-    monkeypatch.setattr(engine, "append_jsonl", real_append)
-    assert len(read_metrics(killed)) == 1
 
-    train_main.main(["--resume", str(killed)])
-    a, b = read_metrics(full), read_metrics(killed)
-    assert [r["epoch"] for r in b] == [1, 2]
-    for key in ("lr", "loss/bge_TAL", "loss/tse_TAL", "R1", "mAP"):
-        assert b[1][key] == pytest.approx(a[1][key], rel=1e-4), key
-    wa = torch.load(full / "last.pth", weights_only=False)["models"][0]
-    wb = torch.load(killed / "last.pth", weights_only=False)["models"][0]
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=k)
+def test_a_run_folder_has_one_writer_and_keeps_its_run(data_root, tmp_path):
+    from utils.run_folder import RunFolder
+    run = tmp_path / "run"
+    train_main.main(tiny_args(data_root, run, "--num_epoch", "1"))
+    # a new training into a folder that holds a run is refused; --overwrite starts over
+    with pytest.raises(SystemExit, match="already holds a run.*--resume"):
+        train_main.main(tiny_args(data_root, run, "--num_epoch", "1"))
+    # a second training while one holds the folder
+    holder = RunFolder(str(run), resume=True)
+    try:
+        with pytest.raises(SystemExit, match="in use by another training"):
+            train_main.main(["--resume", str(run)])
+    finally:
+        holder.release()
+    # --resume keeps the run's configuration: another config file or option is refused by name
+    other = tmp_path / "other.yaml"
+    other.write_text("lr: 1.0e-3\n")
+    with pytest.raises(SystemExit, match="drop --config"):
+        train_main.main(["--resume", str(run), "--config", str(other)])
+    with pytest.raises(SystemExit, match=r"lr \(run: 0.0001, given: 0.5\)"):
+        train_main.main(["--resume", str(run), "--lr", "0.5", "--num_workers", "0"])
+    # an edited configs.yaml that no longer matches the checkpoint
+    saved = yaml.safe_load((run / "configs.yaml").read_text())
+    (run / "configs.yaml").write_text(yaml.safe_dump({**saved, "embed_dim": 64}))
+    with pytest.raises(SystemExit, match=r"embed_dim \(run: 48, given: 64\)"):
+        train_main.main(["--resume", str(run)])
+    (run / "configs.yaml").write_text(yaml.safe_dump(saved))
+    train_main.main(tiny_args(data_root, run, "--num_epoch", "1", "--overwrite"))
+    assert [r["epoch"] for r in read_metrics(run)] == [1]
+    # a start that fails leaves no run folder behind
+    with pytest.raises(SystemExit):
+        train_main.main(tiny_args(str(tmp_path / "no_data"), tmp_path / "failed"))
+    assert not (tmp_path / "failed").exists()
 
 
 def test_pretrained_clip_file_twins_and_other_losses(data_root, clip_file, tmp_path):
@@ -136,6 +203,12 @@ def test_an_undecodable_image_stops_training_with_its_path(tmp_path):
     log = (tmp_path / "run" / "train_log.txt").read_text()
     error = log[log.index("ERROR"):]
     assert f"cannot decode image {bad}" in error and "--resume" in error and "Traceback" not in error
+    # the advice works when followed, although no epoch had finished
+    advice = error[error.index("python main.py --resume"):].split()
+    good = next(p for p in (root / "CUHK-PEDES" / "imgs").rglob("*.jpg") if p != bad)
+    bad.write_bytes(good.read_bytes())
+    train_main.main(advice[2:4])
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2]
 
 
 def test_compiled_twins_train_like_eager_twins(data_root, tmp_path):

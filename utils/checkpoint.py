@@ -6,11 +6,29 @@ import os
 import torch
 
 from .files import atomic_open
+from .run_folder import checkpoints, crash_point
 
 
-def atomic_save(obj, path: str) -> None:
+def atomic_save(obj, path: str, previous: str | None = None, crash_name: str = "") -> None:
+    """torch.save, visible under `path` only once complete.  With `previous`, the file it replaces is kept under
+    that name, so a newest checkpoint damaged later (a full disk, a copy cut short) has a fallback."""
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
+        f.flush()
+        crash_point(crash_name)
+        if previous and os.path.isfile(path):
+            os.replace(path, previous)
+
+
+def load_latest(run_dir: str, log) -> tuple[dict | None, str | None]:
+    """The newest readable checkpoint of a run folder (last.pth, else the one before it), or (None, None) when
+    the run has none yet; a damaged one is named in the log and skipped."""
+    for path in checkpoints(run_dir):
+        try:
+            return load_checkpoint(path), path
+        except ValueError as e:
+            log.warning("%s; falling back to the previous checkpoint", e)
+    return None, None
 
 
 def load_checkpoint(path: str) -> dict:

@@ -21,6 +21,8 @@ OPTIONS: dict[str, tuple[object, str]] = {
     "output_dir": ("logs", "runs go to OUTPUT_DIR/DATASET_NAME/TIME_NAME unless --run_dir is given"),
     "run_dir": ("", "exact run folder (default: made from output_dir, dataset_name, time and name)"),
     "resume": ("", "a run folder: continue that run from its last.pth with its saved config"),
+    "overwrite": (False, "start a new training in a --run_dir that already holds one (its checkpoints and logs "
+                         "are deleted)"),
     "seed": (1, "seed for initialisation, data order, augmentation and the division coin"),
     "device": ("auto", "auto (cuda when available), cpu, cuda, cuda:1 ..."),
     "precision": ("auto", "fp32, bf16 or fp16 (autocast with fp32 master weights); auto = bf16 on CUDA, fp32 on CPU"),
@@ -148,18 +150,39 @@ def resolve(cli: dict, file_values: dict) -> EasyDict:
     return EasyDict(json.loads(json.dumps(cfg)))  # deep copy; plain types only
 
 
+# what may change when a run is resumed: where the data is and how fast it is read, not what is trained
+RUNTIME_OPTIONS = ("resume", "run_dir", "overwrite", "root_dir", "device", "num_workers", "log_period", "output_dir")
+
+
+def config_conflicts(saved: dict, given: dict) -> list[str]:
+    """'name (run: a, given: b)' for every option of `given` whose value differs from `saved` (or from the
+    default where `saved` lacks it), runtime options aside."""
+    plain = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples vs lists, int vs float 1 vs 1.0 stay apart)
+    return [f"{k} (run: {saved.get(k, OPTIONS[k][0])!r}, given: {v!r})" for k, v in given.items()
+            if k in OPTIONS and k not in RUNTIME_OPTIONS and plain(v) != plain(saved.get(k, OPTIONS[k][0]))]
+
+
 def parse_args(argv=None) -> EasyDict:
-    """Options for main.py.  With --resume RUN_DIR the run's saved configs.yaml is the base."""
+    """Options for main.py.  With --resume RUN_DIR the run's saved configs.yaml is the configuration: options
+    that would change it are refused, by name."""
     args = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     config_file = args.pop("config")
-    base = load_yaml(config_file) if config_file else {}
-    if args.get("resume"):
-        saved = os.path.join(args["resume"], "configs.yaml")
-        if not os.path.isfile(saved):
-            raise SystemExit(f"--resume {args['resume']}: no configs.yaml there; is it a run folder made by main.py?")
-        base = {**load_yaml(saved), **base}
-        args["run_dir"] = args["resume"]
-    return resolve(args, base)
+    if not args.get("resume"):
+        return resolve(args, load_yaml(config_file) if config_file else {})
+    run = args["resume"]
+    saved_file = os.path.join(run, "configs.yaml")
+    if not os.path.isfile(saved_file):
+        raise SystemExit(f"--resume {run}: no configs.yaml there; is it a run folder made by main.py?")
+    if config_file:
+        raise SystemExit(f"--resume {run} continues the run with its own configs.yaml; drop --config {config_file} "
+                         "(to train with other options, start a new run)")
+    saved = load_yaml(saved_file)
+    conflicts = config_conflicts(saved, args)
+    if conflicts:
+        raise SystemExit(f"--resume {run}: these options differ from the run's configs.yaml: {'; '.join(conflicts)}. "
+                         f"A resumed run keeps its configuration; only {', '.join(RUNTIME_OPTIONS[3:])} may change")
+    args["run_dir"] = run
+    return resolve(args, saved)
 
 
 def save_config(cfg: dict, path: str) -> None:

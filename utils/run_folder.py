@@ -1,0 +1,122 @@
+"""One training per run folder, and a folder that survives kills: the lock, the checkpoint pair (last.pth and the
+one before it), the metrics log that holds every finished epoch exactly once, and the clean-up of leftovers.
+
+Imports nothing of the project: the trainer and main.py use it.
+"""
+from __future__ import annotations
+
+import fcntl
+import glob
+import json
+import os
+import shutil
+import signal
+
+from .files import write_jsonl
+
+LAST, PREVIOUS = "last.pth", "last.prev.pth"
+METRICS = "metrics.jsonl"
+RUN_FILES = ("configs.yaml", "train_log.txt", METRICS, "best.pth", LAST, PREVIOUS)
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be used as asked; the message says why and what to do."""
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the kill tests: REID_CRASH_AT=name makes the process kill -9 itself here."""
+    if name and os.environ.get("REID_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def checkpoints(run_dir: str) -> list[str]:
+    """The resumable checkpoints of a run folder, newest first."""
+    return [p for p in (os.path.join(run_dir, LAST), os.path.join(run_dir, PREVIOUS)) if os.path.isfile(p)]
+
+
+class RunFolder:
+    """Holds a run folder for one training: an exclusive lock for the process's lifetime (a second training
+    on the same folder is refused, not interleaved)."""
+
+    def __init__(self, run_dir: str, resume: bool = False, overwrite: bool = False):
+        self.run_dir = run_dir
+        self.created = not os.path.isdir(run_dir)
+        os.makedirs(run_dir, exist_ok=True)
+        self._lock = open(os.path.join(run_dir, ".lock"), "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "another process"
+            self._lock.close()
+            raise RunFolderError(f"{run_dir} is in use by another training ({holder}); wait for it to finish, "
+                                 "or give this one another --run_dir") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"pid {os.getpid()}")
+        self._lock.flush()
+        held = checkpoints(run_dir)
+        if held and not resume:
+            if not overwrite:
+                self.release()
+                raise RunFolderError(f"{run_dir} already holds a run ({os.path.basename(held[0])}); continue it "
+                                     f"with `python main.py --resume {run_dir}`, start it over with --overwrite, "
+                                     "or give this training another --run_dir")
+            self.clear()
+        self.remove_temporaries()
+
+    def clear(self) -> None:
+        """--overwrite: the old run's files go, so nothing of it is mistaken for the new one's."""
+        for name in RUN_FILES:
+            path = os.path.join(self.run_dir, name)
+            if os.path.isfile(path):
+                os.remove(path)
+        for path in glob.glob(os.path.join(self.run_dir, "events.out.tfevents.*")):
+            os.remove(path)
+
+    def remove_temporaries(self) -> None:
+        """Half-written files of a killed process (utils.files.atomic_open names them NAME.tmpPID); with the
+        lock held, no live writer owns one."""
+        for path in glob.glob(os.path.join(self.run_dir, "*.tmp*")):
+            os.remove(path)
+
+    def release(self) -> None:
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def remove_if_unused(self) -> None:
+        """After a failed start: a folder this training created and that holds no checkpoint goes away."""
+        self.release()
+        if self.created and not checkpoints(self.run_dir):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def read_metrics(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:   # the last line of a process killed mid-write
+                    break
+    return rows
+
+
+def settle_metrics(path: str, last_epoch: int, last_record: dict | None) -> list[dict]:
+    """Make the metrics log agree with the checkpoint a run resumes from: rows of epochs after it (a killed
+    epoch that will be trained again) are dropped, each epoch is kept once, and the checkpoint's own epoch is
+    added from the checkpoint when the process was killed before logging it.  Returns the rows."""
+    by_epoch = {}
+    for row in read_metrics(path):
+        if row.get("epoch", 0) <= last_epoch:
+            by_epoch[row["epoch"]] = row
+    if last_record is not None and last_epoch not in by_epoch:
+        by_epoch[last_epoch] = last_record
+    rows = [by_epoch[e] for e in sorted(by_epoch)]
+    write_jsonl(path, rows)
+    return rows
