@@ -28,11 +28,16 @@ def published_cfg(config="configs/rde/cuhk.yaml", **over):
     return resolve({}, values)
 
 
-@pytest.mark.parametrize("config", ["configs/rde/cuhk.yaml", "configs/rde/ufine.yaml", "configs/3rtpr/rstp.yaml"])
+PUBLISHED = ["configs/rde/cuhk.yaml", "configs/rde/ufine.yaml", "configs/3rtpr/rstp.yaml", "configs/icl/icfg.yaml"]
+
+
+@pytest.mark.parametrize("config", PUBLISHED)
 def test_published_recipes_use_adam_eps_1e3(config):
     cfg = resolve({}, load_yaml(config))
     assert cfg.optimizer == "Adam" and cfg.eps == 1e-3 and cfg.betas == [0.9, 0.999]
     assert cfg.division_read == "augmented" and cfg.img_aug and cfg.txt_aug
+    # ICL's code trains in eval mode after the division pass; RDE's current code (and 3RTPR's) in train mode
+    assert cfg.published_eval_mode == config.startswith("configs/icl/")
 
 
 def test_learning_rate_and_weight_decay_per_parameter():
