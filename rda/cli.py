@@ -27,6 +27,7 @@ from thi.shards import add_shard_arg
 from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger
 from utils.options import load_yaml
+from utils.progress import library_bars_follow_terminal
 from .pipeline import augment, summary
 
 
@@ -89,6 +90,7 @@ def main(argv=None) -> dict:
     log_file = os.path.basename(side_file(out, ".log.txt"))
     log = setup_logger(os.path.dirname(out), name="rda",
                        filename=log_file if args.shard is None else args.shard.own_file(log_file))
+    library_bars_follow_terminal()
 
     # the backend first: a missing vLLM or model folder is reported before the dataset is read
     backend = backend_from_args(args)

@@ -13,9 +13,8 @@ import logging
 import os
 from dataclasses import dataclass
 
-from tqdm import tqdm
-
 from datasets.loaders import ImageDecodeError
+from utils.progress import progress
 from .shards import Shard, shard_cache_files
 
 logger = logging.getLogger(__name__)
@@ -98,7 +97,7 @@ def ask(backend, cache: AnswerCache, kind: str, requests: list, batch_size: int 
     errors: list[BaseException] = []
     call = getattr(backend, kind)
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    for batch in tqdm(batches, desc=f"MLLM {kind}", unit="batch", disable=not batches):
+    for batch in progress(batches, enabled=bool(batches), desc=f"MLLM {kind}", unit="batch"):
         try:
             values = call([requests[i] for i in batch], **params)
             done = list(zip(batch, values))

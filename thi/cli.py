@@ -18,6 +18,7 @@ from utils.checkpoint import atomic_save
 from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger
 from utils.metrics import metrics_table, rank_metrics
+from utils.progress import library_bars_follow_terminal
 from utils.runs import load_checkpoint_files, load_run
 from .backends import add_backend_args, backend_from_args
 from .cache import AnswerCache, ask
@@ -73,6 +74,7 @@ def main(argv=None) -> dict:
     os.makedirs(out, exist_ok=True)
     log_file = "thi_log.txt" if args.shard is None else args.shard.own_file("thi_log.txt")
     log = setup_logger(out, name="thi", filename=log_file)   # thi.* modules log through it
+    library_bars_follow_terminal()
 
     # the backend first: a missing vLLM or model folder is reported before the dataset is read
     backend = backend_from_args(args)

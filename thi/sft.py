@@ -30,9 +30,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
 from utils.logger import append_jsonl, setup_logger
+from utils.progress import library_bars_follow_terminal, progress
 from .backends import DEFAULT_PIXELS, Request
 from .backends.chat import prompts_and_images
 from .backends.hf import disable_cudnn_attention
@@ -302,6 +301,7 @@ def main(argv=None) -> dict:
     args = parse(sys.argv[1:] if argv is None else argv)
     os.makedirs(args.out, exist_ok=True)
     log = setup_logger(args.out, name="thi", filename="sft_log.txt")
+    library_bars_follow_terminal()
     saved_args = {**vars(args), "data": os.path.abspath(args.data), "model_dir": os.path.abspath(args.model_dir)}
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
@@ -346,7 +346,7 @@ def main(argv=None) -> dict:
 
     model.train()
     losses = []
-    bar = tqdm(total=total, initial=step, desc="LoRA SFT", unit="step")
+    bar = progress(total=total, initial=step, desc="LoRA SFT", unit="step")
     started = time.time()
     while step < total:
         epoch, within = divmod(step, per_epoch)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import torch
-from tqdm import tqdm
 
 from model import similarities
 from .device import autocast
 from .distributed import gather
 from .metrics import metrics_table, rank_metrics
+from .progress import progress as progress_bar
 
 
 @torch.no_grad()
@@ -20,7 +20,7 @@ def encode_loader(model, loader, tower: str, device, dtype=None, progress: bool 
     model.eval()
     encode = model.encode_image if tower == "image" else model.encode_text
     parts = []
-    for _, batch in tqdm(loader, desc=f"encoding {tower}s", leave=False, disable=not progress):
+    for _, batch in progress_bar(loader, enabled=progress, desc=f"encoding {tower}s", leave=False):
         with autocast(device, dtype):
             parts.append({k: v.float() for k, v in encode(batch.to(device, non_blocking=True)).items()})
     model.train(was_training)

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from datasets.loaders import ImageDecodeError, read_image
 from datasets.transforms import build_transforms
 from .checkpoint import atomic_save, load_checkpoint, load_model_states
 from .device import autocast, resolve_device, resolve_precision
 from .options import load_yaml, resolve
+from .progress import progress as progress_bar
 from .runs import build_models
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def _embed(paths: list[str], enc: Encoders, batch_size: int, num_workers: int, p
     data = _Crops(paths, build_transforms(size, is_train=False), size)
     loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers)
     feats, ok = [], []
-    for _, images, good in tqdm(loader, desc="indexing images", disable=not progress, unit="batch"):
+    for _, images, good in progress_bar(loader, enabled=progress, desc="indexing images", unit="batch"):
         feats.append(enc.encode_images(images))
         ok.append(good)
     return torch.cat(feats), torch.cat(ok)
