@@ -60,6 +60,7 @@ class _Record:
     captions: list[str]
     diversity: Optional[list]
     split: str
+    rel_path: str = ""  # as written in the file, for messages
 
 
 class PersonDataset:
@@ -79,6 +80,7 @@ class PersonDataset:
         self.anno_file = self._resolve_anno_file(anno_path)
         records = self.read_records(self.anno_file)
         self._check_splits(records)
+        self._check_contents(records)
         if check_images:
             self._check_images(records)
 
@@ -177,7 +179,7 @@ class PersonDataset:
             _check_diversity(diversity, len(captions), where)
 
         return _Record(index=i, pid=pid, img_path=os.path.join(self.dataset_root, self.image_dir, rel),
-                       captions=captions, diversity=diversity, split=split)
+                       captions=captions, diversity=diversity, split=split, rel_path=rel)
 
     def _check_splits(self, records: list[_Record]) -> None:
         present = {r.split for r in records}
@@ -187,6 +189,38 @@ class PersonDataset:
                     f"{self.anno_file}: the '{split}' split is empty (splits present: "
                     f"{', '.join(sorted(present))}). {self.name} needs {', '.join(self.splits)}; "
                     f"check the 'split' values or that this is the {self.name} file.")
+
+    def content_problems(self, records: list[_Record]) -> list[tuple[str, str, list[str]]]:
+        """(kind, fix, one line per record) for records that parse but must not be trained on; datasets.check
+        reports the same list.
+
+        Paths are compared after normalising '..' but without resolving symlinks: an image folder that is a
+        link to another disk is a normal set-up, while a record that climbs out with '..' or is absolute
+        reads files nobody meant to be part of the dataset.
+        """
+        root = os.path.normpath(self.dataset_root)
+        outside, empty = [], []
+        for r in records:
+            target = os.path.normpath(r.img_path)
+            if os.path.commonpath([root, target]) != root:
+                outside.append(f"record {r.index}: {r.rel_path!r} -> {target}")
+            empty += [f"record {r.index} ({r.rel_path}), caption {k}: {c!r}"
+                      for k, c in enumerate(r.captions) if not c.strip()]
+        return [("image paths leading outside the dataset folder",
+                 f"paths are relative to {os.path.join(self.dataset_root, self.image_dir)} and must stay inside "
+                 f"{self.dataset_root}: fix the record, or move the image into the dataset folder", outside),
+                ("empty captions", "write the caption, or remove it from the record's 'captions' list", empty)]
+
+    def _check_contents(self, records: list[_Record]) -> None:
+        parts = []
+        for kind, fix, lines in self.content_problems(records):
+            if lines:
+                shown = "\n  ".join(lines[:5]) + (f"\n  ... and {len(lines) - 5} more" if len(lines) > 5 else "")
+                parts.append(f"{len(lines)} {kind} ({fix}):\n  {shown}")
+        if parts:
+            raise DatasetError(f"{self.anno_file}: " + "\n".join(parts) +
+                               f"\nEvery problem of the file: python -m datasets.check --dataset_name {self.name} "
+                               f"--root_dir {self.root_dir} --anno_path {self.anno_file}")
 
     def _check_images(self, records: list[_Record]) -> None:
         missing = [r.img_path for r in records if not os.path.isfile(r.img_path)]

@@ -3,8 +3,9 @@
     python -m datasets.check --dataset_name CUHK-PEDES --root_dir data [--anno_path F] [--decode [--full]]
 
 Reports the annotation file found (or the names tried), ids / images / captions per split, missing and
-(with --decode) undecodable images, image paths listed twice and empty captions; exits 1 when anything is
-wrong.  Parsing is the dataset classes' own (datasets/bases.py), so what passes here loads for training.
+(with --decode) undecodable images, image paths listed twice, image paths leading outside the dataset folder
+and empty captions; exits 1 when anything is wrong.  Parsing and checks are the dataset classes' own
+(datasets/bases.py), so what passes here loads for training.
 """
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from PIL import Image
-from tqdm import tqdm
-
+from utils.progress import progress as progress_bar
 from . import DATASETS, DatasetError
 
 SHOW = 10  # problems listed per kind; the count is always complete
@@ -108,8 +108,8 @@ def check(name: str, root_dir: str, anno_path: str | None = None, decode: bool =
     _add(errors, "image paths listed by more than one record", [
         f"{p} (records {', '.join(str(r.index) for r in rs)}; ids {sorted({r.pid for r in rs})}, "
         f"splits {sorted({r.split for r in rs})})" for p, rs in owners.items() if len(rs) > 1])
-    _add(errors, "empty captions", [f"record {r.index} ({os.path.relpath(r.img_path, ds.dataset_root)}), "
-                                    f"caption {k}" for r in records for k, c in enumerate(r.captions) if not c.strip()])
+    for kind, fix, lines in ds.content_problems(records):  # the checks training runs at start-up
+        _add(errors, kind, lines, hint=fix)
 
     paths = list(owners)
     with ThreadPoolExecutor(workers) as pool:  # stat() and decoding wait on the disk / release the GIL
@@ -119,8 +119,8 @@ def check(name: str, root_dir: str, anno_path: str | None = None, decode: bool =
              f"{os.path.join(ds.dataset_root, cls.image_dir)}; check --root_dir")
         if decode:
             present = [p for p, ok in zip(paths, exists) if ok]
-            results = list(tqdm(pool.map(partial(decode_problem, full=full), present, chunksize=64),
-                                total=len(present), desc="checking images", disable=not progress, unit="img"))
+            results = list(progress_bar(pool.map(partial(decode_problem, full=full), present, chunksize=64),
+                                        enabled=progress, total=len(present), desc="checking images", unit="img"))
             _add(errors, "undecodable images", [f"{p}: {why}" for p, why in zip(present, results) if why])
             report.append(f"{'decoded' if full else 'opened'} {len(present)} images")
     return report, errors

@@ -189,6 +189,44 @@ def test_tolerates_extra_keys_and_id_bases(tmp_path):
     assert sorted({r.pid for r in ds.train}) == list(range(10))
 
 
+def test_paths_leaving_the_dataset_folder_are_refused(tmp_path):
+    anno = _make(tmp_path, "CUHK-PEDES")
+    # a real image outside the dataset folder: the record would load without a word if it were not checked
+    outside = tmp_path / "elsewhere.jpg"
+    outside.write_bytes((tmp_path / "CUHK-PEDES" / "imgs" / "train" / "1_0.jpg").read_bytes())
+
+    def edit(d):
+        d[3]["file_path"] = "../../elsewhere.jpg"
+        d[5]["file_path"] = str(outside)                      # absolute: os.path.join would drop the root
+        d[6]["file_path"] = "train/../train/" + d[6]["file_path"].split("/")[1]   # '..' that stays inside
+    _rewrite(anno, edit)
+    with pytest.raises(DatasetError) as e:
+        build_dataset("CUHK-PEDES", str(tmp_path))
+    msg = str(e.value)
+    assert msg.startswith(f"{anno}: 2 image paths leading outside the dataset folder")
+    assert "record 3: '../../elsewhere.jpg'" in msg and f"record 5: '{outside}'" in msg and "record 6" not in msg
+    assert "move the image into the dataset folder" in msg and "python -m datasets.check" in msg
+
+
+def test_symlinked_image_folder_is_not_outside(tmp_path):
+    _make(tmp_path / "real", "CUHK-PEDES")
+    (tmp_path / "CUHK-PEDES").mkdir()
+    os.replace(tmp_path / "real" / "CUHK-PEDES" / "reid_raw.json", tmp_path / "CUHK-PEDES" / "reid_raw.json")
+    os.symlink(tmp_path / "real" / "CUHK-PEDES" / "imgs", tmp_path / "CUHK-PEDES" / "imgs")  # images on another disk
+    assert len(build_dataset("CUHK-PEDES", str(tmp_path)).train) == 40
+
+
+@pytest.mark.parametrize("caption", ["", "  \t "])
+def test_empty_captions_are_refused(tmp_path, caption):
+    anno = _make(tmp_path, "RSTPReid")
+    _rewrite(anno, lambda d: d[4]["captions"].__setitem__(1, caption))
+    with pytest.raises(DatasetError) as e:
+        build_dataset("RSTPReid", str(tmp_path))
+    msg = str(e.value)
+    assert msg.startswith(f"{anno}: 1 empty captions") and f"record 4 (train/" in msg and "caption 1" in msg
+    assert "write the caption, or remove it" in msg
+
+
 # ---- RDA -------------------------------------------------------------------------------------
 def test_rda_groups_read_and_composed(tmp_path):
     from datasets.text_aug import compose_rda_caption
