@@ -63,7 +63,7 @@ def main(argv=None) -> list[dict]:
         from utils.visualize import ranklist_picture, stack
 
         rows = [ranklist_picture(r["query"], [os.path.join(index.folder, p) for p, _ in r["hits"]],
-                                 [s for _, s in r["hits"]]) for r in results]
+                                 [s for _, s in r["hits"]], names=[p for p, _ in r["hits"]]) for r in results]
         stack(rows).save(args.save)
         print(f"\nwrote {args.save}")
     return results

@@ -158,6 +158,20 @@ def test_retrieve_ranks_like_the_evaluator_fused_row(which, single_run, twin_run
         assert img.width > k * 64 and img.height > 3 * 128  # three query rows of k thumbnails
 
 
+def test_retrieve_picture_names_the_files(single_run, tmp_path, monkeypatch):
+    folder = tmp_path / "gallery"
+    split = gallery_folder(single_run, folder)
+    os.makedirs(folder / "a" / "much_longer_sub_folder_name_that_does_not_fit_under_one_thumbnail")
+    shutil.move(folder / "000.jpg", folder / "a" / "much_longer_sub_folder_name_that_does_not_fit_under_one_thumbnail")
+    texts = drawn_text(monkeypatch)
+    png = tmp_path / "ranked.png"
+    (result,) = retrieve.main(["--run", single_run, "--images", str(folder), "--query", split.captions[0],
+                               "--topk", str(len(split.img_paths)), "--save", str(png), "--device", "cpu"])
+    # every hit's path relative to --images, by its rank, under the row of thumbnails
+    assert [t for t in texts if t.startswith("#") and "  " in t] == [
+        f"#{k}  {path}" for k, (path, _) in enumerate(result["hits"], 1)]
+
+
 def test_vector_search_torch_matches_brute_force():
     g = torch.nn.functional.normalize(torch.randn(1000, 24), dim=1)
     q = torch.randn(7, 24)
@@ -222,6 +236,46 @@ def test_visualize_writes_n_pictures_worst_first_and_thi_side_by_side(single_run
         load_thi_similarity(run_dir, fused.shape)
 
 
+def drawn_text(monkeypatch) -> list[str]:
+    """Every string PIL draws from now on (the pictures' text cannot be read back from the pixels)."""
+    from PIL import ImageDraw
+
+    texts, real = [], ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text",
+                        lambda self, xy, text, *a, **kw: (texts.append(text), real(self, xy, text, *a, **kw))[1])
+    return texts
+
+
+def test_visualize_marks_queries_thi_did_not_rerank(single_run, tmp_path, monkeypatch):
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(single_run, run_dir)
+    run = load_run(run_dir)
+    run.load_weights("best")
+    fused = list(run.evaluator("test").similarity_rows(run.models).values())[-1].cpu()
+    # what `python -m thi --limit 2` leaves: query 0 re-ranked, query 1 asked but not refined, the rest untouched
+    final = fused.clone()
+    final[0] = torch.flip(fused[0], [0])
+    os.makedirs(os.path.join(run_dir, "thi"))
+    torch.save(final, os.path.join(run_dir, "thi", "final_similarity.pt"))
+    with open(os.path.join(run_dir, "thi", "queries.jsonl"), "w") as f:
+        f.write(json.dumps({"query": 0, "refined": "a refined text", "error": None}) + "\n")
+        f.write(json.dumps({"query": 1, "refined": None, "error": None}) + "\n")
+    texts = drawn_text(monkeypatch)
+    n = len(fused)
+    test_main.main(["--run", run_dir, "--checkpoint", "best", "--visualize", str(n)])   # every query, once
+    widths = {}
+    for name in os.listdir(os.path.join(run_dir, "visualize")):
+        with Image.open(os.path.join(run_dir, "visualize", name)) as img:
+            widths[int(name.split("query")[1][:-4])] = img.width
+    assert sorted(widths) == list(range(n))
+    assert all(widths[0] > 2 * widths[q] - 20 for q in range(1, n))   # before | after for query 0 only
+    text = " ".join(texts)
+    assert "before THI: query 0," in text and "after THI: query 0," in text
+    assert "THI kept the base ranking (no candidate accepted by the gate): query 1," in text
+    assert all(f"not asked by THI (past thi --limit): query {q}," in text for q in range(2, n))
+    assert not any(f"THI: query {q}," in text for q in range(1, n))
+
+
 # --------------------------------------------------------------------------- utils.plot
 
 
@@ -238,14 +292,45 @@ def test_plot_writes_curves_png(single_run, tmp_path, backend):
     # the partial last line of a killed run is skipped, not fatal
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"epoch": 3, "lo')
     data = panels(read_metrics(str(run_dir / "metrics.jsonl")))
-    assert list(data) == ["losses", "learning rate", "retrieval (%)", "division"]
+    assert list(data) == ["losses", "learning rate", "retrieval (%)", "division: pairs",
+                          "division: noisy pairs found (%)"]
     assert data["retrieval (%)"]["R1"][1][-1] == 12.5 and "loss/bge_TAL" in data["losses"]
     path = plot_run(str(run_dir), backend=backend)
     assert path == str(run_dir / "curves.png")
-    with Image.open(path) as img:
-        assert img.format == "PNG" and img.width > 4 * 300 and img.height > 250  # four panels in a row
+    with Image.open(path) as img:  # five panels: a row of three above a row of two
+        assert img.format == "PNG" and img.width > 3 * 300 and img.height > 2 * 250
     with pytest.raises(SystemExit, match="metrics.jsonl"):
         plot_run(str(tmp_path))
+
+
+@pytest.mark.parametrize("backend", ["pil", "matplotlib"])
+def test_plot_division_scales_apart_and_no_absolute_path(tmp_path, monkeypatch, backend):
+    if backend == "matplotlib":
+        pytest.importorskip("matplotlib")
+    import utils.plot as plot
+
+    run_dir = tmp_path / "20261123_101500_RDE"
+    run_dir.mkdir()
+    rows = [{"epoch": e, "loss/bge_TAL": 1.0 / e, "R1": 10.0 * e, "division/kept": 900 + 20 * e,
+             "division/total": 1000, "division/mean_weight": 0.9 + 0.02 * e, "division/noise_precision": 80.0,
+             "division/noise_recall": 70.0 + e, "division/mean_weight_clean": 0.99,
+             "division/mean_weight_noisy": 0.1} for e in (1, 2, 3)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = panels(rows)
+    # the 0-1 weights and the percentages have panels of their own, not the pair-count axis
+    assert set(data["division: pairs"]) == {"division/kept", "division/total"}
+    assert set(data["division: noisy pairs found (%)"]) == {"division/noise_precision", "division/noise_recall"}
+    assert set(data["division: mean weight (0-1)"]) == {"division/mean_weight", "division/mean_weight_clean",
+                                                        "division/mean_weight_noisy"}
+    drawn = {}
+    real = getattr(plot, f"plot_{backend}")
+    monkeypatch.setattr(plot, f"plot_{backend}", lambda d, path, title: (drawn.update(title=title, panels=list(d)),
+                                                                        real(d, path, title)))
+    plot_run(str(run_dir), backend=backend)
+    assert drawn["title"] == "20261123_101500_RDE: metrics.jsonl" and str(tmp_path) not in drawn["title"]
+    assert not any(os.sep + "tmp" in name for name in drawn["panels"])
+    with Image.open(run_dir / "curves.png") as img:
+        assert img.width > 3 * 300 and img.height > 2 * 250   # 5 panels: 3 + 2
 
 
 def test_plot_command_line(single_run, tmp_path):
@@ -275,6 +360,8 @@ def test_check_names_every_problem(data_root, tmp_path, capsys):
     (imgs / records[1]["file_path"]).write_bytes(jpeg[: len(jpeg) // 2])  # truncated JPEG: valid header
     records[3]["file_path"] = records[2]["file_path"]              # duplicate path
     records[4]["captions"][0] = "   "                              # empty caption
+    shutil.copy(imgs / records[7]["file_path"], root / "outside.jpg")
+    records[7]["file_path"] = "../../outside.jpg"                   # leaves the dataset folder
     anno.write_text(json.dumps(records))
 
     assert check_main(["--dataset_name", "CUHK-PEDES", "--root_dir", str(root), "--decode"]) == 1
@@ -283,6 +370,7 @@ def test_check_names_every_problem(data_root, tmp_path, capsys):
     assert "1 undecodable images" in out and records[1]["file_path"] in out
     assert "1 image paths listed by more than one record" in out and "records 2, 3" in out
     assert "1 empty captions" in out and "record 4" in out
+    assert "1 image paths leading outside the dataset folder" in out and "record 7: '../../outside.jpg'" in out
 
     # without --decode the truncated file is not opened, the rest is still found
     assert check_main(["--dataset_name", "CUHK-PEDES", "--root_dir", str(root)]) == 1

@@ -1,10 +1,12 @@
 """Rank-list pictures: a caption above its top-k gallery images (PIL only, so no plotting stack is needed).
 
 Used by `test.py --visualize N` (correct images framed green, wrong ones red; with THI output, before and
-after re-ranking side by side) and by `retrieve.py --save` (no ground truth: neutral frames).
+after re-ranking side by side for the queries THI re-ranked) and by `retrieve.py --save` (no ground truth:
+neutral frames, each image's file name listed under the row).
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import textwrap
@@ -44,27 +46,40 @@ def thumbnail(path: str, size: tuple[int, int] = THUMB) -> Image.Image:
     return canvas
 
 
+def _fit(text: str, font, width: float) -> str:
+    """text cut from the left to fit `width` pixels: the end of a path (the file name) tells images apart."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength("..." + text) > width:
+        text = text[1:]
+    return "..." + text
+
+
 def ranklist_picture(caption: str, paths: list[str], scores: list[float], correct: list[bool] | None = None,
-                     title: str | None = None, extra: tuple[str, str] | None = None) -> Image.Image:
+                     title: str | None = None, extra: tuple[str, str] | None = None,
+                     names: list[str] | None = None) -> Image.Image:
     """One row: title and caption on top, then each image with its rank and score underneath.
 
     correct: per image True (green frame) / False (red); None for grey frames (no ground truth).
     extra: (label, path) of one more image drawn after a gap, e.g. the first correct one when it is
     ranked below the top-k, so a failure shows what should have been found.
+    names: one label per image, listed under the row as '#rank  name' (a thumbnail is too narrow to hold a
+    file name, and a picture of results is of little use if the files cannot be found again).
     """
     font, small = _font(13), _font(11)
     cells = len(paths) + (1 if extra else 0)
     cell_w = THUMB[0] + 2 * FRAME
     width = max(cells * (cell_w + GAP) + GAP + (3 * GAP if extra else 0), 360)
     chars = max(20, int(width / (font.getlength("n") or 7)))
-    lines = ([title] if title else []) + textwrap.wrap(caption, chars) or [""]
+    title_lines = textwrap.wrap(title, chars) if title else []
+    lines = title_lines + textwrap.wrap(caption, chars) or [""]
     line_h, small_h = _text_height(font), _text_height(small)
     top = GAP + len(lines) * line_h + GAP
-    height = top + THUMB[1] + 2 * FRAME + small_h * 2 + GAP
+    height = top + THUMB[1] + 2 * FRAME + small_h * 2 + GAP + (len(names) * small_h + GAP if names else 0)
     pic = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(pic)
     for k, line in enumerate(lines):
-        draw.text((GAP, GAP + k * line_h), line, fill=(0, 0, 0) if (k or not title) else (60, 60, 160), font=font)
+        draw.text((GAP, GAP + k * line_h), line, fill=(60, 60, 160) if k < len(title_lines) else (0, 0, 0), font=font)
 
     def cell(x: int, path: str, colour, label: str, score: str) -> None:
         draw.rectangle([x, top, x + cell_w - 1, top + THUMB[1] + 2 * FRAME - 1], fill=colour)
@@ -80,6 +95,9 @@ def ranklist_picture(caption: str, paths: list[str], scores: list[float], correc
         x = GAP + len(paths) * (cell_w + GAP) + 3 * GAP
         draw.line([(x - 2 * GAP, top), (x - 2 * GAP, top + THUMB[1] + 2 * FRAME)], fill=GREY, width=1)
         cell(x, extra[1], GREEN, extra[0], "")
+    for r, name in enumerate(names or []):
+        y = top + THUMB[1] + 2 * FRAME + small_h * 2 + GAP + r * small_h
+        draw.text((GAP, y), _fit(f"#{r + 1}  {name}", small, width - 2 * GAP), fill=(0, 0, 0), font=small)
     return pic
 
 
@@ -150,12 +168,41 @@ def load_thi_similarity(run_dir: str, shape) -> torch.Tensor | None:
     return sims.float()
 
 
+def load_thi_queries(run_dir: str) -> dict[int, dict] | None:
+    """{query index: THI's record of it} from RUN_DIR/thi/queries.jsonl (one line per query THI ran on);
+    None when THI wrote no such file."""
+    path = os.path.join(run_dir, "thi", "queries.jsonl")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return {rec["query"]: rec for rec in map(json.loads, filter(str.strip, f))}
+
+
+def thi_unchanged_reason(q: int, thi_queries: dict[int, dict] | None) -> str | None:
+    """Why THI's ranking of query q is its base ranking, or None when THI re-ranked it (or cannot tell).
+
+    final_similarity.pt holds every query of the split, those THI never asked (past `thi --limit`) and those
+    it asked without refining keeping their base row: drawing them 'before | after' shows two identical
+    lists that look like THI changed nothing on purpose.
+    """
+    if thi_queries is None:      # THI output without queries.jsonl: assume every row was re-ranked
+        return None
+    state = thi_queries.get(q)
+    if state is None:
+        return "not asked by THI (past thi --limit)"
+    if state.get("refined") is None:
+        why = state.get("error") or "no candidate accepted by the gate"
+        return f"THI kept the base ranking ({why[:80]})"
+    return None
+
+
 def visualize_run(run, evaluator, checkpoint: str, n: int, mode: str = "random", topk: int = 10,
                   seed: int = 0) -> list[str]:
     """Write N rank-list pictures of `checkpoint` into RUN_DIR/visualize/; returns their paths.
 
     Rankings use the fused similarity test.py reports (the evaluator's last row).  With THI output the
-    re-ranked list is drawn to the right; 'worst' is chosen by the model's own ranking (before THI).
+    re-ranked list is drawn to the right of queries THI re-ranked; the others are drawn once, their title
+    saying why THI left them as they were.  'worst' is chosen by the model's own ranking (before THI).
     """
     run.load_weights(checkpoint)
     sims = list(evaluator.similarity_rows(run.models).values())[-1].cpu()
@@ -163,13 +210,17 @@ def visualize_run(run, evaluator, checkpoint: str, n: int, mode: str = "random",
     ranks = first_correct_ranks(sims, split.caption_pids, split.image_pids)
     thi = load_thi_similarity(run.cfg.run_dir, sims.shape)
     thi_ranks = first_correct_ranks(thi, split.caption_pids, split.image_pids) if thi is not None else None
+    thi_queries = load_thi_queries(run.cfg.run_dir) if thi is not None else None
     out_dir = os.path.join(run.cfg.run_dir, "visualize")
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for k, q in enumerate(pick_queries(ranks, n, mode, seed), 1):
-        pic = query_picture(q, sims, split, int(ranks[q]), topk, title="" if thi is None else "before THI: ")
-        if thi is not None:
-            pic = stack([pic, query_picture(q, thi, split, int(thi_ranks[q]), topk, title="after THI: ")],
+        unchanged = thi_unchanged_reason(q, thi_queries) if thi is not None else None
+        if thi is None or unchanged:
+            pic = query_picture(q, sims, split, int(ranks[q]), topk, title=f"{unchanged}: " if unchanged else "")
+        else:
+            pic = stack([query_picture(q, sims, split, int(ranks[q]), topk, title="before THI: "),
+                         query_picture(q, thi, split, int(thi_ranks[q]), topk, title="after THI: ")],
                         horizontal=True)
         path = os.path.join(out_dir, f"{mode}_{k:02d}_query{q}.png")
         pic.save(path)
