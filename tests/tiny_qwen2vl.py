@@ -84,10 +84,11 @@ def _tiny_config(tok):
     from transformers import Qwen2VLConfig
 
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    hidden, heads = 64, 4
+    # text head size 32: the smallest vLLM's CPU attention kernels take (32, 64, 80 and up; 16 fails)
+    hidden, heads = 64, 2
     head_dim = hidden // heads
     text = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=4096,
+                num_attention_heads=heads, num_key_value_heads=1, max_position_embeddings=4096,
                 rope_parameters={"rope_type": "default", "rope_theta": 1e6,
                                  "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]},
                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
