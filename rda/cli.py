@@ -110,6 +110,7 @@ def main(argv=None) -> dict:
 
     todo = train[:n] if args.shard is None else args.shard.take(train[:n])
     pairs = augment([r.caption for r in todo], [r.img_path for r in todo], ask_text, args.m)
+    log.info("%s", cache.summary())
     if args.shard is not None:
         log.info("shard %s: %d of %d captions processed, answers in %s; when every shard is done, run the same "
                  "command without --shard to write %s", args.shard, len(todo), n, cache.path, out)

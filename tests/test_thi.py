@@ -15,9 +15,10 @@ from datasets.loaders import ImageDecodeError
 from datasets.synthetic import make_synthetic
 from tests.tiny_qwen2vl import build_tiny_qwen2vl
 from thi import cli
-from thi.backends import Request, make_backend
+from thi.backends import MLLMLoadError, Request, make_backend
+from thi.backends.chat import processor_size
 from thi.backends.hf import TransformersBackend
-from thi.backends.yes_no import yes_probability_from_logits, yes_probability_from_logprobs
+from thi.backends.yes_no import answer_token_ids, yes_probability_from_logits, yes_probability_from_logprobs
 from thi.cache import AnswerCache, Failure, ask
 from thi.interaction import QueryState, accepts, localise, may_accept
 from thi.parsing import clean_refined_query, parse_vqa_answers
@@ -158,9 +159,10 @@ def test_yes_probability_from_logits_and_logprobs():
     assert p[1] == pytest.approx(2 / (2 + torch.e), abs=1e-6)
     assert yes_probability_from_logprobs({1: -0.1, 2: -2.4, 7: -3.0}, [1], [2]) == \
         pytest.approx(1 / (1 + torch.e ** -2.3))
-    # No missing from the top k: bounded by the least likely entry returned
-    assert yes_probability_from_logprobs({1: -0.01, 7: -6.0}, [1], [2]) == pytest.approx(1 / (1 + torch.e ** -5.99))
-    with pytest.raises(ValueError):
+    # an answer token missing (vLLM's default top-k raw log-probabilities): no guess, an error naming it
+    with pytest.raises(ValueError, match=r"answer token\(s\) \[2\]"):
+        yes_probability_from_logprobs({1: -0.01, 7: -6.0}, [1], [2])
+    with pytest.raises(ValueError, match=r"\[1, 2\]"):
         yes_probability_from_logprobs({7: -0.1}, [1], [2])
 
 
@@ -422,55 +424,302 @@ def test_vllm_missing_says_how_to_install(yes_model):
         make_backend("vllm", yes_model)
 
 
-def test_vllm_backend_glue_against_a_stand_in_engine(yes_model, data_root, monkeypatch):
-    """vLLM cannot run here (no GPU): a stand-in `vllm` module records what the backend asks of the engine."""
-    seen = {}
+# The arguments vLLM 0.32's LLM() takes that this project passes; the real engine rejects an unknown one
+VLLM_ENGINE_ARGS = {"model", "max_model_len", "dtype", "tensor_parallel_size", "seed", "limit_mm_per_prompt",
+                    "mm_processor_kwargs", "max_num_seqs", "enable_lora", "max_lora_rank", "enforce_eager",
+                    "gpu_memory_utilization", "kv_cache_memory_bytes", "logprobs_mode"}
+
+
+def answer_position_logits(prompt: str, vocab: int, yes_ids: list[int], no_ids: list[int]) -> torch.Tensor:
+    """The stand-in engine's next-token logits: 30 unrelated tokens above every answer spelling (as in the real
+    tiny model, where "No" was not in the top 20), the answers' margin depending on the prompt."""
+    g = torch.Generator().manual_seed(len(prompt))
+    logits = torch.randn(vocab, generator=g)
+    answers = torch.tensor(yes_ids + no_ids)
+    others = torch.tensor([t for t in torch.randperm(vocab, generator=g).tolist() if t not in answers][:30])
+    logits[others] += 6.0
+    logits[answers] = torch.rand(len(answers), generator=g) * 2
+    return logits
+
+
+def install_stand_in_vllm(monkeypatch, exact_logprobs=True, on_cpu=True, start_error=None):
+    """A `vllm` module that answers as the real engine does: `logprobs=k` gives the top k raw log-probabilities
+    (before allowed_token_ids masks anything, unrelated tokens included) plus the sampled token;
+    `logprob_token_ids` (when the release has it) exactly those tokens plus the sampled one;
+    `logprobs_mode="processed_logprobs"` log-probabilities after the mask.  Returns what it saw."""
+    seen = {"starts": 0, "prompts": []}
+    lp = types.SimpleNamespace
 
     class LLM:
         def __init__(self, **kwargs):
+            seen["starts"] += 1
+            unknown = set(kwargs) - VLLM_ENGINE_ARGS
+            if unknown:
+                raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+            if start_error is not None:
+                raise start_error
             seen["engine"] = kwargs
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(kwargs["model"])
+            self.vocab, self.answers = len(tokenizer), answer_token_ids(tokenizer)
 
         def generate(self, prompts, sampling, lora_request=None, use_tqdm=True):
-            seen.setdefault("prompts", []).extend(prompts)
+            seen["prompts"].extend(prompts)
             seen["lora"] = lora_request
-            lp = types.SimpleNamespace
-            if sampling.max_tokens == 1:
-                yes, no = sampling.allowed_token_ids[0], sampling.allowed_token_ids[-1]
-                step = {yes: lp(logprob=-0.1), no: lp(logprob=-2.4)}
-                return [lp(outputs=[lp(logprobs=[step], text="Yes")]) for _ in prompts]
-            return [lp(outputs=[lp(logprobs=None, text=" 1. male\n")]) for _ in prompts]
+            outputs = []
+            for prompt in prompts:
+                if sampling.max_tokens != 1:
+                    outputs.append(lp(outputs=[lp(logprobs=None, text=" 1. male\n")]))
+                    continue
+                logits = answer_position_logits(prompt["prompt"], self.vocab, *self.answers)
+                raw = logits.log_softmax(-1)
+                masked = torch.full_like(logits, -float("inf"))
+                if getattr(sampling, "allowed_token_ids", None):
+                    masked[sampling.allowed_token_ids] = logits[sampling.allowed_token_ids]
+                else:
+                    masked = logits
+                sampled = int(masked.argmax())
+                values = masked.log_softmax(-1) if seen["engine"].get("logprobs_mode") == "processed_logprobs" else raw
+                if getattr(sampling, "logprob_token_ids", None):
+                    returned = list(sampling.logprob_token_ids)
+                else:
+                    returned = values.topk(sampling.logprobs).indices.tolist()
+                step = {t: lp(logprob=float(values[t])) for t in returned + [sampled]}
+                outputs.append(lp(outputs=[lp(logprobs=[step], text="")]))
+            return outputs
+
+    fields = ("max_tokens", "temperature", "logprobs", "allowed_token_ids") + \
+        (("logprob_token_ids",) if exact_logprobs else ())
 
     class SamplingParams:
+        __annotations__ = {f: object for f in fields}
+
         def __init__(self, **kwargs):
-            self.__dict__.update(kwargs)
+            unknown = set(kwargs) - set(fields)
+            if unknown:
+                raise TypeError(f"Unexpected keyword argument {sorted(unknown)[0]!r}")
+            self.__dict__.update({f: None for f in fields}, **kwargs)
 
     class LoRARequest:
         def __init__(self, name, lora_id, path):
             self.path = path
 
+    platform = lp(is_cpu=lambda: on_cpu)
     for name, attrs in (("vllm", dict(LLM=LLM, SamplingParams=SamplingParams)), ("vllm.lora", {}),
-                        ("vllm.lora.request", dict(LoRARequest=LoRARequest))):
+                        ("vllm.lora.request", dict(LoRARequest=LoRARequest)),
+                        ("vllm.platforms", dict(current_platform=platform))):
         module = types.ModuleType(name)
         module.__dict__.update(attrs)
         module.__spec__ = importlib.machinery.ModuleSpec(name, None)
         monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")   # the backend may set it: restored afterwards
+    return seen
 
-    lora = os.path.join(os.path.dirname(yes_model), "fake_lora")
-    os.makedirs(lora, exist_ok=True)
-    with open(os.path.join(lora, "adapter_config.json"), "w") as f:
-        json.dump({"r": 12}, f)
-    backend = make_backend("vllm", yes_model, lora=lora, max_model_len=2048, tensor_parallel_size=2,
+
+def transformers_p_yes(model_dir, requests):
+    return make_backend("transformers", model_dir, min_pixels=3136, max_pixels=3136).yes_probability(requests)
+
+
+@pytest.mark.parametrize("exact_logprobs", [True, False], ids=["logprob_token_ids", "processed_logprobs"])
+def test_vllm_p_yes_is_exact_when_the_answers_are_outside_the_top_k(exact_logprobs, yes_model, data_root,
+                                                                    monkeypatch):
+    """Defect 1: with vLLM's default top-20 raw log-probabilities neither answer was returned here; the backend
+    must ask for exactly the answer tokens (or the masked, processed ones) and get P(yes) exactly."""
+    seen = install_stand_in_vllm(monkeypatch, exact_logprobs=exact_logprobs)
+    backend = make_backend("vllm", yes_model, min_pixels=3136, max_pixels=3136)
+    image = load_run_split_images(data_root)[0]
+    requests = [Request("Is this a person? Answer Yes or No.", image), Request("Yes or No?"),
+                Request("Is the sky green? Answer Yes or No.")]
+    got = backend.yes_probability(requests)
+    expected = []
+    for prompt in seen["prompts"]:
+        logits = answer_position_logits(prompt["prompt"], backend._llm.vocab, backend.yes_ids, backend.no_ids)
+        assert set(logits.topk(20).indices.tolist()).isdisjoint(backend.yes_ids + backend.no_ids)
+        margin = logits[backend.yes_ids].logsumexp(-1) - logits[backend.no_ids].logsumexp(-1)
+        expected.append(float(torch.sigmoid(margin)))
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert len({round(p, 6) for p in got}) == 3 and all(p != 0.5 for p in got)
+    assert ("logprobs_mode" in seen["engine"]) != exact_logprobs
+
+
+def test_vllm_engine_arguments(yes_model, data_root, monkeypatch, tmp_path):
+    """Defects 3-5: image budget, platform defaults, LoRA rank bound; the prompts are those of the HF backend."""
+    seen = install_stand_in_vllm(monkeypatch)
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(json.dumps({"r": 12}))
+    backend = make_backend("vllm", yes_model, lora=str(lora), max_model_len=2048, tensor_parallel_size=2,
                            min_pixels=3136, max_pixels=3136)
     image = load_run_split_images(data_root)[0]
-    p = backend.yes_probability([Request("Is this a person? Answer Yes or No.", image), Request("Yes or No?")])
-    assert p == pytest.approx([1 / (1 + torch.e ** -2.3)] * 2)
+    backend.yes_probability([Request("Is this a person? Answer Yes or No.", image), Request("Yes or No?")])
     assert backend.generate([Request("Describe.", image)], max_new_tokens=16) == ["1. male"]
     engine = seen["engine"]
-    assert engine["max_model_len"] == 2048 and engine["limit_mm_per_prompt"] == {"image": 1}
-    assert engine["tensor_parallel_size"] == 2 and "max_num_seqs" not in engine      # vLLM's own default
-    assert engine["enable_lora"] and engine["max_lora_rank"] == 16 and seen["lora"].path == lora
+    assert engine["max_model_len"] == 2048 and engine["tensor_parallel_size"] == 2 and "max_num_seqs" not in engine
+    assert engine["limit_mm_per_prompt"] == {"image": 1, "video": 0}
+    assert engine["mm_processor_kwargs"] == {"size": processor_size(3136, 3136)}
+    assert engine["enable_lora"] and engine["max_lora_rank"] == 16 and seen["lora"].path == str(lora)
+    # the CPU build: eager, a KV cache in GiB rather than a fraction of all RAM, the engine in this process
+    assert engine["enforce_eager"] is True and engine["kv_cache_memory_bytes"] == 4 * 2 ** 30
+    assert "gpu_memory_utilization" not in engine and os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert engine["dtype"] == "auto"
     with_image, text_only = seen["prompts"][:2]
     width, height = with_image["multi_modal_data"]["image"].size      # resized as the transformers backend does
     assert width % 28 == 0 and height % 28 == 0 and width * height <= 3136
     assert "<|image_pad|>" in with_image["prompt"] and "multi_modal_data" not in text_only
     assert with_image["prompt"].endswith("<|im_start|>assistant\n")
+
+    def platform_args(on_cpu, **opts):
+        return make_backend("vllm", yes_model, **opts).platform_args(on_cpu)
+    assert platform_args(False) == {"enforce_eager": False, "gpu_memory_utilization": 0.85}
+    assert platform_args(False, gpu_memory_utilization=0.5, enforce_eager=True) == \
+        {"enforce_eager": True, "gpu_memory_utilization": 0.5}
+    assert platform_args(True, kv_cache_gib=0.5, enforce_eager=False) == \
+        {"enforce_eager": False, "kv_cache_memory_bytes": 2 ** 29}
+    assert platform_args(True, gpu_memory_utilization=0.3) == {"enforce_eager": True, "gpu_memory_utilization": 0.3}
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")                 # the engine reads it itself
+    assert platform_args(True) == {"enforce_eager": True}
+
+
+def test_vllm_options_from_the_command_line(yes_model):
+    from thi.backends import add_backend_args, backend_from_args
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_backend_args(p)
+    args = p.parse_args(["--model_dir", yes_model, "--backend", "transformers", "--dtype", "bfloat16"])
+    assert backend_from_args(args).dtype == torch.bfloat16 and args.batch_size == 16
+    args = p.parse_args(["--model_dir", yes_model, "--backend", "transformers"])
+    assert backend_from_args(args).dtype == torch.float32           # auto on CPU
+    args = p.parse_args(["--model_dir", yes_model, "--backend", "vllm", "--no-enforce_eager", "--kv_cache_gib", "1"])
+    assert args.enforce_eager is False and args.kv_cache_gib == 1 and args.gpu_memory_utilization is None
+
+
+@pytest.mark.parametrize("config, bound", [({"r": 1}, 1), ({"r": 8}, 8), ({"r": 12}, 16), ({"r": 300}, 320),
+                                           ({"r": 512}, 512), ({"r": 8, "rank_pattern": {"q_proj": 64}}, 64),
+                                           ({"r": 4, "rank_pattern": {"v_proj": 2}}, 8)])
+def test_lora_rank_bound(config, bound, tmp_path):
+    """Defect 5: vLLM's accepted max_lora_rank values, and the adapter's per-module ranks."""
+    from thi.backends.vllm import lora_rank_bound
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    assert lora_rank_bound(str(tmp_path)) == bound
+
+
+def test_lora_rank_above_vllms_limit_is_refused(tmp_path):
+    from thi.backends.vllm import lora_rank_bound
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 8, "rank_pattern": {"q_proj": 1024}}))
+    with pytest.raises(SystemExit, match="rank 1024 .* above 512"):
+        lora_rank_bound(str(tmp_path))
+
+
+def test_a_failed_engine_start_stops_at_once(yes_model, tmp_path, monkeypatch):
+    """Defect 2: one start, not one per request, and the engine's own message with a hint."""
+    error = ValueError("Available memory on node 0 (3.1/23.4 GiB) on startup is less than desired CPU memory "
+                       "utilization (0.85, 19.9 GiB).")
+    seen = install_stand_in_vllm(monkeypatch, start_error=error)
+    backend = make_backend("vllm", yes_model, min_pixels=3136, max_pixels=3136)
+    requests = [Request(f"Question {i}? Answer Yes or No.") for i in range(5)]
+    with pytest.raises(MLLMLoadError) as raised:
+        ask(backend, AnswerCache(str(tmp_path / "c.jsonl")), "yes_probability", requests, batch_size=2)
+    message = str(raised.value)
+    assert "ValueError: Available memory on node 0" in message and yes_model in message
+    assert "--gpu_memory_utilization" in message and "--kv_cache_gib" in message
+    assert seen["starts"] == 1
+    with pytest.raises(MLLMLoadError):                               # a later call does not start it again
+        backend.generate(requests[:1], max_new_tokens=4)
+    assert seen["starts"] == 1
+    assert not (tmp_path / "c.jsonl").exists() or (tmp_path / "c.jsonl").read_text() == ""
+
+
+def weightless_model(model_dir, tmp_path):
+    """A model folder with config.json, tokenizer and processor, but no weights (an unfinished download)."""
+    import shutil
+    folder = tmp_path / "no_weights"
+    shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    return str(folder)
+
+
+def test_thi_stops_at_once_when_the_mllm_cannot_load(run_dir, yes_model, tmp_path, monkeypatch):
+    """Issue 16 item 9: no per-request retries, no "every request failed" after each one; the loader's message."""
+    folder = weightless_model(yes_model, tmp_path)
+    loads = []
+    real_load = TransformersBackend._load
+    monkeypatch.setattr(TransformersBackend, "_load", lambda self: loads.append(1) or real_load(self))
+    with pytest.raises(MLLMLoadError) as raised:
+        cli.main(["--run", run_dir, "--model_dir", folder, "--out", str(tmp_path / "thi"), "--limit", "6",
+                  "--batch_size", "2", *SMALL_IMAGES])
+    assert len(loads) == 1
+    message = str(raised.value)
+    assert message.startswith(f"transformers backend: the MLLM could not be loaded from {folder}: ")
+    assert "safetensors" in message and "complete Qwen2-VL model folder" in message
+    assert read_jsonl_or_empty(tmp_path / "thi" / "mllm_cache.jsonl") == []
+
+
+def read_jsonl_or_empty(path):
+    return read_jsonl(path) if os.path.exists(path) else []
+
+
+def test_the_retrieval_side_holds_no_similarity_matrices_while_the_mllm_works(run_dir, yes_model, monkeypatch,
+                                                                               tmp_path):
+    """Defect 3: when the MLLM starts, only the headline matrix (on the CPU) is left, and on a GPU the retrieval
+    model(s) are off it; they come back for the refined queries."""
+    made = []
+    real_init = RunSimilarity.__init__
+
+    def keep(self, *a, **kw):
+        real_init(self, *a, **kw)
+        made.append(self)
+    monkeypatch.setattr(RunSimilarity, "__init__", keep)
+    at_load = []
+    real_load = TransformersBackend._load
+
+    def load(self):
+        sims = made[-1]
+        at_load.append((list(sims.rows), {p.device.type for m in sims.run.models for p in m.parameters()},
+                        torch.cuda.memory_allocated() if torch.cuda.is_available() else 0))
+        real_load(self)
+    monkeypatch.setattr(TransformersBackend, "_load", load)
+    device = ["--device", "cuda", "--mllm_device", "cpu"] if torch.cuda.is_available() else []
+    result = cli.main(["--run", run_dir, "--model_dir", yes_model, "--out", str(tmp_path), "--limit", "3",
+                       "--xi", "-1", "--max_new_tokens", "4", *device, *SMALL_IMAGES])
+    rows, devices, allocated = at_load[0]
+    assert rows == [made[-1].headline] and devices == {"cpu"} and allocated == 0
+    assert all(s.refined for s in result["states"])
+    expected_device = "cuda" if device else "cpu"
+    assert {p.device.type for m in made[-1].run.models for p in m.parameters()} == {expected_device}
+
+
+def test_a_rerun_says_how_many_answers_came_from_the_cache(run_dir, yes_model, tmp_path):
+    argv = ["--run", run_dir, "--model_dir", yes_model, "--out", str(tmp_path), "--limit", "3", "--xi", "-1",
+            "--max_new_tokens", "4", *SMALL_IMAGES]
+    cli.main(argv)
+    log = (tmp_path / "thi_log.txt").read_text()
+    asked = len(AnswerCache(str(tmp_path / "mllm_cache.jsonl")).answers)
+    assert f"MLLM answers: 0 from the cache ({tmp_path / 'mllm_cache.jsonl'}), {asked} asked\n" in log
+    cli.main(argv)
+    log = (tmp_path / "thi_log.txt").read_text()
+    assert f"MLLM answers: {asked} from the cache ({tmp_path / 'mllm_cache.jsonl'}), 0 asked -- every answer was " \
+           "cached, no model was loaded" in log
+
+
+def test_processor_keeps_the_resized_image_so_both_backends_see_the_same_tokens(yes_model, tmp_path):
+    """Defect 4: qwen_vl_utils rounds 256 x 96 at 224 x 224 up to 392 x 140 (above max_pixels); the processor,
+    given processor_size, keeps it (70 tokens), where one limited to max_pixels would shrink it again."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from thi.backends.chat import prompts_and_images
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (256, 96), (120, 30, 200)).save(path)
+    processor = AutoProcessor.from_pretrained(yes_model)
+    texts, images = prompts_and_images(processor, [Request("Describe.", str(path))], 50176, 50176)
+    assert images[0].size == (392, 140)
+    pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+    def tokens(size):
+        ids = processor(text=texts, images=images, return_tensors="pt", size=size)["input_ids"][0]
+        return int((ids == pad).sum())
+    assert tokens(processor_size(50176, 50176)) == 14 * 5 == 70
+    assert tokens({"shortest_edge": 50176, "longest_edge": 50176}) != 70
+    assert 50176 < processor_size(50176, 50176)["longest_edge"] < 28 * 28 * 200   # a budget of ~180 tokens

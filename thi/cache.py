@@ -30,6 +30,7 @@ class AnswerCache:
     def __init__(self, path: str, shard: Shard | None = None):
         self.path = path if shard is None else shard.own_file(path)   # the file this process appends to
         self.answers: dict[str, object] = {}
+        self.from_cache = self.asked = 0   # distinct requests answered by this file / put to the MLLM, per ask()
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         for other in [path] + shard_cache_files(path):
             if other != self.path and os.path.exists(other):
@@ -55,6 +56,11 @@ class AnswerCache:
                 bad += 1
         if bad:
             logger.warning("answer cache %s: skipped %d unreadable lines", path, bad)
+
+    def summary(self) -> str:
+        """For the log: how many answers this run took from the cache and how many it asked."""
+        return (f"MLLM answers: {self.from_cache} from the cache ({self.path}), {self.asked} asked"
+                + (" -- every answer was cached, no model was loaded" if self.from_cache and not self.asked else ""))
 
     @staticmethod
     def key(model_id: str, kind: str, request, **params) -> str:
@@ -86,6 +92,7 @@ def ask(backend, cache: AnswerCache, kind: str, requests: list, batch_size: int 
 
     A batch that raises is asked again one request at a time, so one bad image costs only its own query.  If
     every request failed and not all for unreadable images, the cause is not the data: the error is raised.
+    A model that cannot load (MLLMLoadError, a SystemExit) is not a request's failure: it passes through.
     """
     keys = [cache.key(backend.model_id, kind, r, **params) for r in requests]
     todo, seen = [], set()   # indices to ask, each distinct request once
@@ -93,6 +100,8 @@ def ask(backend, cache: AnswerCache, kind: str, requests: list, batch_size: int 
         if k not in cache and k not in seen:
             seen.add(k)
             todo.append(i)
+    cache.from_cache += len(set(keys)) - len(todo)
+    cache.asked += len(todo)
     failures: dict[str, Failure] = {}
     errors: list[BaseException] = []
     call = getattr(backend, kind)

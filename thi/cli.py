@@ -11,8 +11,12 @@ Over several GPUs: --shard K/N per process, then the same command without it (th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import sys
+
+import torch
 
 from utils.checkpoint import atomic_save
 from utils.files import write_json, write_jsonl
@@ -65,6 +69,29 @@ def parse(argv):
     return args
 
 
+@contextlib.contextmanager
+def retrieval_off_the_gpu(run, sims: RunSimilarity):
+    """While the MLLM works, the retrieval side holds no GPU memory; its model(s) come back afterwards, for the
+    refined queries.  vLLM refuses to start unless --gpu_memory_utilization of the card is free, and the
+    similarity matrices alone can take gigabytes (one 19,848 x 19,848 fp32 matrix on ICFG-PEDES is 1.6 GB;
+    twins keep seven).  Only the headline matrix is used from here on, and it is on the CPU already."""
+    sims.rows = {sims.headline: sims.base}
+    on_gpu = run.device.type == "cuda"
+    if on_gpu:
+        for model in run.models:
+            model.to("cpu")
+        sims.image_feats = [f.cpu() for f in sims.image_feats]
+        gc.collect()
+        torch.cuda.empty_cache()
+    try:
+        yield
+    finally:
+        if on_gpu:
+            for model in run.models:
+                model.to(run.device)
+            sims.image_feats = [f.to(run.device) for f in sims.image_feats]
+
+
 def main(argv=None) -> dict:
     """Runs THI; returns {'metrics': {row: metrics}, 'states': [QueryState], 'base': S_base, 'final': S_final}
     (S_final after the last round; both [queries, gallery])."""
@@ -94,10 +121,12 @@ def main(argv=None) -> dict:
     cache = AnswerCache(args.cache or os.path.join(out, "mllm_cache.jsonl"), args.shard)
     states = new_states(s_base, captions, args.rounds)
     asked = states if args.shard is None else args.shard.take(states)
-    localise(asked, split.img_paths,
-             lambda reqs: ask(backend, cache, "yes_probability", reqs, args.batch_size), args.rounds, xi)
-    refine(asked, split.img_paths,
-           lambda reqs: ask(backend, cache, "generate", reqs, args.batch_size, max_new_tokens=args.max_new_tokens))
+    with retrieval_off_the_gpu(run, sims):
+        localise(asked, split.img_paths,
+                 lambda reqs: ask(backend, cache, "yes_probability", reqs, args.batch_size), args.rounds, xi)
+        refine(asked, split.img_paths,
+               lambda reqs: ask(backend, cache, "generate", reqs, args.batch_size, max_new_tokens=args.max_new_tokens))
+    log.info("%s", cache.summary())
     if args.shard is not None:
         log.info("shard %s: %d of %d queries asked, answers in %s; when every shard is done, run the same command "
                  "without --shard for the metrics", args.shard, len(asked), n, cache.path)

@@ -1,7 +1,28 @@
 """Requests -> Qwen2-VL chat prompts and resized images, shared by both backends so they see the same input."""
 from __future__ import annotations
 
+import math
+
 from datasets.loaders import read_image
+
+PATCH = 28          # Qwen2-VL's image side unit: 14-pixel patches merged 2 x 2, one token each
+MAX_RATIO = 200     # the longest aspect ratio qwen_vl_utils accepts
+
+
+def processor_size(min_pixels: int, max_pixels: int) -> dict:
+    """The `size` (pixel count range) to give Qwen2-VL's image processor, in both backends, so that it keeps
+    the images prompts_and_images already resized: both backends then see the same image tokens.
+
+    qwen_vl_utils' resize gives sides that are multiples of 28 and, when it scales up to reach min_pixels,
+    rounds each side up, which can end above max_pixels (256 x 96 at 50,176 becomes 392 x 140 = 54,880).  The
+    processor resizes anything outside its range once more, to a different size: a processor limited to
+    max_pixels would see 392 x 140 shrunk, one left at the checkpoint's range would not.  The range here holds
+    every size the resize can give, 28 x 28 up to (sqrt(min r) + 28)(sqrt(min / r) + 28) at the largest aspect
+    ratio r; vLLM also plans its start-up memory for the top of it (~180 tokens at 224 x 224, not 16,384).
+    """
+    root = math.sqrt(MAX_RATIO)
+    rounded_up = min_pixels + PATCH * math.sqrt(min_pixels) * (root + 1 / root) + PATCH * PATCH
+    return {"shortest_edge": PATCH * PATCH, "longest_edge": max(max_pixels, math.ceil(rounded_up))}
 
 
 def chat_messages(request, min_pixels: int, max_pixels: int) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import DEFAULT_PIXELS, Backend
-from .chat import prompts_and_images
+from .chat import processor_size, prompts_and_images
 from .yes_no import answer_token_ids, yes_probability_from_logits
 
 
@@ -12,12 +12,15 @@ class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model_dir: str, lora: str | None = None, device: str | None = None,
-                 min_pixels: int = DEFAULT_PIXELS, max_pixels: int = DEFAULT_PIXELS):
+                 min_pixels: int = DEFAULT_PIXELS, max_pixels: int = DEFAULT_PIXELS, dtype: str = "auto"):
         super().__init__(model_dir, lora, min_pixels, max_pixels)
         if device in (None, "auto"):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        if dtype == "auto":
+            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            self.dtype = getattr(torch, dtype)
         self.precision = str(self.dtype).removeprefix("torch.")
         self._model = self._processor = None
 
@@ -45,10 +48,11 @@ class TransformersBackend(Backend):
         self.yes_ids, self.no_ids = answer_token_ids(processor.tokenizer)
 
     def _inputs(self, requests):
-        self._load()
+        self.load()
         texts, images = prompts_and_images(self._processor, requests, self.min_pixels, self.max_pixels)
         images = [im for im in images if im is not None]
-        inputs = self._processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        size = {"size": processor_size(self.min_pixels, self.max_pixels)} if images else {}
+        inputs = self._processor(text=texts, images=images or None, padding=True, return_tensors="pt", **size)
         return inputs.to(self.device)
 
     @torch.inference_mode()

@@ -34,22 +34,16 @@ def yes_probability_from_logits(logits: torch.Tensor, yes_ids: list[int], no_ids
 
 
 def yes_probability_from_logprobs(logprobs: dict[int, float], yes_ids: list[int], no_ids: list[int]) -> float:
-    """P(yes) from the top-k log-probabilities an engine returns (vLLM) for the answer position.
-
-    A side absent from the top k is at most as likely as the least likely entry returned, which is used as its
-    value: the result is then a bound, and only when that side is already improbable.
-    """
-    if not logprobs:
-        raise ValueError("the engine returned no log-probabilities for the answer position")
-    floor = min(logprobs.values())
-
-    def side(ids):
-        present = [logprobs[i] for i in ids if i in logprobs]
-        return _logsumexp(present) if present else floor
-
-    yes, no = side(yes_ids), side(no_ids)
-    if not any(i in logprobs for i in yes_ids + no_ids):
-        raise ValueError("neither Yes nor No is among the returned log-probabilities")
+    """P(yes) from the log-probabilities an engine (vLLM) returns for the answer position, which must include
+    every Yes and No spelling: a missing one would have to be guessed, and a guess moves P(yes) (a side set to
+    the smallest value returned made P exactly 0.5 when neither side was there, which the gate reads as no).
+    Extra tokens (the sampled one, the rest of a top k) are ignored."""
+    missing = [i for i in yes_ids + no_ids if i not in logprobs]
+    if missing:
+        raise ValueError(f"the engine returned no log-probability for answer token(s) {missing} (it returned "
+                         f"{sorted(logprobs)}): ask it for exactly the answer tokens")
+    yes = _logsumexp([logprobs[i] for i in yes_ids])
+    no = _logsumexp([logprobs[i] for i in no_ids])
     return 1.0 / (1.0 + math.exp(no - yes))
 
 
