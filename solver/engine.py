@@ -15,7 +15,6 @@ from dataclasses import asdict
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from datasets import EvalSplit, build_dataset
 from datasets.loaders import EpochDraws, build_eval_loaders, build_train_loader
@@ -27,6 +26,7 @@ from utils import distributed as dist
 from utils.device import autocast, resolve_device, resolve_precision
 from utils.evaluator import Evaluator, extract_features
 from utils.logger import append_jsonl
+from utils.progress import progress
 from utils.run_folder import LAST, METRICS, PREVIOUS, crash_point, settle_metrics
 from utils.metrics import metrics_table
 from utils.seed import rng_state, set_rng_state, set_seed
@@ -220,7 +220,7 @@ class Trainer:
         for model in self.models:
             model.eval()
         self.division_sampler.set_epoch(epoch)
-        for batch in tqdm(self.division_loader, desc=f"division {epoch}", leave=False, disable=not dist.is_main()):
+        for batch in progress(self.division_loader, dist.is_main(), desc=f"division {epoch}", leave=False):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             index, pids = dist.gather_batch(batch["index"]), dist.gather_batch(batch["pid"])
             for k, model in enumerate(self.models):
@@ -301,8 +301,7 @@ class Trainer:
         self.sampler.set_epoch(epoch)  # the data order depends on (seed, epoch) only: resumable
         sums, steps = {}, 0
         weights_on_device = self.weights.to(self.device)
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{self.cfg.num_epoch}", leave=False,
-                   disable=None if dist.is_main() else True)  # None: drawn on a terminal only (utils/progress.py)
+        bar = progress(self.train_loader, dist.is_main(), desc=f"epoch {epoch}/{self.cfg.num_epoch}", leave=False)
         for batch in bar:
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             loss, parts = self.train_step(batch, weights_on_device[dist.gather_batch(batch["index"])], epoch)

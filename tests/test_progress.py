@@ -59,12 +59,7 @@ def test_bar_is_drawn_on_a_terminal_and_not_into_a_file(tmp_path):
     assert b"counting" in shown and b"3/3" in shown
 
 
-@pytest.mark.parametrize("division", [
-    "false",
-    pytest.param("true", marks=pytest.mark.xfail(strict=True, reason=(
-        "solver/engine.py division_pass_augmented draws its own bar with disable=not dist.is_main(); "
-        "it needs disable=None if dist.is_main() else True, like train_epoch's"))),
-])
+@pytest.mark.parametrize("division", ["false", "true"])
 def test_training_log_has_one_line_per_epoch(data_root, tmp_path, division):
     run = tmp_path / "run"
     rc, text = redirected(tmp_path, "main.py", *tiny_args(data_root, run, "--num_epoch", "3", "--division", division))
