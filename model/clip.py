@@ -318,11 +318,11 @@ _CLIP_KEY = re.compile(
 _WRAPPER_PREFIXES = ("module.", "base_model.", "_orig_mod.")
 
 
-def _strip_prefixes(key: str) -> str:
+def _strip_prefixes(key: str, prefixes: tuple[str, ...] = _WRAPPER_PREFIXES) -> str:
     changed = True
     while changed:
         changed = False
-        for p in _WRAPPER_PREFIXES:
+        for p in prefixes:
             if key.startswith(p):
                 key, changed = key[len(p):], True
     return key

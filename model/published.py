@@ -28,7 +28,7 @@ import torch
 import yaml
 from torch import nn
 
-from .clip import _CLIP_KEY, _read_checkpoint, config_from_state_dict, grid_size
+from .clip import _CLIP_KEY, _read_checkpoint, _strip_prefixes, config_from_state_dict, grid_size
 
 log = logging.getLogger("reid")
 
@@ -147,13 +147,7 @@ def _tensors(obj, prefix: str):
 
 
 def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in _WRAPPERS:
-            if key.startswith(p):
-                key, changed = key[len(p):], True
-    return key
+    return _strip_prefixes(key, _WRAPPERS)
 
 
 @dataclass
