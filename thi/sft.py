@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from utils.logger import append_jsonl, setup_logger
 from utils.progress import library_bars_follow_terminal, progress
 from .backends import DEFAULT_PIXELS, Request
-from .backends.chat import prompts_and_images
+from .backends.chat import processor_size, prompts_and_images
 from .backends.hf import disable_cudnn_attention
 from .prompts import SYSTEM_PROMPT
 from .sft_data import DATA_FILE, IMAGE_TOKEN
@@ -102,7 +102,10 @@ class Encoder:
                                            self.max_pixels)
         rows, extra, pixels, grids = [], [], [], []
         for text, image, example in zip(texts, images, examples):
-            enc = self.processor(text=[text], images=[image] if image is not None else None, return_tensors="pt")
+            # the processor's size range of THI's backends, which keeps the resized image: the same image tokens
+            image_kwargs = {} if image is None else {"images": [image],
+                                                     "size": processor_size(self.min_pixels, self.max_pixels)}
+            enc = self.processor(text=[text], return_tensors="pt", **image_kwargs)
             prompt = enc["input_ids"][0].tolist()
             answer = self.answer_ids(example.answer)
             rows.append((prompt + answer, [IGNORE] * len(prompt) + answer))
