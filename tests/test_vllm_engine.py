@@ -156,3 +156,20 @@ def test_a_model_without_weights_stops_at_once_with_the_engines_message(model_di
     with pytest.raises(MLLMLoadError):
         backend.generate(requests_, max_new_tokens=4)
     print(f"failed start reported in {time.time() - started:.0f} s")
+
+
+def test_the_processed_logprobs_fallback_agrees_too(model_dir, requests_, monkeypatch):
+    """Releases without SamplingParams.logprob_token_ids get the processed (answer-masked) log-probabilities
+    instead: the same P(yes) on the real engine."""
+    from vllm import SamplingParams
+
+    fields = {k: v for k, v in SamplingParams.__annotations__.items() if k != "logprob_token_ids"}
+    monkeypatch.setattr(SamplingParams, "__annotations__", fields)
+    vl = make_backend("vllm", model_dir, **ENGINE, **PIXELS)
+    try:
+        p_vl = vl.yes_probability(requests_)
+        assert vl.exact_logprobs is False
+    finally:
+        close(vl)
+    p_hf = make_backend("transformers", model_dir, dtype="float32", **PIXELS).yes_probability(requests_)
+    assert p_vl == pytest.approx(p_hf, abs=1e-5, rel=0)
