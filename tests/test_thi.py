@@ -723,3 +723,29 @@ def test_processor_keeps_the_resized_image_so_both_backends_see_the_same_tokens(
     assert tokens(processor_size(50176, 50176)) == 14 * 5 == 70
     assert tokens({"shortest_edge": 50176, "longest_edge": 50176}) != 70
     assert 50176 < processor_size(50176, 50176)["longest_edge"] < 28 * 28 * 200   # a budget of ~180 tokens
+
+
+def test_rda_stops_at_once_when_the_mllm_cannot_load_and_a_rerun_counts_cached_answers(data_root, yes_model,
+                                                                                      tmp_path, monkeypatch):
+    """Issue 16 item 9 for RDA: the loader's message at the first request, one load attempt; a rerun logs how
+    many answers came from the cache."""
+    from rda import cli as rda_cli
+
+    loads = []
+    real_load = TransformersBackend._load
+    monkeypatch.setattr(TransformersBackend, "_load", lambda self: loads.append(1) or real_load(self))
+    argv = ["--dataset_name", "CUHK-PEDES", "--root_dir", data_root, "--limit", "2", "--m", "1",
+            "--max_new_tokens", "8", "--batch_size", "1", *SMALL_IMAGES]
+    folder = weightless_model(yes_model, tmp_path)
+    with pytest.raises(MLLMLoadError, match=f"could not be loaded from {folder}: OSError"):
+        rda_cli.main([*argv, "--model_dir", folder, "--out", str(tmp_path / "broken" / "rda.json")])
+    assert len(loads) == 1
+
+    out = tmp_path / "ok" / "rda.json"
+    rda_cli.main([*argv, "--model_dir", yes_model, "--out", str(out)])
+    asked = len(AnswerCache(str(tmp_path / "ok" / "rda.cache.jsonl")).answers)
+    rda_cli.main([*argv, "--model_dir", yes_model, "--out", str(out)])
+    log = (tmp_path / "ok" / "rda.log.txt").read_text()
+    assert f"MLLM answers: 0 from the cache ({tmp_path / 'ok' / 'rda.cache.jsonl'}), {asked} asked\n" in log
+    assert f"MLLM answers: {asked} from the cache ({tmp_path / 'ok' / 'rda.cache.jsonl'}), 0 asked -- every " \
+           "answer was cached, no model was loaded" in log
