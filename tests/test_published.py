@@ -185,3 +185,33 @@ def test_text_selection_scores_padding_0_and_sot_eot_minus_1():
 def test_option_defaults_are_the_published_ones():
     assert OPTIONS["eps"][0] == 1e-3 and OPTIONS["lr_factor"][0] == 5.0 and OPTIONS["bias_lr_factor"][0] == 2.0
     assert OPTIONS["division_read"][0] == "augmented" and OPTIONS["published_eval_mode"][0] is False
+
+
+def test_the_published_division_read_scores_each_twin_on_the_other_models_view(rda_root, tmp_path):
+    from solver.engine import Trainer
+    from utils.options import parse_args
+    cfg = parse_args(["--dataset_name", "CUHK-PEDES", "--root_dir", rda_root, "--pretrain_choice", "random",
+                      "--clip_arch", json.dumps(TINY), "--img_size", "64", "32", "--text_length", "40",
+                      "--embed_dim", "48", "--batch_size", "5", "--num_workers", "0", "--twin", "--use_rda", "false"])
+    assert cfg.division_read == "augmented"
+    trainer = Trainer(cfg, str(tmp_path))
+    seen, real = [], trainer.view_images
+
+    def spy(model, batch, view):
+        seen.append((trainer.models.index(model), view))
+        return real(model, batch, view)
+
+    trainer.view_images = spy
+    signals, positive_sim = trainer.division_pass(epoch=1)
+    assert set(seen) == {(0, 1), (1, 0)}                     # 3RTPR: model 1 on view 2, model 2 on view 1
+    n = len(trainer.records)
+    assert sorted(signals) == ["model1/bge", "model1/tse", "model2/bge", "model2/tse"]
+    assert all(v.shape == (n,) and np.isfinite(v).all() for v in signals.values())
+    read = torch.cat([b["index"] for b in trainer.division_loader])             # every pair read once
+    assert sorted(read.tolist()) == list(range(n))
+    assert positive_sim.shape == (n,) and all(not m.training for m in trainer.models)   # eval mode, as published
+    # the draws are a function of (seed, epoch): the same epoch reads the same views, another epoch others
+    again, _ = trainer.division_pass(epoch=1)
+    other, _ = trainer.division_pass(epoch=2)
+    np.testing.assert_allclose(again["model1/tse"], signals["model1/tse"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(other["model1/tse"], signals["model1/tse"])
