@@ -81,7 +81,15 @@ def test_infonce_and_id_shapes_and_gradients():
 
 def test_loss_names_follow_rde_convention():
     assert parse_loss_names("TAL+sr0.3_tau0.015_margin0.1_n0.5") == ["TAL"]
-    assert parse_loss_names("SDM+ID") == ["SDM", "ID"]
+    assert parse_loss_names("SDM+ID+free_text") == ["SDM", "ID"]
+    assert parse_loss_names("TAL+pre") == ["TAL"]                      # ICL's flag
     assert set(LOSSES) >= {"TAL", "TRL", "InfoNCE", "SDM", "ID"}
-    with pytest.raises(ValueError, match="known"):
+    # a part of letters only is a loss or a flag: a mistyped loss is not taken for a label
+    with pytest.raises(ValueError, match=r"'SDMM' in 'TAL\+SDMM' is neither a registered loss \(did you mean SDM\?\)"):
+        parse_loss_names("TAL+SDMM")
+    with pytest.raises(ValueError, match="registered loss.*label holds a digit"):
         parse_loss_names("MLM")
+    with pytest.raises(ValueError, match="names no loss"):
+        parse_loss_names("sr0.3")
+    with pytest.raises(ValueError, match="empty part"):
+        parse_loss_names("TAL+")

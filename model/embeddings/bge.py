@@ -7,6 +7,8 @@ from . import register_embedding
 
 @register_embedding("bge")
 class GlobalEmbedding(nn.Module):
+    out_dim: int
+
     def __init__(self, cfg, width: int):
         super().__init__()
         self.out_dim = width

@@ -26,6 +26,8 @@ class LocalMLP(nn.Module):
 
 @register_embedding("fused")
 class FusedEmbedding(nn.Module):
+    out_dim: int
+
     def __init__(self, cfg, width: int):
         super().__init__()
         self.ratio = cfg.fused_ratio

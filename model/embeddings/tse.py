@@ -24,6 +24,8 @@ class TokenMLP(nn.Module):
 
 @register_embedding("tse")
 class TokenSelectionEmbedding(nn.Module):
+    out_dim: int
+
     def __init__(self, cfg, width: int):
         super().__init__()
         self.ratio = cfg.select_ratio

@@ -1,0 +1,82 @@
+"""Named parts a config picks (losses, embedding heads): one registry class, checked when a part registers.
+
+A registry refuses a second entry under a name already taken (a silent overwrite would train another loss than
+the one named) and runs its kind's check on each entry, so a loss without ``reduction`` or a head without
+``encode_text`` fails at import, naming the class and what it lacks, instead of at the first training step.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+
+
+def closest(word: str, choices) -> str | None:
+    """The choice closest to `word`, case ignored, if any is close."""
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean X?)' for the closest of `choices`, or ''."""
+    match = closest(word, choices)
+    return f" (did you mean {match}?)" if match else ""
+
+
+def accepts(func: Callable, *args, **kwargs) -> bool:
+    """Whether `func` can be called with these arguments (by its signature; nothing is run)."""
+    try:
+        inspect.signature(func).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def qualified_name(obj) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+class Registry(Mapping):
+    """name -> class.  `check(cls)` returns what the class lacks for this kind of part (empty: nothing)."""
+
+    def __init__(self, kind: str, folder: str, check: Callable[[type], list[str]]):
+        self.kind, self.folder, self.check = kind, folder, check
+        self._entries: dict[str, type] = {}
+
+    def register(self, name: str):
+        def add(cls):
+            taken = self._entries.get(name)
+            # the same class again is a module imported twice (importlib.reload), not a second part
+            if taken is not None and qualified_name(taken) != qualified_name(cls):
+                raise ValueError(f"{self.kind} name {name!r} is registered twice: by {qualified_name(taken)} and "
+                                 f"by {qualified_name(cls)}; give one of them another name")
+            problems = self.check(cls)
+            if problems:
+                raise TypeError(f"{self.kind} {name!r} ({qualified_name(cls)}) cannot be registered: "
+                                + "; ".join(problems))
+            self._entries[name] = cls
+            return cls
+        return add
+
+    def unknown(self, name: str) -> str:
+        """The message for a name that is not registered."""
+        return (f"unknown {self.kind} {name!r}{did_you_mean(name, self)}; registered: {', '.join(sorted(self))} "
+                f"({self.folder})")
+
+    def build(self, name: str, *args, **kwargs):
+        if name not in self._entries:
+            raise ValueError(self.unknown(name))
+        return self._entries[name](*args, **kwargs)
+
+    def __getitem__(self, name: str) -> type:
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind}: {', '.join(self._entries)})"
