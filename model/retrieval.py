@@ -15,9 +15,6 @@ from .losses import build_loss, parse_loss_names
 class RetrievalModel(nn.Module):
     def __init__(self, cfg, num_classes: int):
         super().__init__()
-        if "pre" in cfg.loss_names.split("+") and not cfg.pretrain_path:
-            raise ValueError("'+pre' in --loss_names initialises CLIP from a ReID-pretrained checkpoint: "
-                             "give its file with --pretrain_path")
         self.backbone = build_clip(cfg.pretrain_path or cfg.pretrain_choice, image_size=tuple(cfg.img_size),
                                    stride=cfg.stride_size, text_length=cfg.text_length, arch=cfg.clip_arch)
         self.backbone.logit_scale.requires_grad_(False)  # our losses have their own temperatures

@@ -46,9 +46,9 @@ def param_groups(model, cfg) -> list[dict]:
     return list(groups.values())
 
 
+OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}   # --optimizer's choices (utils/options.py)
+
+
 def build_optimizer(model, cfg, device: torch.device) -> torch.optim.Optimizer:
-    kinds = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
-    if cfg.optimizer not in kinds:
-        raise ValueError(f"optimizer {cfg.optimizer!r}: choose one of {sorted(kinds)}")
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return kinds[cfg.optimizer](param_groups(model, cfg), betas=tuple(cfg.betas), eps=cfg.eps, **fast)
+    return OPTIMIZERS[cfg.optimizer](param_groups(model, cfg), betas=tuple(cfg.betas), eps=cfg.eps, **fast)

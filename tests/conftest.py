@@ -1,7 +1,37 @@
+"""Fixtures shared by the test files, and the `slow` marker (pytest.ini): `python -m pytest -m "not slow"` skips
+the end-to-end tests (subprocess trainings, THI end to end, torch.compile, torchrun, the benchmarks)."""
 import os
 import sys
+
+import pytest
 
 # tests import the project's packages the way main.py does: with the repo root first on the path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# the synthetic dataset of `data_root`; a test file sets DATA_SIZES (make_synthetic's arguments) to change it
+DATA_SIZES = dict(num_train_ids=12, num_test_ids=6, num_val_ids=3, seed=3)
+
+
+@pytest.fixture(scope="module")
+def data_root(request, tmp_path_factory):
+    """A synthetic CUHK-PEDES-format dataset, one per test file: trainings write noise files into it."""
+    from datasets.synthetic import make_synthetic
+
+    sizes = getattr(request.module, "DATA_SIZES", DATA_SIZES)
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic(str(root), fmt="CUHK-PEDES", **sizes)
+    return str(root)
+
+
+# Fixtures that train a run or build a tiny MLLM: a test using one (directly or through another fixture) is
+# end to end, so it is marked slow here, in test files of every owner alike.
+SLOW_FIXTURES = {"run_dir", "single_run", "twin_run", "rda_run", "yes_model", "no_model", "tiny_qwen", "model_dir",
+                 "lora_dir"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

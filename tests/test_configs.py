@@ -1,11 +1,13 @@
 import glob
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 
-from utils.options import OPTIONS, parse_args
+from utils.options import GROUPS, OPTIONS, build_parser, defaults, parse_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
@@ -29,12 +31,103 @@ def test_published_recipes_keep_the_published_defaults():
 
 
 def test_rde_style_flags():
-    cfg = parse_args(["--img_aug", "--no-txt_aug", "--loss_names", "TAL+sr0.3", "--img_size", "256", "128",
+    cfg = parse_args(["--img_aug", "--no-txt_aug", "--loss_names", "TAL+SDM+sr0.3", "--img_size", "256", "128",
                       "--loss_weights", "{SDM: 2}"])
     assert cfg.img_aug is True and cfg.txt_aug is False and cfg.img_size == [256, 128]
     assert cfg.loss_weights == {"SDM": 2}
+    assert cfg.loss_names == "TAL+SDM+sr0.3"
 
 
+# every mistake of issue 13, as typed on the command line or in a YAML file, and what the message must say
+BAD = {
+    "unknown loss": (["--loss_names", "TAL+SDMM"],
+                     r"--loss_names: 'SDMM' in 'TAL\+SDMM' is neither a registered loss \(did you mean SDM\?\) nor a "
+                     r"label; losses: ID, InfoNCE, SDM, TAL, TRL.*a label holds a digit"),
+    "unknown loss weight": ("loss_weights: {TAll: 2}",
+                            r"loss_weights: key 'TAll' is not a registered loss.*\(did you mean TAL\?\); keys: ID"),
+    "weight of a loss not trained": ("loss_weights: {SDM: 2}",
+                                     r"loss_weights: 'SDM' is not trained by loss_names 'TAL'; its keys can be TAL, "
+                                     r"rda_TAL"),
+    "text for a number": ("num_epoch: three", r"num_epoch: 'three' is not an integer"),
+    "abbreviation": (["--num_epo", "3"], r"unrecognized arguments: --num_epo 3; --num_epo: did you mean --num_epoch\?"),
+    "weighting": (["--weighting", "cdd"], r"--weighting: 'cdd' is not one of: ccd, alr \(did you mean ccd\?\)"),
+    "clip_arch key": ("clip_arch: {vision_widht: 64}",
+                      r"clip_arch: key 'vision_widht' is not a CLIP architecture field.*\(did you mean vision_width\?\); "
+                      r"keys: embed_dim"),
+    "clip_arch value": ("clip_arch: {vision_width: 60, vision_heads: 7}",
+                        r"clip_arch .*vision_width=60 is not divisible by vision_heads=7"),
+    "gmm key": ("gmm: {max_iters: 5}", r"gmm: key 'max_iters' is not a mixture setting \(did you mean max_iter\?\); "
+                                       r"keys: max_iter, tol, reg_covar"),
+    "gmm value": (["--gmm", "{tol: -1}"], r"--gmm: key tol: -1.0 is out of range: >= 0"),
+    "division_read value": (["--division_read", "augmneted"],
+                            r"--division_read: 'augmneted' is not one of: augmented, clean \(did you mean augmented\?\)"),
+    "division_read name": (["--divison_read", "clean"], r"--divison_read: did you mean --division_read\?"),
+    "head": ("embeddings: [bge, tsee]", r"embeddings: 'tsee' is not one of: bge, fused, tse \(did you mean tse\?\)"),
+    "+pre without a file": (["--loss_names", "TAL+pre"], r"'\+pre' initialises CLIP .* give its file with --pretrain_path"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_bad_config_stops_before_any_data_is_read(case, tmp_path, monkeypatch, capsys):
+    import main as train_main
+    import solver.engine
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was read")
+    monkeypatch.setattr(solver.engine, "build_dataset", no_data)
+    given, message = BAD[case]
+    argv = ["--root_dir", str(tmp_path / "data"), "--run_dir", str(tmp_path / "run"), "--pretrain_choice", "random"]
+    if isinstance(given, str):
+        (tmp_path / "bad.yaml").write_text(given + "\n")
+        argv += ["--config", str(tmp_path / "bad.yaml")]
+    else:
+        argv += given
+    with pytest.raises(SystemExit) as stop:
+        train_main.main(argv)
+    said = f"{stop.value.code}\n{capsys.readouterr().err}"     # argparse prints its message, a check raises it
+    assert re.search(message, said), said
+    if isinstance(given, str):
+        assert str(tmp_path / "bad.yaml") in said               # the file is named
+    assert not (tmp_path / "run").exists()
+
+
+def test_labels_follow_an_explicit_rule_and_the_registry_drives_the_check(monkeypatch):
+    """RDE's labels and ICL's +pre stay accepted; a loss registered later is accepted by name, with a weight."""
+    from model.losses import LOSSES
+    assert parse_args(["--loss_names", "TAL+sr0.3_tau0.015_margin0.1_n0.5"]).loss_names.startswith("TAL+sr0.3")
+    assert parse_args(["--loss_names", "TAL+pre", "--pretrain_path", "p.pth"]).pretrain_path == "p.pth"
+    with pytest.raises(SystemExit):
+        parse_args(["--loss_names", "TAL+Mine"])
+    monkeypatch.setitem(LOSSES._entries, "Mine", LOSSES["TAL"])
+    cfg = parse_args(["--loss_names", "TAL+Mine", "--loss_weights", "{Mine: 0.5}"])
+    assert cfg.loss_weights == {"Mine": 0.5}
+
+
+def test_yaml_values_are_typed(tmp_path):
+    (tmp_path / "c.yaml").write_text("lr: 1e-4\nalr_k: 5\ngmm: {tol: 1e-2, max_iter: 10}\nembeddings: bge\n"
+                                     "anno_path:\n")
+    cfg = parse_args(["--config", str(tmp_path / "c.yaml")])
+    # YAML reads 1e-4 (no dot) as text: it is a number here, as on the command line
+    assert cfg.lr == 1e-4 and cfg.gmm == {"tol": 0.01, "max_iter": 10} and isinstance(cfg.alr_k, float)
+    assert cfg.embeddings == ["bge"] and cfg.anno_path == ""
+
+
+def test_a_saved_config_without_newer_options_resumes_with_their_defaults(tmp_path):
+    saved = {k: v for k, v in defaults().items() if k not in ("division_read", "gmm", "use_rda")}
+    (tmp_path / "configs.yaml").write_text(yaml.safe_dump(saved))
+    cfg = parse_args(["--resume", str(tmp_path)])
+    assert (cfg.division_read, cfg.gmm, cfg.use_rda, cfg.run_dir) == ("augmented", {}, True, str(tmp_path))
+
+
+def test_help_lists_every_option_in_groups():
+    text = build_parser().format_help()
+    for name in OPTIONS:
+        assert f"--{name} " in text or f"--{name}\n" in text, name
+    for title in GROUPS:
+        assert f"\n{title}:\n" in text, title
+
+
+@pytest.mark.slow
 def test_our_datasets_package_does_not_break_transformers_or_peft():
     """With the repo root first on sys.path, `import datasets` is ours; Hugging Face code must still work."""
     code = ("import datasets, transformers, peft, torch\n"

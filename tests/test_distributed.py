@@ -5,10 +5,13 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import main as train_main
-from test_training import data_root, tiny_args  # noqa: F401  (fixture)
+from tests.helpers import tiny_args
+
+pytestmark = pytest.mark.slow      # torchrun: two training processes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,10 +12,9 @@ import termios
 
 import pytest
 
-from datasets.synthetic import make_synthetic
+import main as train_main
+from tests.helpers import SMALL_IMAGES, tiny_args
 from tests.tiny_qwen2vl import build_tiny_qwen2vl
-from test_thi import SMALL_IMAGES, train_tiny_run
-from test_training import tiny_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,11 +35,7 @@ def assert_no_bar_output(text: str) -> None:
     assert "it/s]" not in text and "s/it]" not in text
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("progress_data")
-    make_synthetic(str(root), fmt="CUHK-PEDES", num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=2)
-    return str(root)
+DATA_SIZES = dict(num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=2)   # data_root's (conftest.py): 24 images
 
 
 def test_bar_is_drawn_on_a_terminal_and_not_into_a_file(tmp_path):
@@ -59,6 +54,7 @@ def test_bar_is_drawn_on_a_terminal_and_not_into_a_file(tmp_path):
     assert b"counting" in shown and b"3/3" in shown
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("division", ["false", "true"])
 def test_training_log_has_one_line_per_epoch(data_root, tmp_path, division):
     run = tmp_path / "run"
@@ -75,8 +71,10 @@ def test_dataset_check_with_decode(data_root, tmp_path):
     assert_no_bar_output(text)
 
 
+@pytest.mark.slow
 def test_thi_log(data_root, tmp_path):
-    run_dir = train_tiny_run(data_root, tmp_path / "run")
+    run_dir = str(tmp_path / "run")
+    train_main.main(tiny_args(data_root, run_dir, "--num_epoch", "1", "--division", "false"))
     model = build_tiny_qwen2vl(str(tmp_path / "qwen"), seed=0, favour="Yes")
     rc, text = redirected(tmp_path, "-m", "thi", "--run", run_dir, "--model_dir", model, "--xi", "-1",
                           "--limit", "3", "--rounds", "2", "--max_new_tokens", "4", "--batch_size", "2",

@@ -183,8 +183,9 @@ def test_text_selection_scores_padding_0_and_sot_eot_minus_1():
 
 
 def test_option_defaults_are_the_published_ones():
-    assert OPTIONS["eps"][0] == 1e-3 and OPTIONS["lr_factor"][0] == 5.0 and OPTIONS["bias_lr_factor"][0] == 2.0
-    assert OPTIONS["division_read"][0] == "augmented" and OPTIONS["published_eval_mode"][0] is False
+    assert OPTIONS["eps"].default == 1e-3 and OPTIONS["lr_factor"].default == 5.0
+    assert OPTIONS["bias_lr_factor"].default == 2.0
+    assert OPTIONS["division_read"].default == "augmented" and OPTIONS["published_eval_mode"].default is False
 
 
 def test_the_published_division_read_scores_each_twin_on_the_other_models_view(rda_root, tmp_path):

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 import yaml
 
 import test as test_main
-from datasets.synthetic import make_synthetic
 from model.clip import CLIP, CLIPConfig, Transformer
 from model.published import CheckpointMismatch, load_models, read_file
 from utils.metrics import rank_metrics
@@ -381,11 +380,7 @@ def test_mllm4text_reid_file_with_module_prefixes(tmp_path):
 
 
 # ---------------------------------------------------------------- test.py and THI
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("published_data")
-    make_synthetic(str(root), fmt="CUHK-PEDES", num_train_ids=5, num_test_ids=6, num_val_ids=2, seed=9)
-    return str(root)
+DATA_SIZES = dict(num_train_ids=5, num_test_ids=6, num_val_ids=2, seed=9)   # data_root's (conftest.py)
 
 
 def write_config(path, data_root, **over):
@@ -463,6 +458,7 @@ def test_test_py_arguments():
     assert args.options == {"img_size": [384, 128]} and args.checkpoint == ["a.pth"]
 
 
+@pytest.mark.slow
 def test_thi_on_a_published_checkpoint(rde, data_root, tmp_path):
     from tests.tiny_qwen2vl import build_tiny_qwen2vl
     from thi import cli

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 import main as train_main
 from datasets import build_dataset
 from datasets.loaders import read_image
-from datasets.synthetic import make_synthetic
 from datasets.transforms import build_transforms
 from rda import cli as rda_cli
 from rda.pipeline import augment
@@ -71,12 +70,9 @@ class ScriptedMLLM:
                                                          for k in range(1, m + 1))
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rda_data")
-    # 10 identities x 2 images: 18 images of other identities per caption, of which the 10 hardest are a choice
-    make_synthetic(str(root), fmt="CUHK-PEDES", num_train_ids=10, num_test_ids=3, num_val_ids=2, seed=5)
-    return str(root)
+# data_root's (conftest.py): 10 identities x 2 images: 18 images of other identities per caption, of which the 10
+# hardest are a choice
+DATA_SIZES = dict(num_train_ids=10, num_test_ids=3, num_val_ids=2, seed=5)
 
 
 @pytest.fixture(scope="module")

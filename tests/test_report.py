@@ -152,6 +152,7 @@ def test_run_seeds_script_dry_run_and_resume(tmp_path):
     assert len(lines) == 5 and lines[4] == f"python -m utils.report {tmp_path} --paper"
 
 
+@pytest.mark.slow
 def test_run_seeds_script_trains_each_seed_in_its_own_folder(tmp_path):
     from datasets.synthetic import make_synthetic
     data = tmp_path / "data"

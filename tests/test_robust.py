@@ -11,7 +11,7 @@ import main as train_main
 from datasets.synthetic import make_synthetic
 from model.embeddings import build_embedding
 from solver.division import alr_weights
-from test_training import TINY_ARCH, read_metrics, tiny_args
+from tests.helpers import TINY_ARCH, read_metrics, tiny_args
 
 
 def test_alr_weights_by_hand():
@@ -51,6 +51,7 @@ def rda_root(tmp_path_factory):
     return str(root)
 
 
+@pytest.mark.slow
 def test_rda_captions_train_with_noise_and_alr_and_fused(rda_root, tmp_path):
     run = tmp_path / "rda"
     train_main.main(tiny_args(rda_root, run, "--noisy_rate", "0.5", "--num_epoch", "1", "--weighting", "alr",
@@ -61,9 +62,10 @@ def test_rda_captions_train_with_noise_and_alr_and_fused(rda_root, tmp_path):
     assert 0 < record["division/mean_weight"] <= 1
 
 
+@pytest.mark.slow
 def test_pre_initialisation_needs_and_uses_pretrain_path(rda_root, tmp_path):
     from model.clip import CLIP, CLIPConfig
-    with pytest.raises(ValueError, match="--pretrain_path"):
+    with pytest.raises(SystemExit, match="--pretrain_path"):
         train_main.main(tiny_args(rda_root, tmp_path / "a", "--loss_names", "TAL+pre"))
     torch.manual_seed(0)
     clip = CLIP(CLIPConfig(**TINY_ARCH, image_size=(64, 32), context_length=77))
@@ -78,6 +80,7 @@ def test_pre_initialisation_needs_and_uses_pretrain_path(rda_root, tmp_path):
     assert saved["backbone.positional_embedding"].shape[0] == 40     # interpolated 77 -> 40 tokens
 
 
+@pytest.mark.slow
 def test_published_eval_mode_switch(rda_root, tmp_path, monkeypatch):
     import solver.engine as engine
     seen = []
@@ -95,6 +98,7 @@ def test_published_eval_mode_switch(rda_root, tmp_path, monkeypatch):
     assert seen and all(seen)
 
 
+@pytest.mark.slow
 def test_twin_training_is_deterministic(rda_root, tmp_path):
     runs = []
     for name in ("a", "b"):

@@ -5,9 +5,9 @@ from easydict import EasyDict
 
 from solver.division import clean_votes, consensus, division_quality, gmm_settings
 from solver.scheduler import lr_factor
-from utils.options import OPTIONS
+from utils.options import defaults
 
-CFG = EasyDict({k: v for k, (v, _) in OPTIONS.items()})
+CFG = EasyDict(defaults())
 
 
 def test_schedule_warms_up_then_cosine_to_zero():

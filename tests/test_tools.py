@@ -15,13 +15,12 @@ import retrieve
 import test as test_main
 import utils.retrieval_index as ri
 from datasets.check import main as check_main
-from datasets.synthetic import make_synthetic
 from model import clip as clip_mod
 from model.clip import CLIP, CLIPConfig, load_state_dict_file
 from utils.plot import main as plot_main, panels, plot_run, read_metrics
 from utils.runs import load_run
 from utils.visualize import first_correct_ranks, load_thi_similarity, pick_queries
-from test_training import tiny_args as training_tiny_args
+from tests.helpers import tiny_args as training_tiny_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ARCH = dict(embed_dim=32, vision_width=32, vision_layers=1, vision_heads=2,
@@ -29,11 +28,7 @@ TINY_ARCH = dict(embed_dim=32, vision_width=32, vision_layers=1, vision_heads=2,
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_synthetic(str(root), fmt="CUHK-PEDES", num_train_ids=8, num_test_ids=6, num_val_ids=2, seed=5)
-    return str(root)
+DATA_SIZES = dict(num_train_ids=8, num_test_ids=6, num_val_ids=2, seed=5)   # data_root's (conftest.py)
 
 
 def tiny_args(data_root, run_dir, *extra):
@@ -472,5 +467,5 @@ def test_mismatched_keys_are_named_on_resume_test_and_pretrain(data_root, single
     with pytest.raises(RuntimeError, match=r"partial_clip\.pt.*visual\.ln_post\.bias"):
         train_main.main(tiny_args(data_root, tmp_path / "pre", "--loss_names", "TAL+pre",
                                   "--pretrain_path", str(partial)))
-    with pytest.raises(ValueError, match="pretrain_path"):
+    with pytest.raises(SystemExit, match="pretrain_path"):
         train_main.main(tiny_args(data_root, tmp_path / "pre2", "--loss_names", "TAL+pre"))

@@ -1,5 +1,4 @@
 """End to end on tiny synthetic data: train, log, checkpoint, resume, evaluate a run folder."""
-import json
 import os
 import signal
 import subprocess
@@ -13,19 +12,9 @@ import main as train_main
 import test as test_main
 from datasets.synthetic import make_synthetic
 from model.clip import CLIP, CLIPConfig
+from tests.helpers import ROOT, TINY_ARCH, read_metrics, tiny_args
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# widths of 64 so that a saved file's head count reads back as CLIP's width // 64
-TINY_ARCH = dict(embed_dim=32, vision_width=64, vision_layers=1, vision_heads=1,
-                 text_width=64, text_layers=1, text_heads=1)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_synthetic(str(root), fmt="CUHK-PEDES", num_train_ids=12, num_test_ids=6, num_val_ids=3, seed=3)
-    return str(root)
+pytestmark = pytest.mark.slow      # every test here trains end to end (subprocesses, torch.compile included)
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +24,6 @@ def clip_file(tmp_path_factory):
     torch.manual_seed(0)
     torch.save(CLIP(CLIPConfig(**TINY_ARCH, image_size=(64, 32))).state_dict(), path)
     return str(path)
-
-
-def tiny_args(data_root, run_dir, *extra):
-    return ["--dataset_name", "CUHK-PEDES", "--root_dir", data_root, "--run_dir", str(run_dir),
-            "--pretrain_choice", "random", "--clip_arch", json.dumps(TINY_ARCH),
-            "--img_size", "64", "32", "--text_length", "40", "--embed_dim", "48",
-            "--batch_size", "8", "--test_batch_size", "32", "--num_workers", "0",
-            "--num_epoch", "2", "--warmup_epochs", "1", "--lr", "1e-4", *extra]
-
-
-def read_metrics(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_train_writes_a_complete_run_folder_and_test_py_reads_it(data_root, tmp_path):

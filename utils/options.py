@@ -1,96 +1,318 @@
-"""Every training option, its default and its meaning, in one place.
+"""Every training option: its default, its type, the values it allows and its meaning, in one place.
 
 Precedence: these defaults < the YAML file given with ``--config`` < the command line.  A run folder's
-``configs.yaml`` holds the resolved result, so ``test.py --run`` and ``--resume`` rebuild the same thing.
-Names follow IRRA / RDE so that their commands keep working.
+``configs.yaml`` holds the resolved result, so ``test.py --run`` and ``--resume`` rebuild the same thing (a saved
+config without an option added since gets its default).  Names follow IRRA / RDE so that their commands keep
+working.
+
+Values are checked when read, wherever they come from (the command line, a YAML file, a saved configs.yaml,
+code calling `resolve`): a value of the wrong type, outside the allowed ones, an unknown key inside
+``clip_arch`` / ``gmm`` / ``loss_weights``, or a loss or head that is not registered stops the run before any data
+is read, naming the option, the value and what is allowed.  Options are spelled out in full (no abbreviations).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import yaml
 from easydict import EasyDict
 
-# name: (default, help).  The type of the default decides how the command line parses the value.
-OPTIONS: dict[str, tuple[object, str]] = {
-    # run
-    "name": ("RDE", "run name, part of the run folder's name"),
-    "output_dir": ("logs", "runs go to OUTPUT_DIR/DATASET_NAME/TIME_NAME unless --run_dir is given"),
-    "run_dir": ("", "exact run folder (default: made from output_dir, dataset_name, time and name)"),
-    "resume": ("", "a run folder: continue that run from its last.pth with its saved config"),
-    "overwrite": (False, "start a new training in a --run_dir that already holds one (its checkpoints and logs "
-                         "are deleted)"),
-    "seed": (1, "seed for initialisation, data order, augmentation and the division coin"),
-    "device": ("auto", "auto (cuda when available), cpu, cuda, cuda:1 ..."),
-    "precision": ("auto", "fp32, bf16 or fp16 (autocast with fp32 master weights); auto = bf16 on CUDA, fp32 on CPU"),
-    "compile": (False, "torch.compile the training forward (first steps are slow while it compiles)"),
-    "log_period": (50, "iterations between progress-bar loss updates"),
-    "eval_period": (1, "epochs between evaluations"),
-    "val_dataset": ("test", "split used for evaluation during training: test or val"),
-    # data
-    "dataset_name": ("CUHK-PEDES", "CUHK-PEDES, ICFG-PEDES, RSTPReid, UFine6926 or SYNTH-PEDES (generated on first use)"),
-    "root_dir": ("data", "folder holding the dataset folders"),
-    "anno_path": ("", "annotation JSON to use instead of the default names (absolute or relative to the dataset folder)"),
-    "img_size": ([384, 128], "image height and width"),
-    "stride_size": (16, "patch-embedding stride"),
-    "text_length": (77, "caption length in tokens (168 for UFine6926)"),
-    "img_aug": (True, "image augmentation: flip, pad+crop, random erasing"),
-    "txt_aug": (True, "RDE's token masking / replacement / deletion"),
-    "batch_size": (64, "training batch size (per process)"),
-    "test_batch_size": (512, "batch size for feature extraction"),
-    "num_workers": (8, "data-loading worker processes"),
-    # noisy correspondence (RDE)
-    "noisy_rate": (0.0, "fraction of training captions shuffled among themselves"),
-    "noisy_file": ("", "permutation .npy (RDE's files load as they are); default ROOT_DIR/noiseindex/DATASET_RATE.npy, created if missing"),
-    # model
-    "twin": (False, "train reciprocal twin models (two independent models sharing the division) and fuse them at test time"),
-    "pretrain_choice": ("ViT-B/16", "CLIP weights: ViT-B/16 (~/.cache/clip/ViT-B-16.pt), a path to a checkpoint, or random"),
-    "clip_arch": ({}, "CLIPConfig fields for a random CLIP (pretrain_choice: random), e.g. {vision_width: 128}"),
-    "embeddings": (["bge", "tse"], "embeddings trained and fused at test time (registry in model/embeddings)"),
-    "select_ratio": (0.3, "TSE: fraction of tokens selected"),
-    "embed_dim": (1024, "TSE output dimension"),
-    "fused_ratio": (0.2, "fused embedding (3RTPR): fraction of tokens selected"),
-    "fused_dim": (2048, "fused embedding (3RTPR): output dimension D"),
-    "pretrain_path": ("", "ReID-pretrained CLIP checkpoint (e.g. MLLM4Text-ReID) loaded instead of pretrain_choice; "
-                          "RDE/ICL users write '+pre' in loss_names for this"),
-    "loss_names": ("TAL", "'+'-separated losses (TAL, TRL, InfoNCE, SDM, ID); other parts are free text, as in RDE"),
-    "tau": (0.015, "TAL / TRL temperature"),
-    "margin": (0.1, "TAL / TRL margin"),
-    "logit_scale": (50.0, "SDM / InfoNCE logit scale (1 / temperature 0.02)"),
-    "loss_weights": ({}, "per-loss weights, e.g. {SDM: 1.0, ID: 0.5}; missing names weigh 1"),
-    # robust training (RDE)
-    "division": (True, "per-epoch clean/noisy division (CCD); off trains on every pair with weight 1"),
-    "weighting": ("ccd", "how the division becomes per-sample weights: ccd (RDE, 0/1 + coin) or alr (3RTPR, soft)"),
-    "alr_k": (5.0, "ALR: w = sigmoid(k s / mu) below mu (3RTPR: 5, 8 under synthetic noise)"),
-    "alr_mu": ("min", "ALR: mu statistic over the consensus-clean set: min, mean or pNN (percentile, e.g. p5)"),
-    "published_eval_mode": (False, "ICL's (and RDE's first release's) quirk: train in eval mode after the "
-                                   "division pass (changes BatchNorm in the heads); RDE's code since October "
-                                   "2024 trains in train mode"),
-    "use_rda": (True, "ICL: when annotations carry diversity_captions, add TAL on (image, RDA caption) "
-                         "weighted max(0.1, 1 - 0.03 epoch)"),
-    "division_read": ("augmented", "what the division pass reads: augmented (as published: the training pipeline's "
-                                   "augmented batches, their in-batch negatives; twins score each model on the "
-                                   "other's view) or clean (each pair once, no augmentation, like a test set)"),
-    "gmm": ({}, "GaussianMixture settings max_iter/tol/reg_covar; default chosen from noisy_rate and dataset"),
-    # optimisation
-    "optimizer": ("Adam", "Adam or AdamW"),
-    "lr": (1e-5, "learning rate of the CLIP backbone"),
-    "head_lr": (1e-3, "learning rate of RDE-style new heads (TSE, fused), biases included"),
-    "lr_factor": (5.0, "IRRA-style new modules (ID classifier) train at lr x this; so does the text position "
-                       "embedding when text_length is not 77 (ICL)"),
-    "bias_lr_factor": (2.0, "parameters whose name contains 'bias' train at lr x this, without weight decay"),
-    "weight_decay": (4e-5, "weight decay (none for biases)"),
-    "betas": ([0.9, 0.999], "Adam betas"),
-    "eps": (1e-3, "Adam epsilon, 1e-3 as IRRA, RDE and ICL pass it (it shapes every step: gradients are far "
-                  "below it)"),
-    "num_epoch": (60, "training epochs"),
-    "warmup_epochs": (5, "linear warm-up epochs"),
-    "warmup_factor": (0.1, "warm-up starts at this fraction of the learning rate"),
-    "target_lr": (0.0, "cosine schedule's final learning rate"),
+from .registry import closest, did_you_mean
+
+
+class OptionError(ValueError):
+    """A value an option does not allow; the message says what it allows."""
+
+
+# ------------------------------------------------------------------ what an option allows beyond its type
+class OneOf:
+    def __init__(self, *values, names: Callable[[], object] | None = None):
+        # `names`: the allowed values come from a registry, read when first needed (it imports the package)
+        self._values, self._names = values, names
+
+    @property
+    def values(self) -> list:
+        return list(self._names()) if self._names else list(self._values)
+
+    def __call__(self, value):
+        if value not in self.values:
+            raise OptionError(f"{value!r} is not one of: {', '.join(map(str, self.values))}"
+                              f"{did_you_mean(str(value), map(str, self.values))}")
+        return value
+
+    def describe(self) -> str:
+        return ""   # argparse shows the choices
+
+
+class Range:
+    def __init__(self, lo=None, hi=None, lo_open=False, hi_open=False):
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+
+    def __call__(self, value):
+        bad = (self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo))) or \
+              (self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)))
+        if bad:
+            raise OptionError(f"{value!r} is out of range: {self.describe()}")
+        return value
+
+    def describe(self) -> str:
+        low = f"{'>' if self.lo_open else '>='} {self.lo}" if self.lo is not None else ""
+        high = f"{'<' if self.hi_open else '<='} {self.hi}" if self.hi is not None else ""
+        return " and ".join(p for p in (low, high) if p)
+
+
+class Pattern:
+    def __init__(self, regex: str, description: str):
+        self.regex, self.description = re.compile(regex), description
+
+    def __call__(self, value):
+        if not self.regex.fullmatch(value):
+            raise OptionError(f"{value!r} is not {self.description}")
+        return value
+
+    def describe(self) -> str:
+        return self.description
+
+
+class Device:
+    def __call__(self, value):
+        if value != "auto":
+            import torch
+            try:
+                torch.device(value)
+            except RuntimeError:
+                raise OptionError(f"{value!r} is not a device: auto, cpu, cuda, cuda:1 ... (any torch device)") from None
+        return value
+
+    def describe(self) -> str:
+        return ""
+
+
+class LossNames:
+    def __call__(self, value):
+        from model.losses import parse_loss_names
+        try:
+            parse_loss_names(value)
+        except ValueError as e:
+            raise OptionError(str(e)) from None
+        return value
+
+    def describe(self) -> str:
+        from model.losses import LABEL_RULE, LOSSES
+        return f"losses: {', '.join(LOSSES)}; {LABEL_RULE}"
+
+
+class Heads:
+    """A list of registered embedding heads, each once."""
+
+    def names(self):
+        from model.embeddings import EMBEDDINGS
+        return list(EMBEDDINGS)
+
+    def __call__(self, value):
+        if not value:
+            raise OptionError("names no head; give at least one")
+        for name in value:
+            OneOf(names=self.names)(name)
+        if len(set(value)) != len(value):
+            raise OptionError(f"{value!r} names a head twice")
+        return value
+
+    def describe(self) -> str:
+        return ""
+
+
+class Keys:
+    """A mapping whose keys and value types come from `schema()`: {key: (type, rule or None)}.  `elsewhere`
+    maps keys that belong to another option to that option's name."""
+
+    def __init__(self, what: str, schema: Callable[[], dict], elsewhere: dict[str, str] | None = None):
+        self.what, self.schema, self.elsewhere = what, schema, elsewhere or {}
+
+    def __call__(self, value):
+        if not value:   # an empty mapping needs no schema (whose package may be slow to import)
+            return {}
+        schema = self.schema()
+        checked = {}
+        for key, item in value.items():
+            if key in self.elsewhere:
+                raise OptionError(f"key {key!r} is set by the option {self.elsewhere[key]}; give it there")
+            if key not in schema and item is None and ":" in str(key):
+                raise OptionError(f"{key!r} reads as a key without a value: write a space after ':' ({{SDM: 2}})")
+            if key not in schema:
+                raise OptionError(f"key {key!r} is not {self.what}{did_you_mean(str(key), schema)}; "
+                                  f"keys: {', '.join(schema)}")
+            kind, rule = schema[key]
+            try:
+                checked[key] = (rule or (lambda v: v))(_typed(kind, item))
+            except OptionError as e:
+                raise OptionError(f"key {key}: {e}") from None
+        return checked
+
+    def describe(self) -> str:
+        return ""
+
+
+def _clip_fields() -> dict:
+    from model.clip import CLIPConfig
+    return {f.name: (int, Range(lo=1)) for f in fields(CLIPConfig) if f.name not in CLIP_SET_ELSEWHERE}
+
+
+def _gmm_fields() -> dict:
+    from solver.division import gmm_settings
+    return {k: (type(v), Range(lo=1) if isinstance(v, int) else Range(lo=0)) for k, v in gmm_settings(0.0, "").items()}
+
+
+def _loss_weight_keys() -> dict:
+    from model.losses import LOSSES
+    # rda_<loss>: ICL's term on (image, RDA caption) pairs (solver/engine.py weighted_loss)
+    return {key: (float, Range(lo=0)) for name in LOSSES for key in (name, f"rda_{name}")}
+
+
+def _datasets():
+    from datasets import DATASETS
+    return DATASETS
+
+
+def _precisions():
+    from .device import PRECISIONS
+    return ("auto", *PRECISIONS)
+
+
+def _optimizers():
+    from solver.optimizer import OPTIMIZERS
+    return OPTIMIZERS
+
+
+# CLIPConfig fields that other options set (model/clip.py build_clip)
+CLIP_SET_ELSEWHERE = {"image_size": "img_size", "stride": "stride_size", "context_length": "text_length"}
+FRACTION = Range(lo=0, hi=1, lo_open=True)
+POSITIVE = Range(lo=0, lo_open=True)
+AT_LEAST_0, AT_LEAST_1 = Range(lo=0), Range(lo=1)
+
+
+@dataclass(frozen=True)
+class Option:
+    """The type is the default's (a list: of its first item; a list of numbers has the default's length)."""
+    default: object
+    help: str
+    allowed: Callable | None = None   # typed value -> value, raising OptionError (OneOf, Range, ...)
+
+
+GROUPS: dict[str, dict[str, Option]] = {
+    "run": {
+        "name": Option("RDE", "run name, part of the run folder's name"),
+        "output_dir": Option("logs", "runs go to OUTPUT_DIR/DATASET_NAME/TIME_NAME unless --run_dir is given"),
+        "run_dir": Option("", "exact run folder (default: made from output_dir, dataset_name, time and name)"),
+        "resume": Option("", "a run folder: continue that run from its last.pth with its saved config"),
+        "overwrite": Option(False, "start a new training in a --run_dir that already holds one (its checkpoints and "
+                                   "logs are deleted)"),
+        "seed": Option(1, "seed for initialisation, data order, augmentation and the division coin", AT_LEAST_0),
+        "device": Option("auto", "auto (cuda when available), cpu, cuda, cuda:1 ...", Device()),
+        "precision": Option("auto", "autocast dtype with fp32 master weights; auto = bf16 on CUDA, fp32 on CPU",
+                            OneOf(names=_precisions)),
+        "compile": Option(False, "torch.compile the training forward (first steps are slow while it compiles)"),
+        "log_period": Option(50, "iterations between progress-bar loss updates", AT_LEAST_1),
+        "eval_period": Option(1, "epochs between evaluations", AT_LEAST_1),
+        "val_dataset": Option("test", "split used for evaluation during training", OneOf("test", "val")),
+    },
+    "data": {
+        "dataset_name": Option("CUHK-PEDES", "dataset (SYNTH-PEDES is generated on first use)", OneOf(names=_datasets)),
+        "root_dir": Option("data", "folder holding the dataset folders"),
+        "anno_path": Option("", "annotation JSON to use instead of the default names (absolute or relative to the "
+                                "dataset folder)"),
+        "img_size": Option([384, 128], "image height and width", AT_LEAST_1),
+        "stride_size": Option(16, "patch-embedding stride", AT_LEAST_1),
+        "text_length": Option(77, "caption length in tokens (168 for UFine6926)", Range(lo=3)),
+        "img_aug": Option(True, "image augmentation: flip, pad+crop, random erasing"),
+        "txt_aug": Option(True, "RDE's token masking / replacement / deletion"),
+        "batch_size": Option(64, "training batch size (per process)", AT_LEAST_1),
+        "test_batch_size": Option(512, "batch size for feature extraction", AT_LEAST_1),
+        "num_workers": Option(8, "data-loading worker processes", AT_LEAST_0),
+    },
+    "noisy correspondence (RDE)": {
+        "noisy_rate": Option(0.0, "fraction of training captions shuffled among themselves",
+                             Range(lo=0, hi=1, hi_open=True)),
+        "noisy_file": Option("", "permutation .npy (RDE's files load as they are); default "
+                                 "ROOT_DIR/noiseindex/DATASET_RATE.npy, created if missing"),
+    },
+    "model": {
+        "twin": Option(False, "train reciprocal twin models (two independent models sharing the division) and fuse "
+                              "them at test time"),
+        "pretrain_choice": Option("ViT-B/16", "CLIP weights: ViT-B/16 (~/.cache/clip/ViT-B-16.pt), a path to a "
+                                              "checkpoint, or random"),
+        "clip_arch": Option({}, "CLIPConfig fields for a random CLIP (pretrain_choice: random), e.g. "
+                                "{vision_width: 128}",
+                            Keys("a CLIP architecture field (model/clip.py CLIPConfig)", _clip_fields,
+                                 CLIP_SET_ELSEWHERE)),
+        "embeddings": Option(["bge", "tse"], "embeddings trained and fused at test time (registry in "
+                                             "model/embeddings)", Heads()),
+        "select_ratio": Option(0.3, "TSE: fraction of tokens selected", FRACTION),
+        "embed_dim": Option(1024, "TSE output dimension", AT_LEAST_1),
+        "fused_ratio": Option(0.2, "fused embedding (3RTPR): fraction of tokens selected", FRACTION),
+        "fused_dim": Option(2048, "fused embedding (3RTPR): output dimension D (its MLP's hidden size is D / 2)",
+                            Range(lo=2)),
+        "pretrain_path": Option("", "ReID-pretrained CLIP checkpoint (e.g. MLLM4Text-ReID) loaded instead of "
+                                    "pretrain_choice; RDE/ICL users write '+pre' in loss_names for this"),
+        "loss_names": Option("TAL", "'+'-separated losses (registry in model/losses) and labels, as in RDE",
+                             LossNames()),
+        "tau": Option(0.015, "TAL / TRL temperature", POSITIVE),
+        "margin": Option(0.1, "TAL / TRL margin"),
+        "logit_scale": Option(50.0, "SDM / InfoNCE logit scale (1 / temperature 0.02)", POSITIVE),
+        "loss_weights": Option({}, "per-loss weights, e.g. {SDM: 1.0, ID: 0.5}, rda_TAL for ICL's RDA term; missing "
+                                   "names weigh 1",
+                               Keys("a registered loss or rda_<loss> (model/losses)", _loss_weight_keys)),
+    },
+    "robust training (RDE)": {
+        "division": Option(True, "per-epoch clean/noisy division (CCD); off trains on every pair with weight 1"),
+        "weighting": Option("ccd", "how the division becomes per-sample weights: ccd (RDE, 0/1 + coin) or alr "
+                                   "(3RTPR, soft)", OneOf("ccd", "alr")),
+        "alr_k": Option(5.0, "ALR: w = sigmoid(k s / mu) below mu (3RTPR: 5, 8 under synthetic noise)"),
+        "alr_mu": Option("min", "ALR: mu statistic over the consensus-clean set",
+                         Pattern(r"min|mean|p(100(\.0*)?|\d{1,2}(\.\d*)?)",
+                                 "min, mean or pNN (a percentile 0-100, e.g. p5)")),
+        "published_eval_mode": Option(False, "ICL's (and RDE's first release's) quirk: train in eval mode after the "
+                                             "division pass (changes BatchNorm in the heads); RDE's code since "
+                                             "October 2024 trains in train mode"),
+        "use_rda": Option(True, "ICL: when annotations carry diversity_captions, add TAL on (image, RDA caption) "
+                                "weighted max(0.1, 1 - 0.03 epoch)"),
+        "division_read": Option("augmented", "what the division pass reads: augmented (as published: the training "
+                                             "pipeline's augmented batches, their in-batch negatives; twins score "
+                                             "each model on the other's view) or clean (each pair once, no "
+                                             "augmentation, like a test set)", OneOf("augmented", "clean")),
+        "gmm": Option({}, "GaussianMixture settings; default chosen from noisy_rate and dataset "
+                          "(solver/division.py gmm_settings)",
+                      Keys("a mixture setting", _gmm_fields)),
+    },
+    "optimisation": {
+        "optimizer": Option("Adam", "optimiser", OneOf(names=_optimizers)),
+        "lr": Option(1e-5, "learning rate of the CLIP backbone", AT_LEAST_0),
+        "head_lr": Option(1e-3, "learning rate of RDE-style new heads (TSE, fused), biases included", AT_LEAST_0),
+        "lr_factor": Option(5.0, "IRRA-style new modules (ID classifier) train at lr x this; so does the text "
+                                 "position embedding when text_length is not 77 (ICL)", AT_LEAST_0),
+        "bias_lr_factor": Option(2.0, "parameters whose name contains 'bias' train at lr x this, without weight "
+                                      "decay", AT_LEAST_0),
+        "weight_decay": Option(4e-5, "weight decay (none for biases)", AT_LEAST_0),
+        "betas": Option([0.9, 0.999], "Adam betas", Range(lo=0, hi=1, hi_open=True)),
+        "eps": Option(1e-3, "Adam epsilon, 1e-3 as IRRA, RDE and ICL pass it (it shapes every step: gradients are "
+                            "far below it)", POSITIVE),
+        "num_epoch": Option(60, "training epochs", AT_LEAST_1),
+        "warmup_epochs": Option(5, "linear warm-up epochs", AT_LEAST_0),
+        "warmup_factor": Option(0.1, "warm-up starts at this fraction of the learning rate", Range(lo=0, hi=1)),
+        "target_lr": Option(0.0, "cosine schedule's final learning rate", AT_LEAST_0),
+    },
 }
+OPTIONS: dict[str, Option] = {name: option for group in GROUPS.values() for name, option in group.items()}
+
+
+# ------------------------------------------------------------------ types
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _str2bool(v: str) -> bool:
@@ -98,36 +320,182 @@ def _str2bool(v: str) -> bool:
         return True
     if v.lower() in ("0", "false", "no", "n", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+    raise OptionError(f"{v!r} is not a boolean (true / false)")
 
 
-def _structured(v: str):
-    """dict / list values on the command line are YAML (or JSON): --loss_weights '{SDM: 1, ID: 0.5}'."""
-    return yaml.safe_load(v)
+def _typed(kind: type, value):
+    """`value` as `kind`; text as the command line gives it is read too."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return _str2bool(value)
+        raise OptionError(f"{value!r} is not a boolean (true / false)")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return int(value)
+        raise OptionError(f"{value!r} is not an integer")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value)       # YAML reads 1e-4 (no dot) as text
+        raise OptionError(f"{value!r} is not a number")
+    if kind is str:
+        if value is None:
+            return ""                 # `anno_path:` with nothing after it
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str):
+            return value
+        raise OptionError(f"{value!r} is not text")
+    if kind is dict:
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            return value
+        raise OptionError(f"{value!r} is not a mapping such as {{key: value}}")
+    raise TypeError(kind)
+
+
+def _item_kind(option: Option) -> type:
+    return type(option.default[0])
+
+
+def _fixed_length(option: Option) -> int | None:
+    """Lists of numbers (img_size: H W, betas) have the default's length; lists of names any length."""
+    return len(option.default) if _item_kind(option) in (int, float) else None
+
+
+def check(name: str, value):
+    """The value of option `name`, typed (5 -> 5.0 for a float option) and checked; raises OptionError."""
+    option = OPTIONS[name]
+    if isinstance(option.default, list):
+        if isinstance(value, (str, int, float)) and _fixed_length(option) is None:
+            value = [value]           # `embeddings: bge`
+        if not isinstance(value, (list, tuple)):
+            raise OptionError(f"{value!r} is not a list")
+        n = _fixed_length(option)
+        if n is not None and len(value) != n:
+            raise OptionError(f"{list(value)!r} has {len(value)} values, expected {n}")
+        value = [_typed(_item_kind(option), v) for v in value]
+        if option.allowed is not None and not isinstance(option.allowed, Heads):
+            return [option.allowed(v) for v in value]
+    else:
+        value = _typed(type(option.default), value)
+    return option.allowed(value) if option.allowed is not None else value
+
+
+def check_all(values: dict, source: str) -> dict:
+    """Every value typed and checked; SystemExit naming each bad one with `source` (a file, the command line)."""
+    unknown = sorted(set(values) - set(OPTIONS))
+    problems = [f"unknown option {k!r}{did_you_mean(k, OPTIONS)}" for k in unknown]
+    checked = {}
+    for name, value in values.items():
+        if name in OPTIONS:
+            try:
+                checked[name] = check(name, value)
+            except OptionError as e:
+                problems.append(f"{name}: {e}")
+    if problems:
+        raise SystemExit(f"{source}: " + "\n  ".join(problems) + "\n(python main.py --help lists every option with "
+                         "its allowed values)")
+    return checked
+
+
+def cross_problems(cfg: dict) -> list[str]:
+    """What is wrong between options (each fine on its own)."""
+    from model.losses import parse_loss_names
+    problems = []
+    parts = cfg["loss_names"].split("+")
+    if "pre" in parts and not cfg["pretrain_path"]:
+        problems.append(f"loss_names {cfg['loss_names']!r}: '+pre' initialises CLIP from a ReID-pretrained "
+                        "checkpoint: give its file with --pretrain_path")
+    losses = parse_loss_names(cfg["loss_names"])
+    trained = losses + [f"rda_{losses[0]}"]       # the RDA term uses the first loss (solver/engine.py)
+    for key in cfg["loss_weights"]:
+        if key not in trained:
+            problems.append(f"loss_weights: {key!r} is not trained by loss_names {cfg['loss_names']!r}; its keys "
+                            f"can be {', '.join(trained)} (add the loss to loss_names or drop the weight)")
+    if (cfg["pretrain_path"] or cfg["pretrain_choice"]) in ("", "random"):     # a random CLIP (build_clip)
+        from model.clip import CLIPConfig
+        try:
+            CLIPConfig(**cfg["clip_arch"], image_size=tuple(cfg["img_size"]), stride=cfg["stride_size"],
+                       context_length=cfg["text_length"])
+        except ValueError as e:
+            problems.append(f"clip_arch {cfg['clip_arch']} with img_size {cfg['img_size']}, stride_size "
+                            f"{cfg['stride_size']}: {e}")
+    return problems
+
+
+# ------------------------------------------------------------------ the command line
+class _Parser(argparse.ArgumentParser):
+    """Unknown options are named with the closest known one (no abbreviations: --num_epo is not --num_epoch)."""
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extra = self.parse_known_args(args, namespace)
+        if extra:
+            known = [s for s in self._option_string_actions if s.startswith("--")]
+            hints = [f"{a}: did you mean {closest(a, known)}?" for a in extra if a.startswith("-") and closest(a, known)]
+            self.error(f"unrecognized arguments: {' '.join(extra)}" + "".join(f"; {h}" for h in hints)
+                       + " (options are spelled out in full: python main.py --help lists them)")
+        return namespace
+
+
+def _cli(name: str, item: bool = False):
+    """argparse type for option `name` (for one item of a list option when `item`)."""
+    option = OPTIONS[name]
+
+    def convert(text: str):
+        try:
+            if item:
+                value = _typed(_item_kind(option), text)
+                allowed = option.allowed
+                if isinstance(allowed, Heads):
+                    return OneOf(names=allowed.names)(value)
+                return allowed(value) if allowed is not None else value
+            return check(name, yaml.safe_load(text) if isinstance(option.default, dict) else text)
+        except (OptionError, yaml.YAMLError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
+
+
+def _help(option: Option) -> str:
+    rule = option.allowed.describe() if option.allowed is not None else ""
+    text = f"{option.help}{f'; allowed: {rule}' if rule else ''} (default: {option.default})"
+    return text.replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train a text-to-image person re-identification model.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(description="Train a text-to-image person re-identification model.", allow_abbrev=False,
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default="", help="YAML file of options (command-line values override it)")
-    for name, (default, help_) in OPTIONS.items():
-        # default=SUPPRESS: only values actually typed appear, so they can override the YAML file
-        kw = dict(default=argparse.SUPPRESS, help=f"{help_} (default: {default})")
-        if isinstance(default, bool):
-            # `--img_aug` as in RDE's scripts, `--img_aug false` or `--no-img_aug` to switch off
-            p.add_argument(f"--{name}", nargs="?", const=True, type=_str2bool, **kw)
-            p.add_argument(f"--no-{name}", dest=name, action="store_false", default=argparse.SUPPRESS,
-                           help=argparse.SUPPRESS)
-        elif isinstance(default, list):
-            p.add_argument(f"--{name}", nargs="+", type=type(default[0]), **kw)
-        elif isinstance(default, dict):
-            p.add_argument(f"--{name}", type=_structured, **kw)
-        else:
-            p.add_argument(f"--{name}", type=type(default), **kw)
+    for title, group in GROUPS.items():
+        g = p.add_argument_group(title)
+        for name, option in group.items():
+            # default=SUPPRESS: only values actually typed appear, so they can override the YAML file
+            kw = dict(default=argparse.SUPPRESS, help=_help(option))
+            if isinstance(option.allowed, OneOf):
+                kw["choices"] = option.allowed.values
+            if isinstance(option.default, bool):
+                # `--img_aug` as in RDE's scripts, `--img_aug false` or `--no-img_aug` to switch off
+                g.add_argument(f"--{name}", nargs="?", const=True, type=_cli(name), **kw)
+                g.add_argument(f"--no-{name}", dest=name, action="store_false", default=argparse.SUPPRESS,
+                               help=argparse.SUPPRESS)
+            elif isinstance(option.default, list):
+                if isinstance(option.allowed, Heads):
+                    kw["choices"] = option.allowed.names()
+                g.add_argument(f"--{name}", nargs=_fixed_length(option) or "+", type=_cli(name, item=True), **kw)
+            else:
+                g.add_argument(f"--{name}", type=_cli(name), **kw)
     return p
 
 
+# ------------------------------------------------------------------ files and the resolved config
 def load_yaml(path: str) -> dict:
+    """The options of a YAML file (a --config or a run's configs.yaml), typed and checked."""
     if not os.path.isfile(path):
         raise SystemExit(f"config file not found: {path}")
     with open(path) as f:
@@ -137,17 +505,24 @@ def load_yaml(path: str) -> dict:
             raise SystemExit(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise SystemExit(f"config file {path} must hold a mapping of option: value")
-    unknown = sorted(set(data) - set(OPTIONS))
-    if unknown:
-        raise SystemExit(f"config file {path}: unknown option(s) {unknown}; see `python main.py --help`")
-    return data
+    return check_all(data, f"config file {path}")
 
 
-def resolve(cli: dict, file_values: dict) -> EasyDict:
-    cfg = {k: v for k, (v, _) in OPTIONS.items()}
+def defaults() -> dict:
+    return {k: option.default for k, option in OPTIONS.items()}
+
+
+def resolve(cli: dict, file_values: dict, source: str = "options") -> EasyDict:
+    """defaults < file_values < cli, every value checked, and the options checked against each other; `source`
+    says where they came from in messages."""
+    cfg = defaults()
     cfg.update(file_values)
     cfg.update(cli)
-    return EasyDict(json.loads(json.dumps(cfg)))  # deep copy; plain types only
+    cfg = check_all(json.loads(json.dumps(cfg)), source)       # deep copy; plain types only
+    problems = cross_problems(cfg)
+    if problems:
+        raise SystemExit(f"{source}: " + "\n  ".join(problems))
+    return EasyDict(cfg)
 
 
 # what may change when a run is resumed: where the data is and how fast it is read, not what is trained
@@ -158,8 +533,8 @@ def config_conflicts(saved: dict, given: dict) -> list[str]:
     """'name (run: a, given: b)' for every option of `given` whose value differs from `saved` (or from the
     default where `saved` lacks it), runtime options aside."""
     plain = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples vs lists, int vs float 1 vs 1.0 stay apart)
-    return [f"{k} (run: {saved.get(k, OPTIONS[k][0])!r}, given: {v!r})" for k, v in given.items()
-            if k in OPTIONS and k not in RUNTIME_OPTIONS and plain(v) != plain(saved.get(k, OPTIONS[k][0]))]
+    return [f"{k} (run: {saved.get(k, OPTIONS[k].default)!r}, given: {v!r})" for k, v in given.items()
+            if k in OPTIONS and k not in RUNTIME_OPTIONS and plain(v) != plain(saved.get(k, OPTIONS[k].default))]
 
 
 def parse_args(argv=None) -> EasyDict:
@@ -168,7 +543,8 @@ def parse_args(argv=None) -> EasyDict:
     args = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     config_file = args.pop("config")
     if not args.get("resume"):
-        return resolve(args, load_yaml(config_file) if config_file else {})
+        return resolve(args, load_yaml(config_file) if config_file else {},
+                       f"options of {config_file} and the command line" if config_file else "options")
     run = args["resume"]
     saved_file = os.path.join(run, "configs.yaml")
     if not os.path.isfile(saved_file):
@@ -182,7 +558,7 @@ def parse_args(argv=None) -> EasyDict:
         raise SystemExit(f"--resume {run}: these options differ from the run's configs.yaml: {'; '.join(conflicts)}. "
                          f"A resumed run keeps its configuration; only {', '.join(RUNTIME_OPTIONS[3:])} may change")
     args["run_dir"] = run
-    return resolve(args, saved)
+    return resolve(args, saved, f"options of {saved_file}")
 
 
 def save_config(cfg: dict, path: str) -> None:

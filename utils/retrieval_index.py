@@ -95,7 +95,7 @@ def load_encoders(run_dir: str, checkpoint: str = "best", device: str | None = N
     config_file = os.path.join(run_dir, "configs.yaml")
     if not os.path.isfile(config_file):
         raise SystemExit(f"{config_file} not found: expected a run folder written by main.py")
-    cfg = resolve({"device": device} if device else {}, load_yaml(config_file))
+    cfg = resolve({"device": device} if device else {}, load_yaml(config_file), f"options of {config_file}")
     cfg.run_dir = run_dir
     path = checkpoint if checkpoint.endswith(".pth") else os.path.join(run_dir, f"{checkpoint}.pth")
     dev = resolve_device(cfg.device)

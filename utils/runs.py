@@ -97,7 +97,8 @@ def load_checkpoint_files(files: list[str], config_file: str, out_dir: str = "",
     twins) with the options of `config_file` and `overrides`: no run folder needed.  Models load on load_weights."""
     if not 1 <= len(files) <= 2:
         raise SystemExit(f"give one checkpoint file, or two for twins; got {len(files)}")
-    cfg = resolve({k: v for k, v in overrides.items() if v is not None}, load_yaml(config_file))
+    cfg = resolve({k: v for k, v in overrides.items() if v is not None}, load_yaml(config_file),
+                  f"options of {config_file}")
     cfg.run_dir = out_dir
     device = resolve_device(cfg.device)
     dataset = _read_dataset(cfg, "pass --root_dir / --anno_path to point at the data")
@@ -109,7 +110,8 @@ def load_run(run_dir: str, **overrides) -> Run:
     config_file = os.path.join(run_dir, "configs.yaml")
     if not os.path.isfile(config_file):
         raise SystemExit(f"{config_file} not found: expected a run folder written by main.py")
-    cfg = resolve({k: v for k, v in overrides.items() if v is not None}, load_yaml(config_file))
+    cfg = resolve({k: v for k, v in overrides.items() if v is not None}, load_yaml(config_file),
+                  f"options of {config_file}")
     cfg.run_dir = run_dir
     device = resolve_device(cfg.device)
     dataset = _read_dataset(cfg, "the run's data is read with its saved config; pass --root_dir / --anno_path "

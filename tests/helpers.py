@@ -1,0 +1,24 @@
+"""Helpers shared by test files (fixtures are in conftest.py; this module is imported as `tests.helpers`)."""
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# widths of 64 so that a saved file's head count reads back as CLIP's width // 64
+TINY_ARCH = dict(embed_dim=32, vision_width=64, vision_layers=1, vision_heads=1,
+                 text_width=64, text_layers=1, text_heads=1)
+SMALL_IMAGES = ["--min_pixels", "3136", "--max_pixels", "3136"]   # THI: 56 x 56, 4 visual tokens per image
+
+
+def tiny_args(data_root, run_dir, *extra):
+    """main.py's arguments for a 2-epoch tiny random CLIP on CPU; `extra` (later values win) changes them."""
+    return ["--dataset_name", "CUHK-PEDES", "--root_dir", str(data_root), "--run_dir", str(run_dir),
+            "--pretrain_choice", "random", "--clip_arch", json.dumps(TINY_ARCH),
+            "--img_size", "64", "32", "--text_length", "40", "--embed_dim", "48",
+            "--batch_size", "8", "--test_batch_size", "32", "--num_workers", "0",
+            "--num_epoch", "2", "--warmup_epochs", "1", "--lr", "1e-4", *extra]
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
