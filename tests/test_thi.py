@@ -376,6 +376,7 @@ def test_a_query_with_a_corrupt_image_keeps_its_base_ranking(run_dir, yes_model,
     assert read_jsonl(tmp_path / "queries.jsonl")[0]["error"] == hit[0].error
 
 
+@pytest.mark.slow
 def test_twin_run_scores_captions_like_test_py(data_root, tmp_path):
     """The refined-query helper reproduces the base (the ensemble row test.py prints) from the original captions."""
     run = load_run_weights(train_tiny_run(data_root, tmp_path / "twin", "--twin", "--batch_size", "12"))
