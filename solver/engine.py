@@ -172,15 +172,12 @@ class Trainer:
             # as published: the training pipeline once more (its own shuffle and augmentation draws)
             self.division_sampler = self._epoch_sampler(stream=1)
             self.division_loader = build_train_loader(self.records, sampler=self.division_sampler, **train_kw)
-        elif cfg.division_read == "clean":
-            # read like a test set: each image once, no augmentation
+        else:  # clean (utils/options.py allows no other value): each image once, no augmentation, like a test set
             paths, pids = unique_images(self.records)
             self.train_as_eval = EvalSplit(paths, pids, [r.caption for r in self.records],
                                            [r.pid for r in self.records])
             self.division_loaders = build_eval_loaders(self.train_as_eval, batch_size=cfg.test_batch_size,
                                                        **loader_kw)
-        else:
-            raise ValueError(f"division_read {cfg.division_read!r}: choose augmented or clean")
         split = self.dataset.val if cfg.val_dataset == "val" and self.dataset.val is not None else self.dataset.test
         self.evaluator = Evaluator(split, *build_eval_loaders(split, batch_size=cfg.test_batch_size, **loader_kw),
                                    device=self.device, dtype=self.dtype)
