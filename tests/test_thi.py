@@ -12,7 +12,6 @@ import torch
 
 import main as train_main
 from datasets.loaders import ImageDecodeError
-from datasets.synthetic import make_synthetic
 from tests.tiny_qwen2vl import build_tiny_qwen2vl
 from thi import cli
 from thi.backends import MLLMLoadError, Request, make_backend
@@ -38,11 +37,7 @@ def train_tiny_run(root, run_dir, *extra):
     return str(run_dir)
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("thi_data")
-    make_synthetic(str(root), fmt="CUHK-PEDES", num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=4)
-    return str(root)
+DATA_SIZES = dict(num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=4)   # conftest.py's data_root
 
 
 @pytest.fixture(scope="module")

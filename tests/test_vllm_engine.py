@@ -18,7 +18,6 @@ import pytest
 pytest.importorskip("vllm", reason="the real vLLM engine is not installed in this environment; "
                                    "VENV=$(bash vllm_cpu/build_env.sh | tail -1) builds the one this test runs in")
 
-from datasets.synthetic import make_synthetic  # noqa: E402
 from tests.test_thi import SMALL_IMAGES, load_run_split_images, read_jsonl, train_tiny_run, weightless_model  # noqa: E402
 from tests.tiny_qwen2vl import build_tiny_qwen2vl  # noqa: E402
 from thi import cli, sft, sft_data  # noqa: E402
@@ -33,11 +32,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vllm_data")
-    make_synthetic(str(root), fmt="CUHK-PEDES", num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=4)
-    return str(root)
+DATA_SIZES = dict(num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=4)   # conftest.py's data_root
 
 
 @pytest.fixture(scope="module")
