@@ -148,25 +148,15 @@ class CaptionList(Dataset):
         return i, _tokenize(self.captions[i], self.text_length)
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: seed Python's and NumPy's RNGs from torch's per-worker seed.
-
-    torch seeds each worker from the loader's generator, so with a seeded generator the
-    `random` draws of txt_aug / RDA are reproducible too.
-    """
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-
-
-def _loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False, drop_last: bool = False,
+def _loader(dataset: Dataset, batch_size: int, num_workers: int, drop_last: bool = False,
             sampler: Optional[Sampler] = None, seed: int = 0) -> DataLoader:
+    # the loader's own generator draws the workers' base seed, so iterating never advances torch's global RNG;
+    # training samples are seeded one by one (TrainPairs), the other datasets draw nothing
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        num_workers=num_workers, drop_last=drop_last, generator=generator, worker_init_fn=seed_worker,
-        pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+        generator=generator, pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
 
 
 def build_train_loader(records: Sequence[TrainRecord], image_size, text_length: int, batch_size: int,
