@@ -16,25 +16,25 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:           # `python bench/x.py` puts bench/ first on the path, not the repo root
+    sys.path.insert(0, ROOT)
+
+from utils.run_folder import METRICS, read_metrics  # noqa: E402
 
 
-def read_metrics(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_run_metrics(run_dir: str) -> list[dict]:
+    return read_metrics(os.path.join(run_dir, METRICS))
 
 
 def train(run_dir: str, config: str, noise: float, read: str, epochs: int, extra: list[str]) -> list[dict]:
-    rows = read_metrics(run_dir)
+    rows = read_run_metrics(run_dir)
     if len(rows) >= epochs:
         return rows
     cmd = [sys.executable, "main.py", "--config", config, "--noisy_rate", str(noise), "--division_read", read,
            "--num_epoch", str(epochs), *extra]
     cmd += ["--resume", run_dir] if rows else ["--run_dir", run_dir]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return read_metrics(run_dir)
+    return read_run_metrics(run_dir)
 
 
 def summarise(rows: list[dict]) -> dict:

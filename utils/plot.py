@@ -10,10 +10,10 @@ working in a minimal environment (the test image, for one).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import sys
+
+from . import run_folder
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 COLUMNS = 3  # panels per row: six panels in one row were too wide to read
@@ -22,14 +22,7 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 
 def read_metrics(path: str) -> list[dict]:
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:  # a run killed mid-write leaves a partial last line
-                    print(f"{path}:{n}: skipped unreadable line ({e.msg})", file=sys.stderr)
+    records = run_folder.read_metrics(path)
     if not records:
         raise SystemExit(f"{path} holds no epochs yet")
     return records

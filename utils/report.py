@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from .metrics import METRIC_NAMES
+from .run_folder import METRICS, read_metrics
 
 PUBLISHED_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published_results.yaml")
 # Options that do not change what a run learns: runs differing only in these are seeds of one recipe.
@@ -66,14 +67,7 @@ def _recipe(cfg: dict) -> tuple:
 def read_run(run_dir: str) -> Result | None:
     with open(os.path.join(run_dir, "configs.yaml")) as f:
         cfg = yaml.safe_load(f) or {}
-    records = []
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:   # a run killed mid-write leaves a partial last line
-                    print(f"{run_dir}/metrics.jsonl line {n} is not JSON (cut by a kill?); skipped", file=sys.stderr)
+    records = read_metrics(os.path.join(run_dir, METRICS))
     evaluated = [r for r in records if all(m in r for m in METRIC_NAMES)]
     if not evaluated:
         return None

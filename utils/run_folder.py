@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 
 from .files import write_jsonl
 
@@ -93,17 +94,18 @@ class RunFolder:
 
 
 def read_metrics(path: str) -> list[dict]:
+    """The rows of a metrics.jsonl ([] when there is none yet); an unreadable line, the last one of a process
+    killed mid-write, is skipped with a word on stderr."""
     if not os.path.isfile(path):
         return []
     rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
                 try:
                     rows.append(json.loads(line))
-                except json.JSONDecodeError:   # the last line of a process killed mid-write
-                    break
+                except json.JSONDecodeError as e:
+                    print(f"{path}:{n}: not JSON, skipped (a write cut by a kill?): {e.msg}", file=sys.stderr)
     return rows
 
 
