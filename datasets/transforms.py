@@ -3,7 +3,7 @@
 The published order is resize, flip, pad + crop, to tensor, normalise, random erasing with value = mean, so an
 erased pixel reads (0.481, 0.458, 0.408) in *normalised* units.  Here the CPU does everything up to the uint8
 tensor and draws the erasing rectangle with the same random calls as torchvision's RandomErasing; the device
-normalises (model.clip.VisionTransformer.normalize) and then fills the rectangle (`erase`), so the pixels equal
+normalises (model.clip.VisionTransformer.normalize, with utils.constants) and then fills the rectangle (`erase`), so the pixels equal
 the published pipeline's while a batch crosses to the GPU as uint8, a quarter of the bytes.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Sequence, Union
 import torch
 import torchvision.transforms as T
 
-from model.clip import PIXEL_MEAN
+from utils.constants import PIXEL_MEAN
 
 ERASE_P, ERASE_SCALE, ERASE_RATIO = 0.5, (0.02, 0.4), (0.3, 3.3)   # torchvision's RandomErasing defaults
 NO_BOX = (0, 0, 0, 0)

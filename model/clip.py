@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.constants import PIXEL_MEAN, PIXEL_STD
+
 OPENAI_VIT_B16_URL = (
     "https://openaipublic.azureedge.net/clip/models/"
     "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt"
@@ -183,11 +185,6 @@ class Transformer(nn.Module):
             nn.init.zeros_(block.attn.out_proj.bias)
             nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
-
-
-# CLIP's pixel statistics: its image encoder was pre-trained on inputs normalised with these
-PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
-PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class VisionTransformer(nn.Module):

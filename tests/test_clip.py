@@ -449,7 +449,7 @@ def test_uint8_images_are_normalised_with_clips_statistics():
     """The loaders hand over uint8 images; the model normalises them as torchvision's ToTensor + Normalize did."""
     import torchvision.transforms as T
 
-    from model.clip import PIXEL_MEAN, PIXEL_STD
+    from utils.constants import PIXEL_MEAN, PIXEL_STD
 
     model = make_model()
     g = torch.Generator().manual_seed(0)

@@ -13,7 +13,8 @@ from datasets.synthetic import make_synthetic
 from datasets.text_aug import MASK_ID
 from datasets.transforms import TrainTransform, build_transforms, erase
 from model import build_model
-from model.clip import PIXEL_MEAN, PIXEL_STD, VisionTransformer, CLIPConfig
+from model.clip import VisionTransformer, CLIPConfig
+from utils.constants import PIXEL_MEAN, PIXEL_STD
 from model.embeddings.selection import select_text_tokens
 from solver.optimizer import build_optimizer, parameter_settings
 from utils.options import OPTIONS, load_yaml, resolve
