@@ -72,3 +72,13 @@ def erase(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)     # [B, H, W]
     fill = torch.tensor(PIXEL_MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return torch.where(inside.unsqueeze(1), fill, images)
+
+
+def training_view(batch: dict, view: int, normalize) -> torch.Tensor:
+    """View `view` of a training batch's images as the model takes them, on the batch's device: uint8 straight
+    from the loader, or normalised (`normalize`, the model's) and then randomly erased, the published order.
+    A batch made without the training transform (the benchmarks) has no "erase" and is passed on as it is."""
+    images = batch["images"][:, view]
+    if "erase" not in batch:
+        return images
+    return erase(normalize(images), batch["erase"][:, view])

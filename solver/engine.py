@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from datasets import EvalSplit, build_dataset
 from datasets.loaders import EpochDraws, build_eval_loaders, build_train_loader
-from datasets.transforms import erase
+from datasets.transforms import training_view
 from datasets.noise import apply_noise, load_or_create_permutation
 from model import build_model
 from utils.checkpoint import atomic_save, load_model_states
@@ -236,12 +236,8 @@ class Trainer:
         return signals, (positive_sim / len(signals)).cpu().numpy()
 
     def view_images(self, model, batch: dict, view: int) -> torch.Tensor:
-        """One augmented view of a batch's images as the model takes them: uint8 straight from the loader, or
-        normalised and then randomly erased (the published order: erasing after the normalisation)."""
-        images = batch["images"][:, view]
-        if "erase" not in batch:     # a batch made without the training transform (the benchmarks)
-            return images
-        return erase(model.backbone.visual.normalize(images), batch["erase"][:, view])
+        """One augmented view of a batch's images as `model` takes them (datasets.transforms.training_view)."""
+        return training_view(batch, view, model.backbone.visual.normalize)
 
     def sample_weights(self, signals: dict[str, np.ndarray], positive_sim: np.ndarray, epoch: int) -> torch.Tensor:
         """Every signal votes clean/noisy (a Gaussian mixture each); CCD or ALR turns the votes into weights."""
