@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # THI (ICL's test-time interaction): edit the variables, then `bash run_vllm_ICL.sh` (extra options are passed on).
-# Over several GPUs the queries are split into one shard per engine (data parallel, thi/shards.py), then merged.
+# Over several GPUs the queries are split into one shard per engine (data parallel, mllm/shards.py), then merged.
 set -euo pipefail
 RUN_DIR=logs/CUHK-PEDES/20261123_101500_RDE   # a run folder written by main.py (single model or --twin)
 MLLM_DIR=Qwen2-VL-7B-Instruct                 # the base model, or a folder merged by python -m thi.merge_lora

@@ -92,12 +92,14 @@ def english_processor(folder: str, vocab_size: int = 8192, seed: int = 0) -> dic
 
     from datasets.synthetic import _sample_identity, make_caption
     from tests.tiny_qwen2vl import CHAT_TEMPLATE, _CORPUS, train_tokenizer
-    from thi import prompts
+    from mllm import vqa
+    from mllm.backends import SYSTEM_PROMPT
+    from thi.prompts import LOCALISATION_PROMPT
 
     rng = random.Random(seed)
     captions = [make_caption(_sample_identity(rng), rng) for _ in range(3000)]
-    corpus = (_CORPUS + [prompts.SYSTEM_PROMPT, prompts.LOCALISATION_PROMPT, prompts.VQA_PROMPT,
-                         prompts.AGGREGATION_PROMPT] + [q for _, q in prompts.VQA_QUESTIONS]) * 20 + captions
+    corpus = (_CORPUS + [SYSTEM_PROMPT, LOCALISATION_PROMPT, vqa.VQA_PROMPT,
+                         vqa.AGGREGATION_PROMPT] + [q for _, q in vqa.VQA_QUESTIONS]) * 20 + captions
     tok = train_tokenizer(vocab_size, corpus)
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 1280),
                                  tokenizer=tok, video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
@@ -122,8 +124,9 @@ def make_requests(args, root: str):
     """(localisation requests, VQA requests): batch_size synthetic persons, their captions and 224x224 images."""
     from datasets import build_dataset
     from datasets.synthetic import make_synthetic
-    from thi.backends import Request
-    from thi.prompts import VQA_PROMPT, localisation_prompt
+    from mllm.backends import Request
+    from mllm.vqa import VQA_PROMPT
+    from thi.prompts import localisation_prompt
 
     make_synthetic(root, fmt="CUHK-PEDES", num_train_ids=max(1, (args.batch_size + 1) // 2), num_test_ids=1,
                    num_val_ids=1, images_per_id=2, captions_per_image=1,
@@ -143,7 +146,7 @@ def prompt_tokens(backend, requests) -> tuple[int, float]:
 
 def main(argv=None) -> dict:
     from tests.tiny_qwen2vl import build_tiny_qwen2vl
-    from thi.backends import make_backend
+    from mllm.backends import make_backend
 
     args = resolve_defaults(finish_args(build_parser().parse_args(argv)))
     device = args.device

@@ -11,7 +11,7 @@ Beside OUT (OUT without .json, plus a suffix):
     .summary.json    how many captions were augmented, how many fell back and why
 A caption that fails or whose reply is mangled keeps its original caption (a string entry, which the loader
 uses as it is).  With --limit N only the first N training captions are augmented; the others keep theirs.
-Over several GPUs: --shard K/N per process, then the same command without it (see thi/shards.py).
+Over several GPUs: --shard K/N per process, then the same command without it (see mllm/shards.py).
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import os
 import sys
 
 from datasets import DatasetError, build_dataset
-from thi.backends import add_backend_args, backend_from_args
-from thi.cache import AnswerCache, ask
-from thi.shards import add_shard_arg
+from mllm.backends import add_backend_args, backend_from_args
+from mllm.cache import AnswerCache, ask
+from mllm.shards import add_shard_arg
 from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger
 from utils.options import load_yaml

@@ -1,13 +1,13 @@
 """RDA's steps (METHOD.md section 8) over a list of training pairs, each step batched over every pair.
 
     (i)   enrichment: THI's human-centred VQA on the pair's own image + aggregation with its caption
-          (thi.interaction.refine, the code THI itself runs once it has an anchor: here the anchor is known)
+          (mllm.vqa.describe, the code THI itself runs on its anchor: here the anchor is the pair's own image)
     (ii)  decomposition of the enriched text into attribute sub-sentences
     (iii) rewriting of each sub-sentence into m paraphrases
     (iv)  the groups [sub-sentence, paraphrase 1, ..., paraphrase m], one per attribute, which the loader
           reorganises at training time (datasets.text_aug.compose_rda_caption)
 
-The MLLM is one callable, `ask_text(requests) -> [text | Failure]` (thi.cache.ask over a backend: batched,
+The MLLM is one callable, `ask_text(requests) -> [text | Failure]` (mllm.cache.ask over a backend: batched,
 cached, per-request failures), so this module never sees a model or the cache.  A pair whose step fails or
 whose reply is mangled keeps its original caption, with the reason recorded.
 """
@@ -17,9 +17,9 @@ import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from thi.backends import Request
-from thi.cache import Failure
-from thi.interaction import QueryState, refine
+from mllm.backends import Request
+from mllm.cache import Failure
+from mllm.vqa import describe
 from .parsing import decompose, enriched_problem, paraphrases
 from .prompts import decomposition_prompt, rewrite_prompt
 
@@ -49,18 +49,12 @@ class PairResult:
 
 def enrich(pairs: list[PairResult], ask_text) -> None:
     """Step (i): sets enriched, or error."""
-    gallery = sorted({p.image for p in pairs})
-    where = {image: g for g, image in enumerate(gallery)}
-    # THI's state with the anchor already decided (the pair's own image); candidates and s1 are unused here
-    states = [QueryState(p.index, p.caption, [where[p.image]], 1.0, anchor=where[p.image], anchor_image=p.image)
-              for p in pairs]
-    refine(states, gallery, ask_text)
-    for p, s in zip(pairs, states):
-        problem = s.error or (f"aggregation: {why}" if (why := enriched_problem(s.refined, p.caption)) else None)
+    for p, d in zip(pairs, describe([p.caption for p in pairs], [p.image for p in pairs], ask_text)):
+        problem = d.error or (f"aggregation: {why}" if (why := enriched_problem(d.refined, p.caption)) else None)
         if problem:
             p.error = problem
         else:
-            p.enriched = s.refined
+            p.enriched = d.refined
 
 
 def decompose_all(pairs: list[PairResult], ask_text) -> None:

@@ -1,7 +1,7 @@
-"""Every text RDA sends to the MLLM beyond THI's (METHOD.md section 8), in one place.
+"""Every text RDA sends to the MLLM beyond the enrichment's (METHOD.md section 8), in one place.
 
-The enrichment (step i) is THI's human-centred VQA and aggregation: those prompts live in thi/prompts.py and
-are used from there, so that RDA's enriched captions and THI's refined queries are written the same way.  The
+The enrichment (step i) is THI's human-centred VQA and aggregation: those prompts live in mllm/vqa.py, shared
+by both apps, so that RDA's enriched captions and THI's refined queries are written the same way.  The
 published decomposition and rewriting prompts are not available; these are ours.
 
 Both ask for a numbered list, one item a line: that is the shape models follow most reliably, and the one

@@ -13,10 +13,9 @@ import pytest
 from PIL import Image
 
 from tests.tiny_qwen2vl import CHAT_TEMPLATE
-from thi.backends import Request
-from thi.backends.chat import processor_size, prompts_and_images
-from thi.backends.yes_no import answer_token_ids
-from thi.prompts import SYSTEM_PROMPT
+from mllm.backends import SYSTEM_PROMPT, Request
+from mllm.backends.chat import processor_size, prompts_and_images
+from mllm.backends.yes_no import answer_token_ids
 
 FOLDER = os.environ.get("QWEN_TOKENIZER_DIR", "")
 pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(FOLDER, "tokenizer.json")),

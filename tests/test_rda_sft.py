@@ -14,10 +14,11 @@ from datasets.loaders import read_image
 from datasets.transforms import build_transforms
 from rda import cli as rda_cli
 from rda.pipeline import augment
+from mllm.backends import SYSTEM_PROMPT, make_backend
+from mllm.vqa import AGGREGATION_PROMPT, VQA_PROMPT
 from tests.tiny_qwen2vl import build_tiny_qwen2vl
 from thi import merge_lora, sft, sft_data
-from thi.backends import make_backend
-from thi.prompts import AGGREGATION_PROMPT, SYSTEM_PROMPT, VQA_PROMPT, localisation_prompt
+from thi.prompts import localisation_prompt
 from utils.runs import load_run
 from utils.tokenizer import tokenize_one
 

@@ -12,15 +12,15 @@ import torch
 
 import main as train_main
 from datasets.loaders import ImageDecodeError
+from mllm.backends import MLLMLoadError, Request, make_backend
+from mllm.backends.chat import processor_size
+from mllm.backends.hf import TransformersBackend
+from mllm.backends.yes_no import answer_token_ids, yes_probability_from_logits, yes_probability_from_logprobs
+from mllm.cache import AnswerCache, Failure, ask
+from mllm.vqa import clean_refined_query, parse_vqa_answers
 from tests.tiny_qwen2vl import build_tiny_qwen2vl
 from thi import cli
-from thi.backends import MLLMLoadError, Request, make_backend
-from thi.backends.chat import processor_size
-from thi.backends.hf import TransformersBackend
-from thi.backends.yes_no import answer_token_ids, yes_probability_from_logits, yes_probability_from_logprobs
-from thi.cache import AnswerCache, Failure, ask
 from thi.interaction import QueryState, accepts, localise, may_accept
-from thi.parsing import clean_refined_query, parse_vqa_answers
 from thi.rerank import RunSimilarity, reranked
 from utils.runs import load_run
 
@@ -354,7 +354,7 @@ def test_a_query_with_a_corrupt_image_keeps_its_base_ranking(run_dir, yes_model,
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
 
-    import thi.backends.chat as chat
+    import mllm.backends.chat as chat
     real_read = chat.read_image
     # that file turns out corrupt when the MLLM reads it (the retrieval model read it fine): the same path,
     # a real decoding failure
@@ -578,7 +578,7 @@ def test_vllm_engine_arguments(yes_model, data_root, monkeypatch, tmp_path):
 
 
 def test_vllm_options_from_the_command_line(yes_model):
-    from thi.backends import add_backend_args, backend_from_args
+    from mllm.backends import add_backend_args, backend_from_args
     import argparse
 
     p = argparse.ArgumentParser()
@@ -596,13 +596,13 @@ def test_vllm_options_from_the_command_line(yes_model):
                                            ({"r": 4, "rank_pattern": {"v_proj": 2}}, 8)])
 def test_lora_rank_bound(config, bound, tmp_path):
     """Defect 5: vLLM's accepted max_lora_rank values, and the adapter's per-module ranks."""
-    from thi.backends.vllm import lora_rank_bound
+    from mllm.backends.vllm import lora_rank_bound
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
     assert lora_rank_bound(str(tmp_path)) == bound
 
 
 def test_lora_rank_above_vllms_limit_is_refused(tmp_path):
-    from thi.backends.vllm import lora_rank_bound
+    from mllm.backends.vllm import lora_rank_bound
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 8, "rank_pattern": {"q_proj": 1024}}))
     with pytest.raises(SystemExit, match="rank 1024 .* above 512"):
         lora_rank_bound(str(tmp_path))
@@ -704,7 +704,7 @@ def test_processor_keeps_the_resized_image_so_both_backends_see_the_same_tokens(
     from PIL import Image
     from transformers import AutoProcessor
 
-    from thi.backends.chat import prompts_and_images
+    from mllm.backends.chat import prompts_and_images
 
     path = tmp_path / "wide.png"
     Image.new("RGB", (256, 96), (120, 30, 200)).save(path)

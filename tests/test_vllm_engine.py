@@ -20,9 +20,9 @@ pytest.importorskip("vllm", reason="the real vLLM engine is not installed in thi
 
 from tests.test_thi import SMALL_IMAGES, load_run_split_images, read_jsonl, train_tiny_run, weightless_model  # noqa: E402
 from tests.tiny_qwen2vl import build_tiny_qwen2vl  # noqa: E402
+from mllm.backends import MLLMLoadError, Request, make_backend  # noqa: E402
+from mllm.backends.chat import prompts_and_images  # noqa: E402
 from thi import cli, sft, sft_data  # noqa: E402
-from thi.backends import MLLMLoadError, Request, make_backend  # noqa: E402
-from thi.backends.chat import prompts_and_images  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIXELS = dict(min_pixels=3136, max_pixels=3136)

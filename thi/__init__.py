@@ -3,12 +3,14 @@
     python -m thi --run RUN_DIR --model_dir QWEN2_VL_DIR          # see thi/cli.py for the options
     python -m thi.merge_lora --base QWEN2_VL_DIR --lora LORA_DIR --out MERGED_DIR
 
+The MLLM itself (backends, answer cache, shards, chat formatting, the VQA + aggregation step) is the mllm/
+package, which RDA builds on too.
+
 cli.py           the command line: one run folder in, tables and JSON lines out
 merge_lora.py    a LoRA adapter merged into a full model folder
-prompts.py       every text sent to the MLLM
-backends/        the MLLM: transformers or vLLM behind yes_probability / generate
-cache.py         answers on disk (resumable runs), batched asking with per-query failures
-interaction.py   candidates, rounds and gate, VQA and aggregation
-parsing.py       numbered answers and the refined query out of free text
+prompts.py       the localisation question (the yes/no asked of each candidate)
+interaction.py   candidates, rounds and gate; VQA and aggregation on the anchor (mllm.vqa)
 rerank.py        the trained model's similarity of refined queries, S_final
+sft_data.py      SFT data for the localisation question from a run's training split
+sft.py           LoRA fine-tuning on that data
 """

@@ -6,7 +6,7 @@ with the gate, VQA on the accepted anchor, aggregation into a refined query), re
 and mINP for the base ranking and after each round.  Writes OUT/queries.jsonl (one line per query: candidates,
 P(yes) per round, anchor, answers, refined query, error) and OUT/metrics.json; OUT defaults to RUN_DIR/thi.
 Every MLLM answer is cached in OUT/mllm_cache.jsonl, so a killed run started again asks only what is missing.
-Over several GPUs: --shard K/N per process, then the same command without it (thi/shards.py; run_vllm_ICL.sh).
+Over several GPUs: --shard K/N per process, then the same command without it (mllm/shards.py; run_vllm_ICL.sh).
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger
 from utils.metrics import metrics_table, rank_metrics
 from utils.progress import library_bars_follow_terminal
+from mllm.backends import add_backend_args, backend_from_args
+from mllm.cache import AnswerCache, ask
+from mllm.shards import add_shard_arg
 from utils.runs import load_checkpoint_files, load_run
-from .backends import add_backend_args, backend_from_args
-from .cache import AnswerCache, ask
 from .interaction import localise, new_states, refine
 from .rerank import RunSimilarity, reranked
-from .shards import add_shard_arg
 
 # METHOD.md section 7 (ref): xi per dataset, K, lambda
 DEFAULT_XI = {"ICFG-PEDES": 0.55}

@@ -1,4 +1,5 @@
-"""THI's rounds (METHOD.md section 7, steps 1-4): localisation with gating, VQA on the anchor, aggregation.
+"""THI's rounds (METHOD.md section 7, steps 1-4): localisation with gating, then VQA on the anchor and
+aggregation (mllm.vqa.describe, the step RDA shares).
 
 The gate is a pure function of the round, the yes/no answers so far, s1 and xi.  The rounds take the MLLM as
 two callables (`ask_yes(requests) -> [P(yes) | Failure]`, `ask_text(requests) -> [text | Failure]`), so this
@@ -10,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .backends import Request
-from .cache import Failure
-from .parsing import clean_refined_query, parse_vqa_answers
-from .prompts import VQA_PROMPT, aggregation_prompt, localisation_prompt
+from mllm.backends import Request
+from mllm.cache import Failure
+from mllm.vqa import describe
+from .prompts import localisation_prompt
 
 
 @dataclass
@@ -89,22 +90,7 @@ def localise(states: list[QueryState], gallery: list[str], ask_yes, rounds: int,
 def refine(states: list[QueryState], gallery: list[str], ask_text) -> None:
     """VQA on each anchor, then the text-only aggregation into the refined query; sets refined / error."""
     anchored = [s for s in states if s.anchor is not None and s.error is None]
-    replies = ask_text([Request(VQA_PROMPT, gallery[s.anchor]) for s in anchored])
-    answered = []
-    for s, reply in zip(anchored, replies):
-        if isinstance(reply, Failure):
-            s.error = f"VQA: {reply.reason}"
-            continue
-        s.vqa_text = reply
-        s.answers, s.unnumbered = parse_vqa_answers(reply)
-        if s.answers or s.unnumbered:
-            answered.append(s)
-        else:
-            s.error = "VQA: empty answer"
-    replies = ask_text([Request(aggregation_prompt(s.caption, s.answers, s.unnumbered)) for s in answered])
-    for s, reply in zip(answered, replies):
-        refined = None if isinstance(reply, Failure) else clean_refined_query(reply)
-        if refined:
-            s.refined = refined
-        else:
-            s.error = f"aggregation: {reply.reason if isinstance(reply, Failure) else 'empty answer'}"
+    described = describe([s.caption for s in anchored], [gallery[s.anchor] for s in anchored], ask_text)
+    for s, d in zip(anchored, described):
+        s.answers, s.unnumbered, s.vqa_text = d.answers, d.unnumbered, d.vqa_text
+        s.refined, s.error = d.refined, d.error

@@ -8,7 +8,7 @@ ICL's recipe by default: LoRA rank 8, alpha 16 on the language model's attention
 vision tower stays frozen), lr 5e-5, 2 epochs, batch 4 x gradient accumulation 16, cosine schedule with 10%
 warm-up; bf16 on a GPU, fp32 on CPU.  The loss is the cross-entropy of the answer tokens only ("Yes"/"No" and
 the end of turn): the prompt is context, not a target.  Prompts and images go through THI's own chat code
-(thi/backends/chat.py), so the model is trained on exactly the input THI shows it at inference.
+(mllm/backends/chat.py), so the model is trained on exactly the input THI shows it at inference.
 
 LORA_DIR gets the final adapter (peft format: what --lora and python -m thi.merge_lora read), sft_args.json,
 sft_log.txt, loss.jsonl (one line per optimizer step) and checkpoint-STEP/ folders (adapter, optimizer,
@@ -30,12 +30,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from mllm.backends import DEFAULT_PIXELS, SYSTEM_PROMPT, Request
+from mllm.backends.chat import processor_size, prompts_and_images
+from mllm.backends.hf import disable_cudnn_attention
+from utils.device import resolve_device, resolve_precision
 from utils.logger import append_jsonl, setup_logger
 from utils.progress import library_bars_follow_terminal, progress
-from .backends import DEFAULT_PIXELS, Request
-from .backends.chat import processor_size, prompts_and_images
-from .backends.hf import disable_cudnn_attention
-from .prompts import SYSTEM_PROMPT
 from .sft_data import DATA_FILE, IMAGE_TOKEN
 
 # the language model's projections in Qwen2-VL; the vision tower (model.visual) is left out by name, since
@@ -94,7 +95,7 @@ class Encoder:
 
     def answer_ids(self, answer: str) -> list[int]:
         # tokenised apart from the prompt: the first label is then the very token THI's yes/no scorer reads
-        # after the assistant header (thi/backends/yes_no.py encodes "Yes" / "No" the same way)
+        # after the assistant header (mllm/backends/yes_no.py encodes "Yes" / "No" the same way)
         return self.processor.tokenizer.encode(answer, add_special_tokens=False) + [self.end_id]
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
@@ -306,9 +307,10 @@ def main(argv=None) -> dict:
     log = setup_logger(args.out, name="thi", filename="sft_log.txt")
     library_bars_follow_terminal()
     saved_args = {**vars(args), "data": os.path.abspath(args.data), "model_dir": os.path.abspath(args.model_dir)}
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    device = resolve_device(args.device or "auto")
+    # the weights' dtype (no autocast here: the LoRA trains in the base model's precision)
+    dtype = resolve_precision(args.precision, device) or torch.float32
+    precision = "bf16" if dtype == torch.bfloat16 else "fp32"
 
     examples = read_examples(args.data)
     torch.manual_seed(args.seed)                  # the LoRA initialisation

@@ -1,4 +1,4 @@
-"""The MLLM behind THI, as two questions any backend answers for a batch of requests.
+"""The MLLM behind THI and RDA, as two questions any backend answers for a batch of requests.
 
     yes_probability(requests) -> [P(Yes) / (P(Yes) + P(No))]   one forward pass, next-token distribution
     generate(requests, max_new_tokens) -> [text]                greedy, for the VQA answers and the aggregation
@@ -15,8 +15,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from ..prompts import SYSTEM_PROMPT
-
+# Qwen2-VL's own default system prompt: every request's unless it says otherwise
+SYSTEM_PROMPT = "You are a helpful assistant."
 # Qwen2-VL's image size in THI (METHOD.md section 7): 224 x 224
 DEFAULT_PIXELS = 50_176
 BACKENDS = ("transformers", "vllm")

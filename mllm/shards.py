@@ -52,4 +52,4 @@ def shard_cache_files(path: str) -> list[str]:
 def add_shard_arg(p) -> None:
     p.add_argument("--shard", type=parse_shard, metavar="K/N",
                    help="data parallel: ask only every N-th item's questions, starting at K, into a cache file of "
-                        "its own; then run again without --shard to merge (see thi/shards.py)")
+                        "its own; then run again without --shard to merge (see mllm/shards.py)")

@@ -1,8 +1,8 @@
-"""Every MLLM answer on disk, so that a killed THI run resumes without asking again; batched asking.
+"""Every MLLM answer on disk, so that a killed THI or RDA run resumes without asking again; batched asking.
 
 The cache is an append-only JSON-lines file, one answer a line, written with one write() per line and
 fsync'd per batch: a kill mid-write can only leave a partial last line, which the next open cuts off.
-Under --shard each process appends to a file of its own (thi/shards.py); every cache also reads the shards'
+Under --shard each process appends to a file of its own (mllm/shards.py); every cache also reads the shards'
 files beside it, which is how a run without --shard merges them.
 """
 from __future__ import annotations

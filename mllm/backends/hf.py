@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from utils.device import resolve_device, resolve_precision
 from . import DEFAULT_PIXELS, Backend
 from .chat import processor_size, prompts_and_images
 from .yes_no import answer_token_ids, yes_probability_from_logits
@@ -14,13 +15,10 @@ class TransformersBackend(Backend):
     def __init__(self, model_dir: str, lora: str | None = None, device: str | None = None,
                  min_pixels: int = DEFAULT_PIXELS, max_pixels: int = DEFAULT_PIXELS, dtype: str = "auto"):
         super().__init__(model_dir, lora, min_pixels, max_pixels)
-        if device in (None, "auto"):
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        if dtype == "auto":
-            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        else:
-            self.dtype = getattr(torch, dtype)
+        self.device = resolve_device(device or "auto")
+        # auto: bf16 on a GPU, float32 on CPU (the training's autocast rule, here the weights' dtype)
+        self.dtype = getattr(torch, dtype) if dtype != "auto" else (resolve_precision("auto", self.device)
+                                                                    or torch.float32)
         self.precision = str(self.dtype).removeprefix("torch.")
         self._model = self._processor = None
 
