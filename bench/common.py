@@ -2,7 +2,9 @@
 
 Each bench script builds an argparse parser with `add_common_args`, measures rows (one dict each), then calls
 `report(...)`, which prints ONE prettytable and, with `--json PATH`, writes
-`{"bench", "device", "args", "rows"}` (rows = the same dicts as the table, full precision).
+`{"bench", "device", "args", "rows", "complete"}` (rows = the same dicts as the table, full precision).  A script
+whose rows take long writes them as they come with `write_partial` (`"complete": false`), so that
+`python -m bench.suite`, which stops each script at its time limit, keeps what was measured.
 """
 from __future__ import annotations
 
@@ -198,11 +200,32 @@ def report(bench: str, args: argparse.Namespace, rows: list[dict], columns: Sequ
         table.add_row([_cell(row.get(k)) for k, _ in columns])
     table.align = "r"
     print(table, flush=True)
-    payload = {"bench": bench, "device": device_info(args.device),
-               "args": {k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(args).items()},
-               "rows": rows, **(extra or {})}
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=1, default=str)
+    payload = make_payload(bench, args, rows, extra, complete=True)
+    write_json(args.json, payload)
     return payload
+
+
+def make_payload(bench: str, args: argparse.Namespace, rows: list[dict], extra: dict | None = None,
+                 complete: bool = True) -> dict:
+    return {"bench": bench, "device": device_info(args.device),
+            "args": {k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(args).items()
+                     if not k.startswith("_")},
+            "rows": rows, "complete": complete, **(extra or {})}
+
+
+def write_partial(bench: str, args: argparse.Namespace, rows: list[dict], extra: dict | None = None) -> None:
+    """With --json, write the rows measured so far (`"complete": false`): a script stopped at a time limit (as
+    `python -m bench.suite` does) still leaves them; `report` overwrites the file with the whole table."""
+    if rows:
+        write_json(args.json, make_payload(bench, args, rows, extra, complete=False))
+
+
+def write_json(path: str, payload: dict) -> None:
+    """Write to PATH.tmp, then rename: a process killed while writing never leaves half a file at PATH."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, default=str)
+    os.replace(tmp, path)

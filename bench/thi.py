@@ -29,7 +29,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from bench.common import add_common_args, finish_args, peak_memory_gib, report, reset_peak_memory, timed  # noqa: E402
+from bench.common import (add_common_args, finish_args, peak_memory_gib, report, reset_peak_memory, timed,  # noqa: E402
+                          write_partial)
 
 # Qwen2-VL-7B-Instruct's config.json, the fields that set the amount of compute
 QWEN2VL_7B_TEXT = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
@@ -53,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vqa_batches", type=int, default=None, help="timed VQA batches (GPU 2, small 1; 0: skip VQA)")
     p.add_argument("--max_new_tokens", type=int, default=None, help="VQA answer length in tokens (GPU 128, small 8)")
     p.add_argument("--image_size", type=int, default=224, help="square images; THI's pixel budget is 224x224")
+    p.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
+                   help="vllm: its offline engine (its GPU build, or the CPU build's environment); --arch 7b then "
+                        "runs on vLLM's own random weights (load_format dummy: nothing is written to disk)")
+    p.add_argument("--max_model_len", type=int, default=2048, help="vllm: context length (prompts < 400 tokens)")
+    p.add_argument("--enforce_eager", action="store_true",
+                   help="vllm: no torch.compile / CUDA graphs (starts sooner, decodes slower)")
     return add_common_args(p)
 
 
@@ -144,6 +151,70 @@ def prompt_tokens(backend, requests) -> tuple[int, float]:
     return int(inputs["input_ids"].shape[1]), float(inputs["attention_mask"].sum(1).float().mean())
 
 
+def count_params(folder: str) -> int:
+    """Parameters of the Qwen2-VL that folder's config.json describes (built on the meta device: no memory)."""
+    from transformers import AutoConfig, Qwen2VLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Qwen2VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(folder))
+    return sum(p.numel() for p in model.parameters())
+
+
+def vllm_rows(args, folder: str, yes_no, vqa) -> tuple[list[dict], float]:
+    """The same requests through `make_backend("vllm")`; 7b on vLLM's random weights (load_format dummy).
+
+    The engine runs in processes of its own, so peak memory is not measured here (vLLM takes
+    gpu_memory_utilization of the card for weights and KV cache).  VQA answers are made exactly
+    --max_new_tokens long with min_tokens + ignore_eos, and checked."""
+    from vllm import SamplingParams
+
+    from mllm.backends import make_backend
+
+    cpu = torch.device("cpu")          # the engine syncs its own device: time on the host clock only
+    opts = dict(dtype="bfloat16" if args.device.type == "cuda" else "float32", max_model_len=args.max_model_len,
+                seed=args.seed)
+    if args.device.type != "cuda":
+        opts["kv_cache_gib"] = 1
+    if args.enforce_eager:
+        opts["enforce_eager"] = True
+    if args.arch == "7b":
+        for name in os.listdir(folder):     # the tiny weights: vLLM makes its own
+            if name.endswith(".safetensors") or name.endswith(".safetensors.index.json"):
+                os.remove(os.path.join(folder, name))
+    backend = make_backend("vllm", folder, **opts)
+    if args.arch == "7b":
+        backend.engine_args["load_format"] = "dummy"
+    start = time.perf_counter()
+    backend.load()
+    load_s = time.perf_counter() - start
+    params = count_params(folder)
+
+    def lengths(requests):
+        outs = backend._run(requests, SamplingParams(max_tokens=1, temperature=0.0))     # also a warm-up
+        n = [len(o.prompt_token_ids) for o in outs]
+        return max(n), sum(n) / len(n)
+
+    padded, mean_len = lengths(yes_no)
+    yes_s, probs = timed(lambda: backend.yes_probability(yes_no), cpu, args.batches)
+    assert len(probs) == args.batch_size and all(0.0 <= p <= 1.0 for p in probs)
+    rows = [{"task": "yes/no (localisation)", "backend": "vllm", "arch": args.arch, "params_b": params / 1e9,
+             "batch_size": args.batch_size, "prompt_tokens_padded": padded, "prompt_tokens_mean": mean_len,
+             "new_tokens": 1, "batch_s": yes_s, "per_s": args.batch_size / yes_s, "tokens_per_s": None,
+             "peak_mem_gib": None}]
+    write_partial("thi", args, rows, {"load_s": load_s})
+    if args.vqa_batches:
+        padded, mean_len = lengths(vqa)
+        n = args.max_new_tokens
+        sampling = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0)
+        vqa_s, outs = timed(lambda: backend._run(vqa, sampling), cpu, args.vqa_batches)
+        assert len(outs) == args.batch_size and all(len(o.outputs[0].token_ids) == n for o in outs)
+        rows.append({"task": "VQA answer", "backend": "vllm", "arch": args.arch, "params_b": params / 1e9,
+                     "batch_size": args.batch_size, "prompt_tokens_padded": padded, "prompt_tokens_mean": mean_len,
+                     "new_tokens": n, "batch_s": vqa_s, "per_s": args.batch_size / vqa_s,
+                     "tokens_per_s": args.batch_size * n / vqa_s, "peak_mem_gib": None})
+    return rows, load_s
+
+
 def main(argv=None) -> dict:
     from tests.tiny_qwen2vl import build_tiny_qwen2vl
     from mllm.backends import make_backend
@@ -154,6 +225,13 @@ def main(argv=None) -> dict:
     try:
         folder = build_tiny_qwen2vl(os.path.join(work, "model"), seed=args.seed)   # tokenizer, processor, config
         yes_no, vqa = make_requests(args, os.path.join(work, "data"))
+        if args.backend == "vllm":
+            if args.arch == "7b":
+                config = qwen2vl_7b_config(english_processor(folder, seed=args.seed), args.text_layers,
+                                           args.vision_depth)
+                config.save_pretrained(folder)
+            rows, load_s = vllm_rows(args, folder, yes_no, vqa)
+            return finish(args, rows, load_s)
         start = time.perf_counter()
         if args.arch == "7b":
             config = qwen2vl_7b_config(english_processor(folder, seed=args.seed), args.text_layers, args.vision_depth)
@@ -179,10 +257,12 @@ def main(argv=None) -> dict:
         reset_peak_memory(device)
         yes_s, probs = timed(lambda: backend.yes_probability(yes_no), device, args.batches)
         assert len(probs) == args.batch_size and all(0.0 <= p <= 1.0 for p in probs)
-        rows = [{"task": "yes/no (localisation)", "arch": args.arch, "params_b": params / 1e9,
-                 "batch_size": args.batch_size, "prompt_tokens_padded": padded, "prompt_tokens_mean": mean_len,
+        rows = [{"task": "yes/no (localisation)", "backend": "transformers", "arch": args.arch,
+                 "params_b": params / 1e9, "batch_size": args.batch_size, "prompt_tokens_padded": padded,
+                 "prompt_tokens_mean": mean_len,
                  "new_tokens": 1, "batch_s": yes_s, "per_s": args.batch_size / yes_s, "tokens_per_s": None,
                  "peak_mem_gib": peak_memory_gib(device)}]
+        write_partial("thi", args, rows, {"load_s": load_s})
         if args.vqa_batches:
             padded, mean_len = prompt_tokens(backend, vqa)
             backend.generate(vqa[:2], max_new_tokens=2)       # warm-up
@@ -192,19 +272,24 @@ def main(argv=None) -> dict:
             vqa_s, answers = timed(lambda: backend.generate(vqa, max_new_tokens=args.max_new_tokens), device,
                                    args.vqa_batches)
             assert len(answers) == args.batch_size
-            rows.append({"task": "VQA answer", "arch": args.arch, "params_b": params / 1e9,
-                         "batch_size": args.batch_size, "prompt_tokens_padded": padded, "prompt_tokens_mean": mean_len,
+            rows.append({"task": "VQA answer", "backend": "transformers", "arch": args.arch,
+                         "params_b": params / 1e9, "batch_size": args.batch_size, "prompt_tokens_padded": padded,
+                 "prompt_tokens_mean": mean_len,
                          "new_tokens": args.max_new_tokens, "batch_s": vqa_s, "per_s": args.batch_size / vqa_s,
                          "tokens_per_s": args.batch_size * args.max_new_tokens / vqa_s,
                          "peak_mem_gib": peak_memory_gib(device)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return finish(args, rows, load_s)
+
+
+def finish(args, rows: list[dict], load_s: float) -> dict:
     columns = [("task", "task"), ("params_b", "params (B)"), ("batch_size", "batch"),
                ("prompt_tokens_padded", "prompt tokens (padded)"), ("new_tokens", "new tokens"),
                ("batch_s", "s / batch"), ("per_s", "decisions or answers / s"), ("tokens_per_s", "new tokens/s"),
                ("peak_mem_gib", "peak GiB")]
     return report("thi", args, rows, columns,
-                  title=f"bench/thi.py: random Qwen2-VL ({args.arch}), transformers backend, "
+                  title=f"bench/thi.py: random Qwen2-VL ({args.arch}), {args.backend} backend, "
                         f"{args.image_size}x{args.image_size} images",
                   extra={"load_s": load_s,
                          "reference": {"qwen2vl_7b_h100_transformers_yes_no_per_s_at_64": 120}})

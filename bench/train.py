@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench.common import (add_common_args, finish_args, free_memory, peak_memory_gib, peak_tflops,  # noqa: E402
-                          random_caption_ids, report, reset_peak_memory, timed)
+                          random_caption_ids, report, reset_peak_memory, timed, write_partial)
 from solver.engine import Trainer  # noqa: E402
 
 # the tiny CLIP of --small (the demo's size class)
@@ -129,6 +129,10 @@ def count_flops(trainer, batch, weights, epoch: int = 1) -> int:
 
 def bench_one(args, batch_size: int, num_models: int) -> dict:
     device = args.device
+    if args.compile:
+        # every setting compiles afresh: left alone, dynamo would see a second batch size of the same forward and
+        # recompile it with dynamic shapes, so the second row would time another (slower) kind of graph
+        torch._dynamo.reset()
     cfg = make_cfg(args, batch_size, num_models)
     trainer = Trainer.without_data(cfg, args.num_classes)
     batch = random_batch(args, cfg, batch_size, num_models)
@@ -170,7 +174,11 @@ COLUMNS = [("models", "models"), ("batch_size", "batch"), ("compile", "compile")
 
 def main(argv=None) -> dict:
     args = resolve_defaults(finish_args(build_parser().parse_args(argv)))
-    rows = [bench_one(args, b, m) for m in args.models for b in args.batch_size]
+    rows = []
+    for m in args.models:
+        for b in args.batch_size:
+            rows.append(bench_one(args, b, m))
+            write_partial("train", args, rows)      # kept if the run is stopped (bench.suite's time limits)
     single = {r["batch_size"]: r["step_ms"] for r in rows if r["models"] == 1}
     for r in rows:  # the twin's cost relative to one model at the same batch
         r["time_vs_single"] = r["step_ms"] / single[r["batch_size"]] if r["batch_size"] in single else None
