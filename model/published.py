@@ -28,7 +28,8 @@ import torch
 import yaml
 from torch import nn
 
-from .clip import _CLIP_KEY, _read_checkpoint, _strip_prefixes, config_from_state_dict, grid_size
+from .clip import config_from_state_dict, grid_size
+from .clip.checkpoint import _CLIP_KEY, _read_checkpoint, _strip_prefixes
 
 log = logging.getLogger("reid")
 

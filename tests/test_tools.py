@@ -15,7 +15,7 @@ import retrieve
 import test as test_main
 import utils.retrieval_index as ri
 from datasets.check import main as check_main
-from model import clip as clip_mod
+from model.clip import checkpoint as clip_checkpoint
 from model.clip import CLIP, CLIPConfig, load_state_dict_file
 from utils.plot import main as plot_main, panels, plot_run, read_metrics
 from utils.runs import load_run
@@ -409,8 +409,8 @@ def test_vit_b16_sha256_mismatch_is_a_clear_error(tmp_path, monkeypatch):
 
     # the verdict is cached per (size, mtime): no hashing the second time, hashing again once the file changes
     hashed = []
-    real_sha256 = clip_mod.hashlib.sha256
-    monkeypatch.setattr(clip_mod.hashlib, "sha256", lambda *a: hashed.append(1) or real_sha256(*a))
+    real_sha256 = clip_checkpoint.hashlib.sha256
+    monkeypatch.setattr(clip_checkpoint.hashlib, "sha256", lambda *a: hashed.append(1) or real_sha256(*a))
     with pytest.raises(ValueError, match="SHA-256"):
         load_state_dict_file(fake)
     assert hashed == []
@@ -420,7 +420,7 @@ def test_vit_b16_sha256_mismatch_is_a_clear_error(tmp_path, monkeypatch):
     assert hashed == [1]
 
     # a file whose digest matches the published one loads silently
-    monkeypatch.setitem(clip_mod.OPENAI_SHA256, "ViT-B-16.pt", real_sha256(data).hexdigest())
+    monkeypatch.setitem(clip_checkpoint.OPENAI_SHA256, "ViT-B-16.pt", real_sha256(data).hexdigest())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "visual.conv1.weight" in load_state_dict_file(fake)
