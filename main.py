@@ -11,7 +11,7 @@ import time
 
 from datasets import DatasetError
 from datasets.loaders import ImageDecodeError
-from solver.engine import Trainer
+from solver.methods import build_engine
 from utils import distributed as dist
 from utils.checkpoint import load_latest
 from utils.logger import setup_logger
@@ -57,14 +57,14 @@ def main(argv=None) -> dict:
     log = setup_logger(cfg.run_dir if dist.is_main() else None, quiet=not dist.is_main())
     log.info("run folder %s", cfg.run_dir)
     try:
-        trainer = Trainer(cfg, cfg.run_dir, checkpoint_to_resume(cfg, log) if cfg.resume else None)
+        engine = build_engine(cfg, cfg.run_dir, checkpoint_to_resume(cfg, log) if cfg.resume else None)
     except (DatasetError, SystemExit) as e:
         log.error("%s", e)
         if folder is not None:
             folder.remove_if_unused()        # a failed start leaves no empty run folder behind
         raise SystemExit(2 if isinstance(e, DatasetError) else e.code) from None
     try:
-        return trainer.run()
+        return engine.run()
     except ImageDecodeError as e:
         # from a loader worker the message carries the worker's traceback, whose last line names the image
         line = "cannot decode image" + str(e).rsplit("cannot decode image", 1)[-1].splitlines()[0]

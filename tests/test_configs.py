@@ -70,11 +70,11 @@ BAD = {
 @pytest.mark.parametrize("case", BAD)
 def test_a_bad_config_stops_before_any_data_is_read(case, tmp_path, monkeypatch, capsys):
     import main as train_main
-    import solver.engine
+    import solver.data
 
     def no_data(*args, **kwargs):
         raise AssertionError("the dataset was read")
-    monkeypatch.setattr(solver.engine, "build_dataset", no_data)
+    monkeypatch.setattr(solver.data, "build_dataset", no_data)
     given, message = BAD[case]
     argv = ["--root_dir", str(tmp_path / "data"), "--run_dir", str(tmp_path / "run"), "--pretrain_choice", "random"]
     if isinstance(given, str):

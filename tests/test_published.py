@@ -190,13 +190,13 @@ def test_option_defaults_are_the_published_ones():
 
 
 def test_the_published_division_read_scores_each_twin_on_the_other_models_view(rda_root, tmp_path):
-    from solver.engine import Trainer
+    from solver.methods import build_engine
     from utils.options import parse_args
     cfg = parse_args(["--dataset_name", "CUHK-PEDES", "--root_dir", rda_root, "--pretrain_choice", "random",
                       "--clip_arch", json.dumps(TINY), "--img_size", "64", "32", "--text_length", "40",
                       "--embed_dim", "48", "--batch_size", "5", "--num_workers", "0", "--twin", "--use_rda", "false"])
     assert cfg.division_read == "augmented"
-    trainer = Trainer(cfg, str(tmp_path))
+    trainer = build_engine(cfg, str(tmp_path))
     seen, real = [], trainer.view_images
 
     def spy(model, batch, view):
@@ -204,16 +204,16 @@ def test_the_published_division_read_scores_each_twin_on_the_other_models_view(r
         return real(model, batch, view)
 
     trainer.view_images = spy
-    signals, positive_sim = trainer.division_pass(epoch=1)
+    signals, positive_sim = trainer.division_signals(epoch=1)
     assert set(seen) == {(0, 1), (1, 0)}                     # 3RTPR: model 1 on view 2, model 2 on view 1
-    n = len(trainer.records)
+    n = len(trainer.data.records)
     assert sorted(signals) == ["model1/bge", "model1/tse", "model2/bge", "model2/tse"]
     assert all(v.shape == (n,) and np.isfinite(v).all() for v in signals.values())
-    read = torch.cat([b["index"] for b in trainer.division_loader])             # every pair read once
+    read = torch.cat([b["index"] for b in trainer.data.division_loader])             # every pair read once
     assert sorted(read.tolist()) == list(range(n))
     assert positive_sim.shape == (n,) and all(not m.training for m in trainer.models)   # eval mode, as published
     # the draws are a function of (seed, epoch): the same epoch reads the same views, another epoch others
-    again, _ = trainer.division_pass(epoch=1)
-    other, _ = trainer.division_pass(epoch=2)
+    again, _ = trainer.division_signals(epoch=1)
+    other, _ = trainer.division_signals(epoch=2)
     np.testing.assert_allclose(again["model1/tse"], signals["model1/tse"], rtol=1e-5, atol=1e-6)
     assert not np.allclose(other["model1/tse"], signals["model1/tse"])

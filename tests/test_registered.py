@@ -4,6 +4,7 @@ registry refuses, at registration."""
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -11,7 +12,9 @@ import torch.nn as nn
 from model import build_model
 from model.embeddings import EMBEDDINGS, build_embedding
 from model.losses import LOSSES, REDUCTIONS, build_loss
-from solver.engine import weighted_loss
+from solver.methods import METHODS, build_engine
+from solver.weighting import WEIGHTINGS, build_weighting
+from solver.objective import weighted_loss
 from solver.optimizer import build_optimizer
 from utils.options import resolve
 from utils.registry import Registry
@@ -70,7 +73,7 @@ def test_loss_reduction_is_the_one_training_applies(name):
     assert loss.reduction in REDUCTIONS
     values = loss(*features(1), PIDS).detach()
     weights = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.25, 1.0])
-    model = SimpleNamespace(losses={"e": {name: loss}}, loss_names=[name])
+    model = SimpleNamespace(losses={"e": {name: loss}}, loss_names=[name], primary_loss=name)
     total, parts = weighted_loss(model, {("e", name): values}, weights, {name: 2.0})
     weighted = (weights * values).sum() / (B if loss.reduction == "mean" else 1)
     assert math.isclose(float(total), 2 * float(weighted), rel_tol=1e-6)
@@ -123,8 +126,8 @@ def test_a_few_training_steps_through_the_model_lower_the_loss(loss, head):
 def loss_class(**body):
     def forward(self, image_feats, text_feats, pids):
         return (image_feats - text_feats).square().sum(1)
-    return type("Custom", (nn.Module,), {"reduction": "sum", "__init__": lambda self, cfg, dim=None,
-                                          num_classes=None: nn.Module.__init__(self), "forward": forward, **body})
+    return type("Custom", (nn.Module,), {"reduction": "sum", "__init__": lambda self, dim,
+                                          num_classes: nn.Module.__init__(self), "forward": forward, **body})
 
 
 def test_a_loss_must_declare_its_reduction_and_forward():
@@ -143,7 +146,7 @@ def test_a_head_must_declare_out_dim_and_both_encoders(monkeypatch):
     registry = Registry("embedding head", "model/embeddings/", EMBEDDINGS.check)
 
     class NoOutDim(nn.Module):
-        def __init__(self, cfg, width):
+        def __init__(self, width):
             super().__init__()
 
         def encode_image(self, tokens, attn):
@@ -181,3 +184,50 @@ def test_the_real_registries_hold_the_documented_entries():
     assert {"bge", "tse", "fused"} <= set(EMBEDDINGS)
     with pytest.raises(ValueError, match=r"unknown embedding head 'tsee' \(did you mean tse\?\)"):
         build_embedding("tsee", None, 8)
+
+
+# ---------------------------------------------------------------- weighting rules and training methods
+@pytest.mark.parametrize("name", sorted(WEIGHTINGS))
+def test_weighting_rule_gives_one_weight_in_0_1_per_pair(name):
+    rule = build_weighting(tiny_cfg(weighting=name))
+    rng = np.random.default_rng(0)
+    votes = rng.random((4, 50)) > 0.3                          # 4 signals, 50 pairs
+    votes[:, :10] = True                                       # some pairs every signal calls clean
+    weights = rule(votes, rng.random(50), epoch=3)
+    assert weights.shape == (50,) and weights.dtype == torch.float32
+    assert ((weights >= 0) & (weights <= 1)).all()
+    assert torch.equal(weights, rule(votes, rng.random(50), epoch=3)) or name == "alr"   # CCD: seeded by epoch
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_trains_a_step_and_its_weights_follow_the_division(name):
+    """Every registered method, on a tiny model without data: its defaults resolve, a training step lowers
+    nothing to NaN, and its sample_weights turn division signals into one weight in [0, 1] per pair."""
+    cfg = tiny_cfg(method=name, division_read="clean")
+    engine = build_engine(cfg, num_classes=CLASSES)
+    assert isinstance(engine, METHODS[name])
+    assert len(engine.models) == (2 if cfg.twin else 1)
+    views = len(engine.models)
+    g = torch.Generator().manual_seed(0)
+    batch = {"images": torch.randint(0, 256, (B, views, 3, 32, 16), generator=g, dtype=torch.uint8),
+             "caption_ids": caption_ids().unsqueeze(1).expand(B, views, 16), "pid": PIDS, "index": torch.arange(B)}
+    loss, parts = engine.train_step(batch, torch.ones(B), epoch=1)
+    engine.optimizer_step(loss)
+    assert math.isfinite(float(loss)) and parts
+    rng = np.random.default_rng(1)
+    signals = {f"s{i}": np.concatenate([rng.normal(0.2, 0.05, 40), rng.normal(1.0, 0.05, 10)]) for i in range(2)}
+    weights = engine.sample_weights(signals, rng.random(50), epoch=1)
+    assert weights.shape == (50,) and ((weights >= 0) & (weights <= 1)).all()
+    assert float(weights[:40].mean()) > float(weights[40:].mean())      # low-loss pairs weigh more
+
+
+def test_an_option_is_declared_once(monkeypatch):
+    """Two parts that read one option share its declaration; a second, different one is refused by name."""
+    from model.losses.common import TAU
+    from utils.options import Option, OPTIONS
+
+    assert OPTIONS["tau"] is TAU and OPTIONS["alr_k"].default == 5.0          # collected from the parts
+    clash = loss_class(options={"tau": Option(0.5, "my temperature")})
+    monkeypatch.setitem(LOSSES._entries, "Clash", clash)
+    with pytest.raises(TypeError, match=r"option 'tau' of loss 'Clash' .* is already declared by loss"):
+        OPTIONS

@@ -82,15 +82,15 @@ def test_pre_initialisation_needs_and_uses_pretrain_path(rda_root, tmp_path):
 
 @pytest.mark.slow
 def test_published_eval_mode_switch(rda_root, tmp_path, monkeypatch):
-    import solver.engine as engine
+    from solver.engine import Engine
     seen = []
-    real_step = engine.Trainer.train_step
+    real_step = Engine.train_step
 
     def spy(self, batch, weights, epoch):
         seen.append(self.models[0].training)
         return real_step(self, batch, weights, epoch)
 
-    monkeypatch.setattr(engine.Trainer, "train_step", spy)
+    monkeypatch.setattr(Engine, "train_step", spy)
     train_main.main(tiny_args(rda_root, tmp_path / "quirk", "--num_epoch", "1", "--published_eval_mode"))
     assert seen and not any(seen)
     seen.clear()
@@ -124,7 +124,7 @@ def test_division_finds_permuted_pairs_of_a_noisy_synthetic_set(tmp_path):
     from datasets import build_dataset
     from datasets.noise import apply_noise, make_noisy_permutation
     from solver.division import clean_votes, consensus, division_quality, gmm_settings
-    from solver.engine import division_losses
+    from solver.division_reads import division_losses
 
     make_synthetic(str(tmp_path), fmt="CUHK-PEDES", num_train_ids=60, num_test_ids=2, num_val_ids=2, seed=9)
     records = build_dataset("CUHK-PEDES", str(tmp_path)).train

@@ -55,18 +55,19 @@ def test_gmm_settings_follow_rde():
     assert gmm_settings(0.2, "CUHK-PEDES", {"tol": 0.5})["tol"] == 0.5
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: set_sync_debug_mode is a CUDA feature")
 def test_the_training_step_never_waits_for_the_gpu():
     """Twins, BGE+TSE+ID, bf16, fused Adam: after the first step (lazy optimiser state), a step launches its
     kernels without one host-device sync, so the CPU runs ahead and the GPU never idles between steps."""
-    from solver.engine import Trainer
+    from solver.methods import build_engine
     from utils.options import resolve
 
     arch = {"embed_dim": 64, "vision_width": 64, "vision_layers": 1, "vision_heads": 1,
             "text_width": 64, "text_heads": 1, "text_layers": 1}
     cfg = resolve({"pretrain_choice": "random", "clip_arch": arch, "img_size": [64, 32], "text_length": 16,
                    "embed_dim": 32, "loss_names": "TAL+ID", "twin": True, "device": "cuda"}, {})
-    trainer = Trainer.without_data(cfg, num_classes=10)
+    trainer = build_engine(cfg, num_classes=10)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 400, (8, 2, 16), generator=g)
     ids[..., 0], ids[..., 10], ids[..., 11:] = 49406, 49407, 0           # SOT, words, EOT, padding

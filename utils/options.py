@@ -190,6 +190,24 @@ def _optimizers():
     return OPTIMIZERS
 
 
+def _weightings():
+    from solver.weighting import WEIGHTINGS
+    return WEIGHTINGS
+
+
+def _methods():
+    from solver.methods import METHODS
+    return METHODS
+
+
+def _declaring_registries() -> dict[str, list]:
+    """Where options are declared next to the code that reads them: {--help group: registries whose entries
+    carry `options = {name: Option}`} (a loss's temperature, a head's size, a weighting rule's constants)."""
+    from model.embeddings import EMBEDDINGS
+    from model.losses import LOSSES
+    return {"model": [EMBEDDINGS, LOSSES], "robust training (RDE)": [_weightings(), _methods()]}
+
+
 # CLIPConfig fields that other options set (model/clip.py build_clip)
 CLIP_SET_ELSEWHERE = {"image_size": "img_size", "stride": "stride_size", "context_length": "text_length"}
 FRACTION = Range(lo=0, hi=1, lo_open=True)
@@ -205,7 +223,8 @@ class Option:
     allowed: Callable | None = None   # typed value -> value, raising OptionError (OneOf, Range, ...)
 
 
-GROUPS: dict[str, dict[str, Option]] = {
+# the options of the engine and the run; the parts' own options join their groups (_declaring_registries)
+CORE_GROUPS: dict[str, dict[str, Option]] = {
     "run": {
         "name": Option("RDE", "run name, part of the run folder's name"),
         "output_dir": Option("logs", "runs go to OUTPUT_DIR/DATASET_NAME/TIME_NAME unless --run_dir is given"),
@@ -243,6 +262,9 @@ GROUPS: dict[str, dict[str, Option]] = {
                                  "ROOT_DIR/noiseindex/DATASET_RATE.npy, created if missing"),
     },
     "model": {
+        "method": Option("rde", "training method (registry in solver/methods): rde, twins (3RTPR), recommended, "
+                                "...; a method may change other options' defaults, which the config file overrides",
+                         OneOf(names=_methods)),
         "twin": Option(False, "train reciprocal twin models (two independent models sharing the division) and fuse "
                               "them at test time"),
         "pretrain_choice": Option("ViT-B/16", "CLIP weights: ViT-B/16 (~/.cache/clip/ViT-B-16.pt), a path to a "
@@ -253,30 +275,20 @@ GROUPS: dict[str, dict[str, Option]] = {
                                  CLIP_SET_ELSEWHERE)),
         "embeddings": Option(["bge", "tse"], "embeddings trained and fused at test time (registry in "
                                              "model/embeddings)", Heads()),
-        "select_ratio": Option(0.3, "TSE: fraction of tokens selected", FRACTION),
-        "embed_dim": Option(1024, "TSE output dimension", AT_LEAST_1),
-        "fused_ratio": Option(0.2, "fused embedding (3RTPR): fraction of tokens selected", FRACTION),
-        "fused_dim": Option(2048, "fused embedding (3RTPR): output dimension D (its MLP's hidden size is D / 2)",
-                            Range(lo=2)),
         "pretrain_path": Option("", "ReID-pretrained CLIP checkpoint (e.g. MLLM4Text-ReID) loaded instead of "
                                     "pretrain_choice; RDE/ICL users write '+pre' in loss_names for this"),
         "loss_names": Option("TAL", "'+'-separated losses (registry in model/losses) and labels, as in RDE",
                              LossNames()),
-        "tau": Option(0.015, "TAL / TRL temperature", POSITIVE),
-        "margin": Option(0.1, "TAL / TRL margin"),
-        "logit_scale": Option(50.0, "SDM / InfoNCE logit scale (1 / temperature 0.02)", POSITIVE),
+        "primary_loss": Option("", "the loss the division listens to and ICL's RDA term trains; default: the first "
+                                   "of loss_names"),
         "loss_weights": Option({}, "per-loss weights, e.g. {SDM: 1.0, ID: 0.5}, rda_TAL for ICL's RDA term; missing "
                                    "names weigh 1",
                                Keys("a registered loss or rda_<loss> (model/losses)", _loss_weight_keys)),
     },
     "robust training (RDE)": {
         "division": Option(True, "per-epoch clean/noisy division (CCD); off trains on every pair with weight 1"),
-        "weighting": Option("ccd", "how the division becomes per-sample weights: ccd (RDE, 0/1 + coin) or alr "
-                                   "(3RTPR, soft)", OneOf("ccd", "alr")),
-        "alr_k": Option(5.0, "ALR: w = sigmoid(k s / mu) below mu (3RTPR: 5, 8 under synthetic noise)"),
-        "alr_mu": Option("min", "ALR: mu statistic over the consensus-clean set",
-                         Pattern(r"min|mean|p(100(\.0*)?|\d{1,2}(\.\d*)?)",
-                                 "min, mean or pNN (a percentile 0-100, e.g. p5)")),
+        "weighting": Option("ccd", "how the division becomes per-sample weights (registry in solver/weighting.py): "
+                                   "ccd (RDE, 0/1 + coin) or alr (3RTPR, soft)", OneOf(names=_weightings)),
         "published_eval_mode": Option(False, "ICL's (and RDE's first release's) quirk: train in eval mode after the "
                                              "division pass (changes BatchNorm in the heads); RDE's code since "
                                              "October 2024 trains in train mode"),
@@ -308,7 +320,39 @@ GROUPS: dict[str, dict[str, Option]] = {
         "target_lr": Option(0.0, "cosine schedule's final learning rate", AT_LEAST_0),
     },
 }
-OPTIONS: dict[str, Option] = {name: option for group in GROUPS.values() for name, option in group.items()}
+
+
+def _groups() -> dict[str, dict[str, Option]]:
+    """CORE_GROUPS with every registered part's declared options in its group.  An option two parts read (TAL's
+    and TRL's tau) is declared once and shared: two different declarations of one name are refused."""
+    groups = {title: dict(group) for title, group in CORE_GROUPS.items()}
+    declared_by: dict[str, str] = {}
+    for title, registries in _declaring_registries().items():
+        for registry in registries:
+            for entry, cls in registry.items():
+                for name, option in getattr(cls, "options", {}).items():
+                    where = f"{registry.kind} {entry!r} ({registry.folder})"
+                    known = next((g[name] for g in groups.values() if name in g), None)
+                    if known is not None and known is not option:
+                        raise TypeError(f"option {name!r} of {where} is already declared"
+                                        f"{' by ' + declared_by[name] if name in declared_by else ' in utils/options.py'}"
+                                        "; declare it once and let both parts read it")
+                    groups[title][name] = option
+                    declared_by.setdefault(name, where)
+    return groups
+
+
+def _options() -> dict[str, Option]:
+    return {k: option for group in _groups().values() for k, option in group.items()}
+
+
+def __getattr__(name: str):
+    # GROUPS and OPTIONS are read when used, so parts registered since (a new loss file) are in them
+    if name == "GROUPS":
+        return _groups()
+    if name == "OPTIONS":
+        return _options()
+    raise AttributeError(name)
 
 
 # ------------------------------------------------------------------ types
@@ -369,9 +413,9 @@ def _fixed_length(option: Option) -> int | None:
     return len(option.default) if _item_kind(option) in (int, float) else None
 
 
-def check(name: str, value):
+def check(name: str, value, option: Option | None = None):
     """The value of option `name`, typed (5 -> 5.0 for a float option) and checked; raises OptionError."""
-    option = OPTIONS[name]
+    option = option or _options()[name]
     if isinstance(option.default, list):
         if isinstance(value, (str, int, float)) and _fixed_length(option) is None:
             value = [value]           # `embeddings: bge`
@@ -390,19 +434,26 @@ def check(name: str, value):
 
 def check_all(values: dict, source: str) -> dict:
     """Every value typed and checked; SystemExit naming each bad one with `source` (a file, the command line)."""
-    unknown = sorted(set(values) - set(OPTIONS))
-    problems = [f"unknown option {k!r}{did_you_mean(k, OPTIONS)}" for k in unknown]
+    options = _options()
+    unknown = sorted(set(values) - set(options))
+    problems = [f"unknown option {k!r}{did_you_mean(k, options)}" for k in unknown]
     checked = {}
     for name, value in values.items():
-        if name in OPTIONS:
+        if name in options:
             try:
-                checked[name] = check(name, value)
+                checked[name] = check(name, value, options[name])
             except OptionError as e:
                 problems.append(f"{name}: {e}")
     if problems:
         raise SystemExit(f"{source}: " + "\n  ".join(problems) + "\n(python main.py --help lists every option with "
                          "its allowed values)")
     return checked
+
+
+def primary_loss(cfg: dict) -> str:
+    """The loss the division listens to and the RDA term trains: primary_loss, or the first of loss_names."""
+    from model.losses import parse_loss_names
+    return cfg["primary_loss"] or parse_loss_names(cfg["loss_names"])[0]
 
 
 def cross_problems(cfg: dict) -> list[str]:
@@ -414,7 +465,10 @@ def cross_problems(cfg: dict) -> list[str]:
         problems.append(f"loss_names {cfg['loss_names']!r}: '+pre' initialises CLIP from a ReID-pretrained "
                         "checkpoint: give its file with --pretrain_path")
     losses = parse_loss_names(cfg["loss_names"])
-    trained = losses + [f"rda_{losses[0]}"]       # the RDA term uses the first loss (solver/engine.py)
+    if cfg["primary_loss"] and cfg["primary_loss"] not in losses:
+        problems.append(f"primary_loss {cfg['primary_loss']!r} is not trained: loss_names {cfg['loss_names']!r} "
+                        f"trains {', '.join(losses)}")
+    trained = losses + [f"rda_{primary_loss(cfg)}"]       # the RDA term trains the primary loss
     for key in cfg["loss_weights"]:
         if key not in trained:
             problems.append(f"loss_weights: {key!r} is not trained by loss_names {cfg['loss_names']!r}; its keys "
@@ -446,7 +500,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _cli(name: str, item: bool = False):
     """argparse type for option `name` (for one item of a list option when `item`)."""
-    option = OPTIONS[name]
+    option = _options()[name]
 
     def convert(text: str):
         try:
@@ -472,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(description="Train a text-to-image person re-identification model.", allow_abbrev=False,
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default="", help="YAML file of options (command-line values override it)")
-    for title, group in GROUPS.items():
+    for title, group in _groups().items():
         g = p.add_argument_group(title)
         for name, option in group.items():
             # default=SUPPRESS: only values actually typed appear, so they can override the YAML file
@@ -509,13 +563,16 @@ def load_yaml(path: str) -> dict:
 
 
 def defaults() -> dict:
-    return {k: option.default for k, option in OPTIONS.items()}
+    return {k: option.default for k, option in _options().items()}
 
 
 def resolve(cli: dict, file_values: dict, source: str = "options") -> EasyDict:
     """defaults < file_values < cli, every value checked, and the options checked against each other; `source`
     says where they came from in messages."""
     cfg = defaults()
+    method = cli.get("method", file_values.get("method", cfg["method"]))
+    if method in _methods():        # a method's own defaults, under the file and the command line
+        cfg.update(_methods()[method].defaults)
     cfg.update(file_values)
     cfg.update(cli)
     cfg = check_all(json.loads(json.dumps(cfg)), source)       # deep copy; plain types only
@@ -533,8 +590,8 @@ def config_conflicts(saved: dict, given: dict) -> list[str]:
     """'name (run: a, given: b)' for every option of `given` whose value differs from `saved` (or from the
     default where `saved` lacks it), runtime options aside."""
     plain = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples vs lists, int vs float 1 vs 1.0 stay apart)
-    return [f"{k} (run: {saved.get(k, OPTIONS[k].default)!r}, given: {v!r})" for k, v in given.items()
-            if k in OPTIONS and k not in RUNTIME_OPTIONS and plain(v) != plain(saved.get(k, OPTIONS[k].default))]
+    return [f"{k} (run: {saved.get(k, _options()[k].default)!r}, given: {v!r})" for k, v in given.items()
+            if k in _options() and k not in RUNTIME_OPTIONS and plain(v) != plain(saved.get(k, _options()[k].default))]
 
 
 def parse_args(argv=None) -> EasyDict:

@@ -1,8 +1,11 @@
-"""Named parts a config picks (losses, embedding heads): one registry class, checked when a part registers.
+"""Named parts a config picks (losses, embedding heads, weighting rules, training methods): one registry class,
+checked when a part registers.
 
 A registry refuses a second entry under a name already taken (a silent overwrite would train another loss than
 the one named) and runs its kind's check on each entry, so a loss without ``reduction`` or a head without
 ``encode_text`` fails at import, naming the class and what it lacks, instead of at the first training step.
+A part may declare the options it reads (``options = {name: Option}``, see utils/options.py): the config
+collects them for ``--help`` and checking, and the part is built with their values as plain arguments.
 """
 from __future__ import annotations
 
@@ -37,6 +40,22 @@ def qualified_name(obj) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
+def declared_options(cls) -> dict:
+    """{name: Option} a part declares (none when it has no `options`)."""
+    return getattr(cls, "options", None) or {}
+
+
+def option_defaults(cls) -> dict:
+    return {name: option.default for name, option in declared_options(cls).items()}
+
+
+def option_problems(cls) -> list[str]:
+    options = getattr(cls, "options", {})
+    if not isinstance(options, dict) or not all(hasattr(o, "default") and hasattr(o, "help") for o in options.values()):
+        return ["options must be {name: utils.options.Option(default, help, allowed)}"]
+    return []
+
+
 class Registry(Mapping):
     """name -> class.  `check(cls)` returns what the class lacks for this kind of part (empty: nothing)."""
 
@@ -51,7 +70,7 @@ class Registry(Mapping):
             if taken is not None and qualified_name(taken) != qualified_name(cls):
                 raise ValueError(f"{self.kind} name {name!r} is registered twice: by {qualified_name(taken)} and "
                                  f"by {qualified_name(cls)}; give one of them another name")
-            problems = self.check(cls)
+            problems = option_problems(cls) or self.check(cls)
             if problems:
                 raise TypeError(f"{self.kind} {name!r} ({qualified_name(cls)}) cannot be registered: "
                                 + "; ".join(problems))
@@ -64,10 +83,12 @@ class Registry(Mapping):
         return (f"unknown {self.kind} {name!r}{did_you_mean(name, self)}; registered: {', '.join(sorted(self))} "
                 f"({self.folder})")
 
-    def build(self, name: str, *args, **kwargs):
+    def build(self, name: str, *args, cfg=None, **kwargs):
+        """The part `name` built with these arguments and, from `cfg`, the values of the options it declares."""
         if name not in self._entries:
             raise ValueError(self.unknown(name))
-        return self._entries[name](*args, **kwargs)
+        cls = self._entries[name]
+        return cls(*args, **kwargs, **({k: cfg[k] for k in declared_options(cls)} if cfg is not None else {}))
 
     def __getitem__(self, name: str) -> type:
         return self._entries[name]

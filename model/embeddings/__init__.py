@@ -1,7 +1,8 @@
 """Embedding heads: how a tower's token sequence becomes the vector that is compared.
 
 Each head is one module in this folder that registers itself; a config's ``embeddings: [bge, tse]``
-picks them by name.  A head is built as ``cls(cfg, width)`` and maps image tokens (+ last-block attention)
+picks them by name.  A head is built as ``cls(width, **its options)`` (``options = {name: Option}``, the values of
+the options it reads) and maps image tokens (+ last-block attention)
 and text tokens (+ attention, token ids) to one vector each:
 ``encode_image(tokens, attn)``, ``encode_text(tokens, attn, ids)``; it declares ``out_dim: int`` (set from the
 config when built).  EMBEDDINGS checks all of this when a head registers.
@@ -12,7 +13,7 @@ import inspect
 
 import torch.nn as nn
 
-from utils.registry import Registry, accepts
+from utils.registry import Registry, accepts, option_defaults
 
 
 def _declares(cls, attribute: str) -> bool:
@@ -28,8 +29,8 @@ def _head_problems(cls) -> list[str]:
     for method, args in (("encode_image", ("tokens", "attn")), ("encode_text", ("tokens", "attn", "ids"))):
         if not (callable(getattr(cls, method, None)) and accepts(getattr(cls, method), None, *args)):
             problems.append(f"{method}(self, {', '.join(args)}) must return one vector per sample [B, out_dim]")
-    if not accepts(cls.__init__, None, "cfg", 1):
-        problems.append("__init__(self, cfg, width) is how heads are built")
+    if not accepts(cls.__init__, None, 1, **option_defaults(cls)):
+        problems.append("__init__(self, width, <its declared options>) is how heads are built")
     return problems
 
 
@@ -38,7 +39,7 @@ register_embedding = EMBEDDINGS.register
 
 
 def build_embedding(name: str, cfg, width: int) -> nn.Module:
-    head = EMBEDDINGS.build(name, cfg, width)
+    head = EMBEDDINGS.build(name, width, cfg=cfg)
     if not isinstance(getattr(head, "out_dim", None), int) or head.out_dim < 1:
         raise TypeError(f"embedding head {name!r} was built with out_dim {getattr(head, 'out_dim', None)!r}; "
                         "set self.out_dim to the size of its vectors in __init__")

@@ -9,7 +9,7 @@ from . import register_embedding
 class GlobalEmbedding(nn.Module):
     out_dim: int
 
-    def __init__(self, cfg, width: int):
+    def __init__(self, width: int):
         super().__init__()
         self.out_dim = width
 

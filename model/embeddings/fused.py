@@ -8,6 +8,8 @@ Top-k selection on both towers (3RTPR's rebuilt code drops it on the image side 
 import torch
 import torch.nn as nn
 
+from utils.options import FRACTION, Option, Range
+
 from . import register_embedding
 from .selection import l2norm, masked_max, select_image_tokens, select_text_tokens
 
@@ -28,10 +30,14 @@ class LocalMLP(nn.Module):
 class FusedEmbedding(nn.Module):
     out_dim: int
 
-    def __init__(self, cfg, width: int):
+    options = {"fused_ratio": Option(0.2, "fused embedding (3RTPR): fraction of tokens selected", FRACTION),
+               "fused_dim": Option(2048, "fused embedding (3RTPR): output dimension D (its MLP's hidden size is D / 2)",
+                                   Range(lo=2))}
+
+    def __init__(self, width: int, fused_ratio: float, fused_dim: int):
         super().__init__()
-        self.ratio = cfg.fused_ratio
-        self.out_dim = cfg.fused_dim
+        self.ratio = fused_ratio
+        self.out_dim = fused_dim
         self.image_local, self.text_local = LocalMLP(width, self.out_dim), LocalMLP(width, self.out_dim)
         self.image_global = nn.Linear(width, self.out_dim)
         self.text_global = nn.Linear(width, self.out_dim)

@@ -1,6 +1,8 @@
 """TSE, the token selection embedding (RDE): selected tokens, a residual MLP, max pooling."""
 import torch.nn as nn
 
+from utils.options import AT_LEAST_1, FRACTION, Option
+
 from . import register_embedding
 from .selection import l2norm, masked_max, select_image_tokens, select_text_tokens
 
@@ -26,10 +28,13 @@ class TokenMLP(nn.Module):
 class TokenSelectionEmbedding(nn.Module):
     out_dim: int
 
-    def __init__(self, cfg, width: int):
+    options = {"select_ratio": Option(0.3, "TSE: fraction of tokens selected", FRACTION),
+               "embed_dim": Option(1024, "TSE output dimension", AT_LEAST_1)}
+
+    def __init__(self, width: int, select_ratio: float, embed_dim: int):
         super().__init__()
-        self.ratio = cfg.select_ratio
-        self.out_dim = cfg.embed_dim
+        self.ratio = select_ratio
+        self.out_dim = embed_dim
         # separate heads for the two towers, as in RDE
         self.image_mlp = TokenMLP(width, width, self.out_dim)
         self.text_mlp = TokenMLP(width, width, self.out_dim)

@@ -4,7 +4,9 @@ A loss is a module called as ``loss(image_feats, text_feats, pids) -> [B]`` per-
 the robust-training weights (0/1 consensus or ALR soft weights) can multiply them; ``reduction`` says how
 the weighted values become one number ('sum' as RDE, 'mean' as IRRA).  Features arrive as the heads
 made them (not normalised): similarity losses normalise, the ID classifier sees the raw vectors.  It is built
-as ``cls(cfg, dim=..., num_classes=...)``.  LOSSES checks all of this when a loss registers.
+as ``cls(dim=..., num_classes=..., **its options)``: a loss declares the options it reads (``options = {"tau":
+Option(...)}``; shared ones in common.py) and gets their values as arguments.  LOSSES checks all of this when a
+loss registers.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import re
 
 import torch.nn as nn
 
-from utils.registry import Registry, accepts, did_you_mean
+from utils.registry import Registry, accepts, did_you_mean, option_defaults
 
 REDUCTIONS = ("sum", "mean")
 
@@ -26,8 +28,8 @@ def _loss_problems(cls) -> list[str]:
                         f"attribute (found {getattr(cls, 'reduction', None)!r})")
     if cls.forward is nn.Module.forward or not accepts(cls.forward, None, "image_feats", "text_feats", "pids"):
         problems.append("forward(self, image_feats, text_feats, pids) must return per-sample values [B]")
-    if not accepts(cls.__init__, None, "cfg", dim=1, num_classes=1):
-        problems.append("__init__(self, cfg, dim, num_classes) is how losses are built")
+    if not accepts(cls.__init__, None, dim=1, num_classes=1, **option_defaults(cls)):
+        problems.append("__init__(self, dim, num_classes, <its declared options>) is how losses are built")
     return problems
 
 
@@ -63,7 +65,7 @@ def parse_loss_names(loss_names: str) -> list[str]:
 
 
 def build_loss(name: str, cfg, dim: int, num_classes: int) -> nn.Module:
-    return LOSSES.build(name, cfg, dim=dim, num_classes=num_classes)
+    return LOSSES.build(name, dim=dim, num_classes=num_classes, cfg=cfg)
 
 
 from . import id_loss, infonce, sdm, tal, trl  # noqa: E402,F401  (registration)

@@ -1,6 +1,13 @@
 import torch
 import torch.nn.functional as F
 
+from utils.options import POSITIVE, Option
+
+# options several losses read, declared once (utils/options.py collects every loss's `options`)
+TAU = Option(0.015, "TAL / TRL temperature", POSITIVE)
+MARGIN = Option(0.1, "TAL / TRL margin")
+LOGIT_SCALE = Option(50.0, "SDM / InfoNCE logit scale (1 / temperature 0.02)", POSITIVE)
+
 
 def similarity_and_positives(image_feats, text_feats, pids):
     """S[i, j] = cos(text_i, image_j) in fp32 and P[i, j] = (pid_i == pid_j)."""

@@ -9,7 +9,7 @@ from . import register_loss
 class IdentityLoss(nn.Module):
     reduction = "mean"
 
-    def __init__(self, cfg, dim: int, num_classes: int):
+    def __init__(self, dim: int, num_classes: int):
         super().__init__()
         self.classifier = nn.Linear(dim, num_classes)
         nn.init.normal_(self.classifier.weight, std=0.001)

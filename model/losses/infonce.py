@@ -4,16 +4,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import register_loss
-from .common import similarity_and_positives
+from .common import LOGIT_SCALE, similarity_and_positives
 
 
 @register_loss("InfoNCE")
 class InfoNCELoss(nn.Module):
     reduction = "mean"
 
-    def __init__(self, cfg, dim=None, num_classes=None):
+    options = {"logit_scale": LOGIT_SCALE}
+
+    def __init__(self, dim: int, num_classes: int, logit_scale: float):
         super().__init__()
-        self.scale = cfg.logit_scale
+        self.scale = logit_scale
 
     def forward(self, image_feats, text_feats, pids):
         sim, _ = similarity_and_positives(image_feats, text_feats, pids)

@@ -3,7 +3,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import register_loss
-from .common import similarity_and_positives
+from .common import LOGIT_SCALE, similarity_and_positives
 
 
 def _row_kl(sim, pos, scale, eps=1e-8):
@@ -16,9 +16,11 @@ def _row_kl(sim, pos, scale, eps=1e-8):
 class SimilarityDistributionMatching(nn.Module):
     reduction = "mean"
 
-    def __init__(self, cfg, dim=None, num_classes=None):
+    options = {"logit_scale": LOGIT_SCALE}
+
+    def __init__(self, dim: int, num_classes: int, logit_scale: float):
         super().__init__()
-        self.scale = cfg.logit_scale
+        self.scale = logit_scale
 
     def forward(self, image_feats, text_feats, pids):
         sim, pos = similarity_and_positives(image_feats, text_feats, pids)

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from . import register_loss
-from .common import positive_attention, similarity_and_positives
+from .common import MARGIN, TAU, positive_attention, similarity_and_positives
 
 
 def _row_tal(sim, pos, tau, margin):
@@ -20,9 +20,11 @@ class TripletAlignmentLoss(nn.Module):
     reduction = "sum"
     row_loss = staticmethod(_row_tal)
 
-    def __init__(self, cfg, dim=None, num_classes=None):
+    options = {"tau": TAU, "margin": MARGIN}
+
+    def __init__(self, dim: int, num_classes: int, tau: float, margin: float):
         super().__init__()
-        self.tau, self.margin = cfg.tau, cfg.margin
+        self.tau, self.margin = tau, margin
 
     def forward(self, image_feats, text_feats, pids):
         sim, pos = similarity_and_positives(image_feats, text_feats, pids)

@@ -1,0 +1,90 @@
+"""What the per-epoch division listens to: every training pair's primary loss under each embedding of each
+model, read one of two ways (``division_read``), and the mean positive-pair cosine (ALR's s).
+
+Each read returns ({signal name: [N] losses}, [N] positive cosine); a signal is 'EMB' for one model and
+'modelK/EMB' for twins.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils import distributed as dist
+from utils.device import autocast
+from utils.evaluator import extract_features
+from utils.progress import progress
+
+
+@torch.no_grad()
+def division_losses(model, image_feats: dict, text_feats: dict, pids: torch.Tensor, order: torch.Tensor,
+                    batch_size: int) -> dict[str, torch.Tensor]:
+    """{embedding: [N]} per-pair value of the model's primary loss, with in-batch negatives as in training:
+    pairs are taken in `order`, batch_size at a time (features are per pair: image_feats[e][i] is pair i's)."""
+    losses = {emb: torch.zeros(len(pids), device=pids.device) for emb in image_feats}
+    for chunk in order.split(batch_size):
+        per = model.per_sample_losses({e: f[chunk] for e, f in image_feats.items()},
+                                      {e: f[chunk] for e, f in text_feats.items()}, pids[chunk])
+        for emb in losses:
+            losses[emb][chunk] = per[(emb, model.primary_loss)].float()
+    return losses
+
+
+@torch.no_grad()
+def division_signals(models, features, image_ids, pids, order, batch_size: int):
+    """Per-sample loss of every training pair under each embedding of each model (in-batch negatives as in
+    training) and the positive-pair cosine averaged over all of them.
+
+    features[k] = ({emb: [images, D]}, {emb: [pairs, D]}) of model k; image_ids[i] is pair i's image.
+    """
+    signals, positive_sim = {}, torch.zeros(len(pids), device=pids.device)
+    for k, (model, (image_feats, text_feats)) in enumerate(zip(models, features), 1):
+        image_feats = {e: f[image_ids] for e, f in image_feats.items()}     # pair i's image
+        losses = division_losses(model, image_feats, text_feats, pids, order, batch_size)
+        for emb in image_feats:
+            positive_sim += F.cosine_similarity(image_feats[emb], text_feats[emb], dim=-1)
+        prefix = f"model{k}/" if len(models) > 1 else ""
+        signals.update({prefix + emb: v.cpu().numpy() for emb, v in losses.items()})
+    return signals, (positive_sim / len(signals)).cpu().numpy()
+
+
+def read_clean(engine, epoch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each image and caption once, unaugmented, like a test set; losses over batches of a seeded shuffle."""
+    records, device = engine.data.records, engine.device
+    image_ids = torch.tensor([r.image_id for r in records], device=device)
+    pids = torch.tensor([r.pid for r in records], device=device)
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(engine.cfg.seed + epoch))
+    features = [extract_features(m, *engine.data.division_loaders, device, engine.dtype) for m in engine.models]
+    return division_signals(engine.models, features, image_ids, pids, order.to(device), engine.cfg.batch_size)
+
+
+@torch.no_grad()
+def read_augmented(engine, epoch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The published read (RDE's get_loss): per-pair loss on augmented training batches, in eval mode, with
+    those batches' in-batch negatives; twins score each model on the other model's view (3RTPR)."""
+    models, device = engine.models, engine.device
+    n, num_models = len(engine.data.records), len(models)
+    losses, positive_sim = {}, torch.zeros(n, device=device)
+    for model in models:
+        model.eval()
+    engine.data.division_sampler.set_epoch(epoch)
+    for batch in progress(engine.data.division_loader, dist.is_main(), desc=f"division {epoch}", leave=False):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        index, pids = dist.gather_batch(batch["index"]), dist.gather_batch(batch["pid"])
+        for k, model in enumerate(models):
+            view = (k + 1) % num_models
+            with autocast(device, engine.dtype):
+                image_feats = model.encode_image(engine.view_images(model, batch, view))
+                text_feats = model.encode_text(batch["caption_ids"][:, view])
+            image_feats = {e: dist.gather_batch(f) for e, f in image_feats.items()}
+            text_feats = {e: dist.gather_batch(f) for e, f in text_feats.items()}
+            per = model.per_sample_losses(image_feats, text_feats, pids)
+            for emb in image_feats:
+                name = f"model{k + 1}/{emb}" if num_models > 1 else emb
+                losses.setdefault(name, torch.zeros(n, device=device))[index] = per[(emb, model.primary_loss)].float()
+                positive_sim[index] += F.cosine_similarity(image_feats[emb].float(), text_feats[emb].float(), dim=-1)
+    signals = {name: v.cpu().numpy() for name, v in losses.items()}
+    return signals, (positive_sim / len(signals)).cpu().numpy()
+
+
+READS = {"augmented": read_augmented, "clean": read_clean}     # division_read's values (utils/options.py)

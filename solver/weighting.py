@@ -1,0 +1,59 @@
+"""How the division's verdicts become per-sample loss weights (METHOD.md section 4), chosen with ``weighting``.
+
+A rule is a class registered here: built with the run's seed and the options it declares, called once per epoch
+with every signal's clean / noisy votes and the positive-pair cosine of every training pair.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from utils.options import Option, Pattern
+from utils.registry import Registry, accepts, option_defaults
+
+from .division import alr_weights, consensus
+
+
+def _rule_problems(cls) -> list[str]:
+    if not isinstance(cls, type):
+        return ["a weighting rule is a class"]
+    problems = []
+    if not accepts(cls.__init__, None, seed=0, **option_defaults(cls)):
+        problems.append("__init__(self, seed, <its options>) is how rules are built")
+    if not accepts(getattr(cls, "__call__", None), None, "votes", "positive_sim", "epoch"):
+        problems.append("__call__(self, votes, positive_sim, epoch) must return weights [N]")
+    return problems
+
+
+WEIGHTINGS = Registry("weighting", "solver/weighting.py", _rule_problems)
+
+
+@WEIGHTINGS.register("ccd")
+class ConsensusCleanDivision:
+    """RDE: 1 where every signal says clean, 0 where all say noisy, a fair coin where they disagree."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __call__(self, votes: np.ndarray, positive_sim: np.ndarray, epoch: int) -> torch.Tensor:
+        return consensus(votes, torch.Generator().manual_seed(self.seed * 1000 + epoch))
+
+
+@WEIGHTINGS.register("alr")
+class AdaptiveLossRefinement:
+    """3RTPR: nothing dropped; pairs less similar than the consensus-clean ones weigh sigmoid(k s / mu)."""
+    options = {
+        "alr_k": Option(5.0, "ALR: w = sigmoid(k s / mu) below mu (3RTPR: 5, 8 under synthetic noise)"),
+        "alr_mu": Option("min", "ALR: mu statistic over the consensus-clean set",
+                         Pattern(r"min|mean|p(100(\.0*)?|\d{1,2}(\.\d*)?)", "min, mean or pNN (a percentile 0-100, e.g. p5)")),
+    }
+
+    def __init__(self, seed: int, alr_k: float, alr_mu: str):
+        self.k, self.mu = alr_k, alr_mu
+
+    def __call__(self, votes: np.ndarray, positive_sim: np.ndarray, epoch: int) -> torch.Tensor:
+        return alr_weights(votes, positive_sim, self.k, self.mu)
+
+
+def build_weighting(cfg):
+    return WEIGHTINGS.build(cfg.weighting, seed=cfg.seed, cfg=cfg)
