@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from utils.retrieval_index import load_encoders, open_index, search
+from evaluation.retrieval_index import load_encoders, open_index, search
 
 
 def parse(argv):

@@ -94,7 +94,7 @@ def build_model_for_eval(args):
 
 def bench_set(args, model, name: str, dtype) -> dict:
     from model import similarities
-    from utils.evaluator import encode_loader, similarity_rows
+    from evaluation.evaluator import encode_loader, similarity_rows
     from utils.metrics import rank_metrics
 
     device = args.device

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from utils import distributed as dist
 from utils.device import autocast
-from utils.evaluator import extract_features
+from evaluation.evaluator import extract_features
 from utils.progress import progress
 
 

@@ -12,6 +12,7 @@ import main as train_main
 from datasets import build_dataset
 from datasets.loaders import read_image
 from datasets.transforms import build_transforms
+from evaluation.runs import load_run
 from rda import cli as rda_cli
 from rda.pipeline import augment
 from mllm.backends import SYSTEM_PROMPT, make_backend
@@ -19,7 +20,6 @@ from mllm.vqa import AGGREGATION_PROMPT, VQA_PROMPT
 from tests.tiny_qwen2vl import build_tiny_qwen2vl
 from thi import merge_lora, sft, sft_data
 from thi.prompts import localisation_prompt
-from utils.runs import load_run
 from utils.tokenizer import tokenize_one
 
 TINY_CLIP = dict(embed_dim=32, vision_width=32, vision_layers=1, vision_heads=2,

@@ -12,6 +12,7 @@ import torch
 
 import main as train_main
 from datasets.loaders import ImageDecodeError
+from evaluation.runs import load_run
 from mllm.backends import MLLMLoadError, Request, make_backend
 from mllm.backends.chat import processor_size
 from mllm.backends.hf import TransformersBackend
@@ -22,7 +23,6 @@ from tests.tiny_qwen2vl import build_tiny_qwen2vl
 from thi import cli
 from thi.interaction import QueryState, accepts, localise, may_accept
 from thi.rerank import RunSimilarity, reranked
-from utils.runs import load_run
 
 TINY_CLIP = dict(embed_dim=32, vision_width=32, vision_layers=1, vision_heads=2,
                  text_width=32, text_layers=1, text_heads=2)

@@ -13,12 +13,12 @@ from PIL import Image
 import main as train_main
 import retrieve
 import test as test_main
-import utils.retrieval_index as ri
+import evaluation.retrieval_index as ri
 from datasets.check import main as check_main
+from evaluation.runs import load_run
 from model.clip import checkpoint as clip_checkpoint
 from model.clip import CLIP, CLIPConfig, load_state_dict_file
 from utils.plot import main as plot_main, panels, plot_run, read_metrics
-from utils.runs import load_run
 from utils.visualize import first_correct_ranks, load_thi_similarity, pick_queries
 from tests.helpers import tiny_args as training_tiny_args
 

@@ -18,15 +18,15 @@ import sys
 
 import torch
 
+from evaluation.runs import load_checkpoint_files, load_run
+from mllm.backends import add_backend_args, backend_from_args
+from mllm.cache import AnswerCache, ask
+from mllm.shards import add_shard_arg
 from utils.checkpoint import atomic_save
 from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger
 from utils.metrics import metrics_table, rank_metrics
 from utils.progress import library_bars_follow_terminal
-from mllm.backends import add_backend_args, backend_from_args
-from mllm.cache import AnswerCache, ask
-from mllm.shards import add_shard_arg
-from utils.runs import load_checkpoint_files, load_run
 from .interaction import localise, new_states, refine
 from .rerank import RunSimilarity, reranked
 

@@ -1,7 +1,7 @@
 """THI's re-ranking (METHOD.md section 7, step 5), and the trained model's similarities it needs.
 
 `RunSimilarity` scores any captions against the run's gallery exactly as test.py fuses its headline row (the
-last entry of utils.evaluator.similarity_rows: BGE+TSE, or the twins' ensemble), with the gallery encoded once.
+last entry of evaluation.evaluator.similarity_rows: BGE+TSE, or the twins' ensemble), with the gallery encoded once.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets.loaders import CaptionList
+from evaluation.evaluator import encode_loader, extract_features, similarity_rows
 from model import similarities
-from utils.evaluator import encode_loader, extract_features, similarity_rows
 
 
 def reranked(s_base: torch.Tensor, refined_rows: torch.Tensor, queries: list[int], anchors: list[int],

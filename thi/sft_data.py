@@ -29,12 +29,12 @@ from torch.utils.data import DataLoader
 
 from datasets.loaders import CaptionList, ImageFolderList
 from datasets.transforms import build_transforms
+from evaluation.evaluator import encode_loader, similarity_rows
+from evaluation.runs import load_run
 from mllm.backends import SYSTEM_PROMPT
 from model import similarities
-from utils.evaluator import encode_loader, similarity_rows
 from utils.files import write_json
 from utils.logger import setup_logger
-from utils.runs import load_run
 from .prompts import localisation_prompt
 
 HARD_POOL = 10          # METHOD.md section 7 (ref): negatives are drawn among the 10 most similar images

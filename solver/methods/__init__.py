@@ -48,7 +48,7 @@ def build_engine(cfg, run_dir: str | None = None, resume_from: tuple[dict, str] 
     """The engine of cfg.method with its parts: models, data and hooks (evaluation, checkpoints, metrics log)
     in `run_dir`.  num_classes instead of a run folder: models and optimisers alone, no data (the benchmarks).
     resume_from: (checkpoint, its path) to continue from, as utils.checkpoint.load_latest reads it."""
-    from utils.evaluator import Evaluator
+    from evaluation.evaluator import Evaluator
     from ..data import TrainData
     from ..hooks import Checkpoints, Evaluation, MetricsLog
 

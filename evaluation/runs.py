@@ -1,5 +1,6 @@
-"""Reading trained models back with their config and data (test.py, THI, tools): from a run folder, or from
-checkpoint files (published layouts included, model/published.py) plus a config file."""
+"""Reading trained models back with their config and data (test.py, THI, retrieve.py): from a run folder, or from
+checkpoint files (published layouts included, model/published.py) plus a config file.  The one place that turns
+a run folder into models: retrieval (evaluation/retrieval_index.py) reads its runs here too, without the data."""
 from __future__ import annotations
 
 import os
@@ -11,16 +12,16 @@ from datasets import DatasetError, PersonDataset, build_dataset
 from datasets.loaders import build_eval_loaders
 from model import build_model
 from model.published import CheckpointMismatch, load_models
-from .checkpoint import load_checkpoint, load_model_states
-from .device import resolve_device, resolve_precision
+from utils.checkpoint import load_checkpoint, load_model_states
+from utils.device import resolve_device, resolve_precision
+from utils.options import load_yaml, resolve
 from .evaluator import Evaluator
-from .options import load_yaml, resolve
 
 
 @dataclass
 class Run:
     cfg: dict
-    dataset: PersonDataset
+    dataset: PersonDataset | None  # None: read without its data (load_run(with_data=False)), for inference only
     device: torch.device
     dtype: torch.dtype | None
     models: list | None = None     # filled by load_weights
@@ -28,6 +29,8 @@ class Run:
     reports: list | None = None    # model.published.LoadReport per file: what was loaded, what not and why
 
     def evaluator(self, split_name: str = "test") -> Evaluator:
+        if self.dataset is None:
+            raise ValueError("this run was read without its data (load_run(with_data=False)): nothing to evaluate")
         split = self.dataset.val if split_name == "val" else self.dataset.test
         if split is None:
             raise SystemExit(f"{self.cfg.dataset_name} has no {split_name} split")
@@ -35,19 +38,33 @@ class Run:
                                      batch_size=self.cfg.test_batch_size, num_workers=self.cfg.num_workers)
         return Evaluator(split, *loaders, device=self.device, dtype=self.dtype)
 
+    def checkpoint_path(self, checkpoint: str = "best") -> str:
+        """best / last (the run folder's best.pth / last.pth) or a .pth path, as given."""
+        return checkpoint if checkpoint.endswith(".pth") else os.path.join(self.cfg.run_dir, f"{checkpoint}.pth")
+
     def load_weights(self, checkpoint: str = "best") -> dict:
         """Load best / last / a .pth path into the run's models (built on first use); returns the checkpoint.
 
         A Run made from checkpoint files (load_checkpoint_files) has one set of weights: `checkpoint` is ignored.
+        A Run read without its data gets models without their loss modules: only the ID loss has weights, sized
+        by the training identities that are not read, and inference never uses them.  Every other key is still
+        loaded strictly.
         """
         if self.files is not None:
             return self._load_files()
-        path = checkpoint if checkpoint.endswith(".pth") else os.path.join(self.cfg.run_dir, f"{checkpoint}.pth")
+        path = self.checkpoint_path(checkpoint)
         try:
             ckpt = load_checkpoint(path)
+            states = ckpt["models"]
+            if self.dataset is None:
+                states = [{k: v for k, v in s.items() if not k.startswith("losses.")} for s in states]
             if self.models is None:
-                self.models = build_models(self.cfg, ckpt, self.dataset.num_train_pids, self.device)
-            load_model_states(self.models, ckpt["models"], path)
+                self.models = build_models(self.cfg, ckpt, self.dataset.num_train_pids if self.dataset else 1,
+                                           self.device)
+                if self.dataset is None:
+                    for m in self.models:
+                        m.losses = torch.nn.ModuleDict()
+            load_model_states(self.models, states, path)
         except (FileNotFoundError, ValueError) as e:
             raise SystemExit(str(e)) from None
         for m in self.models:
@@ -105,8 +122,11 @@ def load_checkpoint_files(files: list[str], config_file: str, out_dir: str = "",
     return Run(cfg, dataset, device, resolve_precision(cfg.precision, device), files=list(files))
 
 
-def load_run(run_dir: str, **overrides) -> Run:
-    """A run folder's saved config (with overrides such as root_dir, device) and dataset, checked."""
+def load_run(run_dir: str, with_data: bool = True, **overrides) -> Run:
+    """A run folder's saved config (with overrides such as root_dir, device) and dataset, checked.
+
+    with_data=False reads no dataset (searching one's own photos needs none): the Run can load its weights and
+    encode, not evaluate."""
     config_file = os.path.join(run_dir, "configs.yaml")
     if not os.path.isfile(config_file):
         raise SystemExit(f"{config_file} not found: expected a run folder written by main.py")
@@ -115,5 +135,5 @@ def load_run(run_dir: str, **overrides) -> Run:
     cfg.run_dir = run_dir
     device = resolve_device(cfg.device)
     dataset = _read_dataset(cfg, "the run's data is read with its saved config; pass --root_dir / --anno_path "
-                                 "if the data moved")
+                                 "if the data moved") if with_data else None
     return Run(cfg, dataset, device, resolve_precision(cfg.precision, device))

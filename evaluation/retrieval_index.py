@@ -4,7 +4,7 @@ The folder is embedded once and the features are cached in FOLDER/.reid_index/<r
 each file's size and mtime; later calls re-embed only files that were added or changed and drop removed ones.
 
 Scores are the evaluator's fused similarity: the mean, over every model and every embedding, of the cosine
-similarity (utils.evaluator.similarity_rows' last row).  That mean is itself one inner product:
+similarity (evaluation.evaluator.similarity_rows' last row).  That mean is itself one inner product:
     mean_e <q_e, g_e> = < concat_e(q_e) / E , concat_e(g_e) >    (q_e, g_e L2-normalised per embedding)
 so the gallery is stored as the concatenation of its normalised per-embedding features and searched with a
 single inner-product index (faiss's exact IndexFlatIP when installed, a torch matmul + topk otherwise).
@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from datasets.loaders import ImageDecodeError, read_image
 from datasets.transforms import build_transforms
-from .checkpoint import atomic_save, load_checkpoint, load_model_states
-from .device import autocast, resolve_device, resolve_precision
-from .options import load_yaml, resolve
-from .progress import progress as progress_bar
-from .runs import build_models
+from utils.checkpoint import atomic_save
+from utils.device import autocast
+from utils.progress import progress as progress_bar
+from utils.tokenizer import tokenize_one
+from .runs import load_run
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,6 @@ class Encoders:
     @torch.no_grad()
     def encode_queries(self, texts: list[str]) -> torch.Tensor:
         """[Q, sum of dims], scaled by 1 / (number of embeddings) so that q . g is the fused mean cosine."""
-        from .tokenizer import tokenize_one
-
         ids = torch.stack([tokenize_one(t, self.cfg.text_length) for t in texts]).to(self.device)
         parts = []
         for model in self.models:
@@ -86,35 +84,16 @@ class Encoders:
 
 
 def load_encoders(run_dir: str, checkpoint: str = "best", device: str | None = None) -> Encoders:
-    """The run's models with the checkpoint's weights, built without its training data.
-
-    utils.runs.load_run also reads the dataset, which a user searching their own photos may not have; here
-    the loss modules are dropped instead (only the ID loss has weights, sized by the training identities,
-    and retrieval never uses them).  Every other key is still loaded strictly.
-    """
-    config_file = os.path.join(run_dir, "configs.yaml")
-    if not os.path.isfile(config_file):
-        raise SystemExit(f"{config_file} not found: expected a run folder written by main.py")
-    cfg = resolve({"device": device} if device else {}, load_yaml(config_file), f"options of {config_file}")
-    cfg.run_dir = run_dir
-    path = checkpoint if checkpoint.endswith(".pth") else os.path.join(run_dir, f"{checkpoint}.pth")
-    dev = resolve_device(cfg.device)
-    try:
-        ckpt = load_checkpoint(path)
-        models = build_models(cfg, ckpt, num_classes=1, device=dev)
-        for m in models:
-            m.losses = torch.nn.ModuleDict()
-        states = [{k: v for k, v in s.items() if not k.startswith("losses.")} for s in ckpt["models"]]
-        load_model_states(models, states, path)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(str(e)) from None
-    for m in models:
-        m.eval()
+    """The run's models with the checkpoint's weights, read by evaluation.runs without the training data (a
+    user searching their own photos may not have it): no dataset, no loss modules."""
+    run = load_run(run_dir, with_data=False, device=device)
+    run.load_weights(checkpoint)
+    path = run.checkpoint_path(checkpoint)
     st = os.stat(path)
     identity = {"checkpoint": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                "img_size": list(cfg.img_size), "parts": [f"{k}/{n}" for k, m in enumerate(models)
-                                                          for n in m.embeddings]}
-    return Encoders(models, cfg, dev, resolve_precision(cfg.precision, dev), identity)
+                "img_size": list(run.cfg.img_size), "parts": [f"{k}/{n}" for k, m in enumerate(run.models)
+                                                              for n in m.embeddings]}
+    return Encoders(run.models, run.cfg, run.device, run.dtype, identity)
 
 
 # --------------------------------------------------------------------------- the folder index

@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 
 from model import similarities
-from .device import autocast
-from .distributed import gather
-from .metrics import metrics_table, rank_metrics
-from .progress import progress as progress_bar
+from utils.device import autocast
+from utils.distributed import gather
+from utils.metrics import metrics_table, rank_metrics
+from utils.progress import progress as progress_bar
 
 
 @torch.no_grad()
