@@ -406,6 +406,7 @@ def test_autocast_bf16_cpu(tiny):
     torch.testing.assert_close(txt_emb.float(), tiny.encode_text(ids), atol=0.1, rtol=0.1)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @torch.no_grad()
