@@ -1,8 +1,9 @@
 """Training throughput of the real training step, on random tensors already on the device (the model, not the data).
 
-One step is exactly the engine's: `Trainer.train_step` (every model's forward under autocast, the per-sample
-losses weighted by the division's weights and --loss_weights, summed) of a `Trainer.without_data`, then
-`Trainer.optimizer_step` (zero_grad, GradScaler backward, the fused optimiser steps).  FLOPs of
+One step is exactly the engine's: `Engine.train_step` (every model's forward under autocast, the per-sample
+losses weighted by the division's weights and --loss_weights, summed) of `solver.methods.build_engine(cfg,
+num_classes=...)` (the method's engine without data), then `Engine.optimizer_step` (zero_grad, GradScaler
+backward, the fused optimiser steps).  FLOPs of
 one forward+backward are counted with torch.utils.flop_counter on the uncompiled model(s); model FLOP
 utilisation (MFU) = FLOPs per step / step time / the device's dense bf16 peak.
 
@@ -23,7 +24,6 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench.common import (add_common_args, finish_args, free_memory, peak_memory_gib, peak_tflops,  # noqa: E402
                           random_caption_ids, report, reset_peak_memory, timed, write_partial)
-from solver.engine import Trainer  # noqa: E402
 
 # the tiny CLIP of --small (the demo's size class)
 SMALL_ARCH = {"embed_dim": 64, "vision_width": 64, "vision_layers": 2, "vision_heads": 2,
@@ -107,7 +107,7 @@ def random_batch(args, cfg, batch_size: int, num_models: int) -> dict:
 
 def make_step(trainer, batch, weights, epoch: int = 1):
     def step():
-        # the body of Trainer.train_epoch's loop (no host sync: no .item())
+        # the body of the engine's training loop (no host sync: no .item())
         loss, _parts = trainer.train_step(batch, weights, epoch)
         trainer.optimizer_step(loss)
     return step
@@ -133,8 +133,10 @@ def bench_one(args, batch_size: int, num_models: int) -> dict:
         # every setting compiles afresh: left alone, dynamo would see a second batch size of the same forward and
         # recompile it with dynamic shapes, so the second row would time another (slower) kind of graph
         torch._dynamo.reset()
+    from solver.methods import build_engine
+
     cfg = make_cfg(args, batch_size, num_models)
-    trainer = Trainer.without_data(cfg, args.num_classes)
+    trainer = build_engine(cfg, num_classes=args.num_classes)     # models and optimisers, no data
     batch = random_batch(args, cfg, batch_size, num_models)
     weights = (torch.rand(batch_size, generator=torch.Generator().manual_seed(args.seed)) > 0.1).float().to(device)
     flops = count_flops(trainer, batch, weights)
