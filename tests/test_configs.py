@@ -143,3 +143,19 @@ def test_our_datasets_package_does_not_break_transformers_or_peft():
             "assert out.logits.shape[-1] == 300\n" % os.path.join(REPO, "datasets"))
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_config_file_starts_from_its_base(tmp_path):
+    """fast-reid's _BASE_: the base file is read first, relative to the file, and the file overrides it; a loop
+    or a missing base is named."""
+    from utils.options import load_yaml
+    (tmp_path / "base.yaml").write_text("num_epoch: 3\nlr: 0.5\nname: base\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("_BASE_: ../base.yaml\nlr: 0.25\n")
+    assert load_yaml(str(tmp_path / "sub" / "child.yaml")) == {"num_epoch": 3, "lr": 0.25, "name": "base"}
+    (tmp_path / "base.yaml").write_text("_BASE_: sub/child.yaml\n")
+    with pytest.raises(SystemExit, match="_BASE_ chain comes back"):
+        load_yaml(str(tmp_path / "sub" / "child.yaml"))
+    (tmp_path / "lost.yaml").write_text("_BASE_: nowhere.yaml\n")
+    with pytest.raises(SystemExit, match=r"nowhere.yaml \(the _BASE_ of .*lost.yaml\)"):
+        load_yaml(str(tmp_path / "lost.yaml"))

@@ -137,8 +137,8 @@ def test_division_finds_permuted_pairs_of_a_noisy_synthetic_set(tmp_path):
     text = pid_code[[records[j].pid for j in perm]] + 0.05 * torch.randn(len(records), 32, generator=g)
     from model.losses import build_loss
 
-    class OneLoss:  # what division_losses needs of a model: its first loss by name
-        loss_names = ["TAL"]
+    class OneLoss:  # what division_losses needs of a model: its primary loss by name
+        primary_loss = "TAL"
         tal = build_loss("TAL", EasyDict(tau=0.015, margin=0.1), 32, 1)
 
         def per_sample_losses(self, image_feats, text_feats, pids):

@@ -254,6 +254,10 @@ CORE_GROUPS: dict[str, dict[str, Option]] = {
         "batch_size": Option(64, "training batch size (per process)", AT_LEAST_1),
         "test_batch_size": Option(512, "batch size for feature extraction", AT_LEAST_1),
         "num_workers": Option(8, "data-loading worker processes", AT_LEAST_0),
+        "image_cache": Option(True, "decode and resize each image once, into a uint8 file the loaders memory-map "
+                                    "(datasets/image_cache.py; built on first use); false: decode JPEGs every read"),
+        "image_cache_dir": Option("", "folder for the image caches (default: DATASET_FOLDER/.cache, or "
+                                      "~/.cache/reid-images when the dataset folder is read-only)"),
     },
     "noisy correspondence (RDE)": {
         "noisy_rate": Option(0.0, "fraction of training captions shuffled among themselves",
@@ -548,10 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------ files and the resolved config
-def load_yaml(path: str) -> dict:
-    """The options of a YAML file (a --config or a run's configs.yaml), typed and checked."""
+def load_yaml(path: str, _seen: tuple = ()) -> dict:
+    """The options of a YAML file (a --config or a run's configs.yaml), typed and checked.  A file may start
+    from another one, as fast-reid's do: ``_BASE_: ../demo.yaml`` (relative to the file) is read first and the
+    file's own options override it."""
     if not os.path.isfile(path):
-        raise SystemExit(f"config file not found: {path}")
+        raise SystemExit(f"config file not found: {path}" + (f" (the _BASE_ of {_seen[-1]})" if _seen else ""))
+    if os.path.abspath(path) in _seen:
+        raise SystemExit(f"config file {path}: its _BASE_ chain comes back to it ({' -> '.join(_seen)})")
     with open(path) as f:
         try:
             data = yaml.safe_load(f) or {}
@@ -559,7 +567,11 @@ def load_yaml(path: str) -> dict:
             raise SystemExit(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise SystemExit(f"config file {path} must hold a mapping of option: value")
-    return check_all(data, f"config file {path}")
+    base = data.pop("_BASE_", None)
+    own = check_all(data, f"config file {path}")
+    if base is None:
+        return own
+    return {**load_yaml(os.path.join(os.path.dirname(path), str(base)), (*_seen, os.path.abspath(path))), **own}
 
 
 def defaults() -> dict:
@@ -583,7 +595,8 @@ def resolve(cli: dict, file_values: dict, source: str = "options") -> EasyDict:
 
 
 # what may change when a run is resumed: where the data is and how fast it is read, not what is trained
-RUNTIME_OPTIONS = ("resume", "run_dir", "overwrite", "root_dir", "device", "num_workers", "log_period", "output_dir")
+RUNTIME_OPTIONS = ("resume", "run_dir", "overwrite", "root_dir", "device", "num_workers", "log_period", "output_dir",
+                   "image_cache", "image_cache_dir")
 
 
 def config_conflicts(saved: dict, given: dict) -> list[str]:
