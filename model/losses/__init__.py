@@ -68,4 +68,4 @@ def build_loss(name: str, cfg, dim: int, num_classes: int) -> nn.Module:
     return LOSSES.build(name, dim=dim, num_classes=num_classes, cfg=cfg)
 
 
-from . import id_loss, infonce, sdm, tal, trl  # noqa: E402,F401  (registration)
+from . import cmpm, id_loss, infonce, sdm, tal, trl  # noqa: E402,F401  (registration)
