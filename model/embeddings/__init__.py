@@ -46,4 +46,4 @@ def build_embedding(name: str, cfg, width: int) -> nn.Module:
     return head
 
 
-from . import bge, fused, tse  # noqa: E402,F401  (registration)
+from . import avgpool, bge, fused, tse  # noqa: E402,F401  (registration)
