@@ -22,6 +22,11 @@ _SPLIT_ALIASES = {"train": "train", "val": "val", "test": "test",
 _ALL_PATH_KEYS = ("file_path", "img_path")
 
 
+# every dataset folder read in this process: the image cache keys images by their path inside one and keeps its
+# files in FOLDER/.cache (datasets.image_cache)
+DATASET_ROOTS: set[str] = set()
+
+
 class DatasetError(Exception):
     """A data problem, with a message that names the file and says the fix."""
 
@@ -77,6 +82,7 @@ class PersonDataset:
     def __init__(self, root_dir: str, anno_path: Optional[str] = None, check_images: bool = True):
         self.root_dir = os.path.abspath(os.path.expanduser(root_dir))
         self.dataset_root = os.path.join(self.root_dir, self.dataset_dir)
+        DATASET_ROOTS.add(os.path.normpath(self.dataset_root))
         self.anno_file = self._resolve_anno_file(anno_path)
         records = self.read_records(self.anno_file)
         self._check_splits(records)
