@@ -1,6 +1,9 @@
 """Torch datasets and DataLoader builders for training, the per-epoch division pass and evaluation."""
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 import random
 from typing import Optional, Sequence
 
@@ -10,8 +13,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .bases import EvalSplit, TrainRecord
-from .text_aug import augment_caption_ids, compose_rda_caption
-from .transforms import build_transforms
+from .image_cache import ImageSource, open_images
+from .text_aug import augment_token_list, compose_rda_caption
+from .transforms import PAD, ViewDraws, image_size_hw
 
 
 class ImageDecodeError(RuntimeError):
@@ -32,6 +36,50 @@ def _tokenize(text: str, text_length: int) -> torch.Tensor:
     return tokenize_one(text, text_length)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _tokenize_list(text: str, text_length: int) -> tuple:
+    """Token ids of a composed RDA caption, memoised per process: the compositions of a caption repeat."""
+    return tuple(_tokenize(text, text_length).tolist())
+
+
+def _tokenize_chunk(task) -> np.ndarray:
+    texts, text_length = task
+    return np.stack([_tokenize(t, text_length).numpy() for t in texts]) if texts else \
+        np.zeros((0, text_length), dtype=np.int64)
+
+
+_token_memo: dict = {}
+
+
+def tokenize_all(texts: Sequence[str], text_length: int, workers: Optional[int] = None) -> torch.Tensor:
+    """LongTensor [N, text_length] of every caption, tokenised once (CLIP's BPE costs ~0.5 ms a caption):
+    in worker processes for a long list, and remembered for the same list (the training loader and the
+    division's share one)."""
+    texts = list(texts)
+    key = (text_length, len(texts), hashlib.sha1("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest())
+    if key in _token_memo:
+        return _token_memo[key]
+    if workers is None:
+        try:
+            workers = len(os.sched_getaffinity(0))
+        except AttributeError:
+            workers = os.cpu_count() or 1
+    chunk = 2000
+    if workers > 1 and len(texts) > 2 * chunk:
+        import multiprocessing
+
+        tasks = [(texts[k:k + chunk], text_length) for k in range(0, len(texts), chunk)]
+        with multiprocessing.get_context().Pool(min(workers, len(tasks))) as pool:
+            ids = np.concatenate(pool.map(_tokenize_chunk, tasks))
+    else:
+        ids = _tokenize_chunk((texts, text_length))
+    out = torch.from_numpy(ids)
+    if len(_token_memo) > 8:
+        _token_memo.clear()
+    _token_memo[key] = out
+    return out
+
+
 def sample_seed(seed: int, epoch: int, stream: int, index: int) -> int:
     """The seed of one sample's augmentation draws: a function of (run seed, epoch, stream, sample) only, so a
     sample is augmented the same whichever worker or process reads it, and a resumed run draws what the
@@ -39,65 +87,152 @@ def sample_seed(seed: int, epoch: int, stream: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, stream, index]).generate_state(1)[0])
 
 
+# numpy's SeedSequence (O'Neill's seed_seq hash) for entropy of four 32-bit words and one 32-bit output word,
+# on a whole batch at once: sample_seed's values, ~50x faster than one SeedSequence per sample
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_L, _MIX_R = 0xCA01F9DD, 0x4973F715
+
+
+def sample_seeds(seed: int, keys: np.ndarray) -> np.ndarray:
+    """sample_seed(seed, epoch, stream, index) of each row (epoch, stream, index) of `keys` [n, 3], vectorised
+    (equal to sample_seed for every value; checked in tests/test_datasets.py)."""
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1, 3)
+    if seed >= 2 ** 32 or seed < 0 or (keys.size and (keys.min() < 0 or keys.max() >= 2 ** 32)):
+        return np.array([sample_seed(seed, *map(int, k)) for k in keys], dtype=np.uint32)   # several words each
+    u32 = np.uint32
+    words = [np.full(len(keys), seed, dtype=u32)] + [keys[:, c].astype(u32) for c in range(3)]
+    hash_const = _INIT_A
+
+    def hashmix(value):
+        nonlocal hash_const
+        value = value ^ u32(hash_const)
+        hash_const = (hash_const * _MULT_A) & 0xFFFFFFFF
+        value = value * u32(hash_const)
+        return value ^ (value >> u32(16))
+
+    def mix(x, y):
+        result = u32(_MIX_L) * x - u32(_MIX_R) * y
+        return result ^ (result >> u32(16))
+
+    with np.errstate(over="ignore"):
+        pool = [hashmix(w) for w in words]
+        for src in range(4):
+            for dst in range(4):
+                if src != dst:
+                    pool[dst] = mix(pool[dst], hashmix(pool[src]))
+        out = (pool[0] ^ u32(_INIT_B)) * u32((_INIT_B * _MULT_B) & 0xFFFFFFFF)
+        return out ^ (out >> u32(16))
+
+
+def _unique(paths: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """(distinct paths in order of first appearance, the position of each path among them)."""
+    first: dict[str, int] = {}
+    where = np.fromiter((first.setdefault(p, len(first)) for p in paths), dtype=np.int64, count=len(paths))
+    return list(first), where
+
+
+def _batched(data):
+    """collate_fn of the datasets whose __getitems__ returns a whole batch already."""
+    return data
+
+
 class TrainPairs(Dataset):
     """Training pairs.  A key is a sample index, or (index, epoch, stream) as EpochDraws yields them (a bare
-    index draws as epoch 0, stream 0).  Item is a dict:
+    index draws as epoch 0, stream 0).  `__getitems__(keys)` makes a whole batch (the DataLoader calls it);
+    an item (`pairs[key]`) is the same without the batch dimension.  A batch is a dict:
 
-    index, pid, image_id: int
-    images:      uint8 [V, 3, H, W], V = num_views independent augmentation draws (twin models)
-    erase:       int [V, 4] each view's random-erasing rectangle (top, left, height, width; all 0: none),
-                 applied on the device after the normalisation (datasets.transforms.erase)
-    caption_ids: LongTensor [V, L], each view its own txt_aug draw (identical rows without txt_aug)
-    rda_ids:     LongTensor [V, L], only with use_rda: each view its own RDA composition, with txt_aug as
+    index, pid, image_id: [B] int64
+    image:       uint8 [B, 3, H, W], each pair's image resized once (datasets.image_cache), shared by the views
+    flip:        bool [B, V], V = num_views independent augmentation draws (twin models)
+    crop:        int32 [B, V, 2] top, left of the crop in the image padded by PAD (PAD, PAD: none)
+    erase:       int32 [B, V, 4] each view's random-erasing rectangle (top, left, height, width; all 0: none)
+    caption_ids: LongTensor [B, V, L], each view its own txt_aug draw (identical rows without txt_aug)
+    rda_ids:     LongTensor [B, V, L], only with use_rda: each view its own RDA composition, with txt_aug as
                  ICL applies it; a record without diversity captions falls back to its caption, so every
                  item of a batch has it.
+
+    The flip, the crop and the erasing are only drawn here (torchvision's random calls on torch's generator
+    seeded per sample, in the published order); datasets.transforms.training_view applies them to the batch on
+    the device, so the pixels equal the published pipeline's.
     """
 
-    def __init__(self, records: Sequence[TrainRecord], transform, text_length: int = 77, txt_aug: bool = False,
-                 num_views: int = 1, use_rda: bool = False, seed: int = 0):
+    def __init__(self, records: Sequence[TrainRecord], image_size=(384, 128), text_length: int = 77,
+                 txt_aug: bool = False, num_views: int = 1, use_rda: bool = False, seed: int = 0,
+                 img_aug: bool = True, image_cache: Optional[bool] = None, cache_dir: Optional[str] = None,
+                 images: Optional[ImageSource] = None):
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
         self.records = list(records)
-        self.transform = transform
+        self.size = image_size_hw(image_size)
         self.text_length = text_length
         self.txt_aug = txt_aug
         self.num_views = num_views
         self.use_rda = use_rda
         self.seed = seed
+        self.draws = ViewDraws(self.size) if img_aug else None
+        paths, self.image_of = _unique([r.img_path for r in self.records])
+        self.images = images if images is not None else open_images(paths, self.size, image_cache, cache_dir)
+        self.caption_ids = tokenize_all([r.caption for r in self.records], text_length).numpy()
+        self.pids = np.array([r.pid for r in self.records], dtype=np.int64)
+        self.image_ids = np.array([r.image_id for r in self.records], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _caption(self, ids: torch.Tensor, rng: random.Random) -> torch.Tensor:
-        return augment_caption_ids(ids, rng) if self.txt_aug else ids
+    def prepare(self) -> None:
+        """Decode what the image cache lacks (main process, before the loader's workers start)."""
+        self.images.prepare()
 
-    def __getitem__(self, key) -> dict:
-        i, epoch, stream = key if isinstance(key, tuple) else (key, 0, 0)
-        rec = self.records[i]
-        img = read_image(rec.img_path)
-        seed = sample_seed(self.seed, epoch, stream, i)
-        rng = random.Random(seed)
-        # torchvision draws from torch's global CPU generator: seed it for this sample, then put it back
+    def _captions(self, ids: list, rng: random.Random, out: np.ndarray) -> None:
+        for v in range(self.num_views):
+            out[v] = augment_token_list(ids, rng) if self.txt_aug else ids
+
+    def __getitems__(self, keys) -> dict:
+        keys = [key if isinstance(key, tuple) else (key, 0, 0) for key in keys]
+        index = np.array([k[0] for k in keys], dtype=np.int64)
+        n, views, L = len(keys), self.num_views, self.text_length
+        flip = np.zeros((n, views), dtype=bool)
+        crop = np.full((n, views, 2), PAD, dtype=np.int32)
+        erase = np.zeros((n, views, 4), dtype=np.int32)
+        caption_ids = np.empty((n, views, L), dtype=np.int64)
+        rda_ids = np.empty((n, views, L), dtype=np.int64) if self.use_rda else None
+        # torchvision draws from torch's global CPU generator: seed it for each sample, then put it back
+        seeds = sample_seeds(self.seed, np.array(keys, dtype=np.int64)[:, [1, 2, 0]]).tolist()
         state = torch.get_rng_state()
-        torch.default_generator.manual_seed(seed)   # not torch.manual_seed: that also queues CUDA seeding
         try:
-            images, boxes = zip(*(self.transform(img) for _ in range(self.num_views)))
+            with torch.inference_mode():
+                for b, ((i, epoch, stream), seed) in enumerate(zip(keys, seeds)):
+                    if self.draws is not None:
+                        torch.default_generator.manual_seed(seed)   # not torch.manual_seed: that queues CUDA's
+                        for v in range(views):
+                            flip[b, v], crop[b, v], erase[b, v] = self.draws()
+                    rng = random.Random(seed)
+                    self._captions(self.caption_ids[i].tolist(), rng, caption_ids[b])
+                    if self.use_rda:
+                        rec = self.records[i]
+                        entry = rec.diversity if rec.diversity is not None else rec.caption
+                        for v in range(views):
+                            ids = list(_tokenize_list(compose_rda_caption(entry, rng), L))
+                            rda_ids[b, v] = augment_token_list(ids, rng) if self.txt_aug else ids
         finally:
             torch.set_rng_state(state)
-        ids = _tokenize(rec.caption, self.text_length)
-        item = {
-            "index": i,
-            "pid": rec.pid,
-            "image_id": rec.image_id,
-            "images": torch.stack(images),
-            "erase": torch.tensor(boxes, dtype=torch.int32),
-            "caption_ids": torch.stack([self._caption(ids, rng) for _ in range(self.num_views)]),
+        batch = {
+            "index": torch.from_numpy(index),
+            "pid": torch.from_numpy(self.pids[index]),
+            "image_id": torch.from_numpy(self.image_ids[index]),
+            "image": self.images.read(self.image_of[index]),
+            "flip": torch.from_numpy(flip),
+            "crop": torch.from_numpy(crop),
+            "erase": torch.from_numpy(erase),
+            "caption_ids": torch.from_numpy(caption_ids),
         }
-        if self.use_rda:
-            entry = rec.diversity if rec.diversity is not None else rec.caption
-            item["rda_ids"] = torch.stack([self._caption(_tokenize(compose_rda_caption(entry, rng), self.text_length),
-                                                         rng) for _ in range(self.num_views)])
-        return item
+        if rda_ids is not None:
+            batch["rda_ids"] = torch.from_numpy(rda_ids)
+        return batch
+
+    def __getitem__(self, key) -> dict:
+        batch = self.__getitems__([key])
+        return {k: (int(v[0]) if k in ("index", "pid", "image_id") else v[0]) for k, v in batch.items()}
 
 
 class EpochDraws(Sampler):
@@ -121,7 +256,7 @@ class EpochDraws(Sampler):
 
 
 class ImageFolderList(Dataset):
-    """Gallery images: item i is (i, image tensor [3, H, W])."""
+    """Gallery images decoded at every read: item i is (i, transform(image)) (THI's tools use it)."""
 
     def __init__(self, img_paths: Sequence[str], transform):
         self.img_paths = list(img_paths)
@@ -134,18 +269,55 @@ class ImageFolderList(Dataset):
         return i, self.transform(read_image(self.img_paths[i]))
 
 
+class GalleryImages(Dataset):
+    """Gallery images resized to the model's size, from the image cache: `__getitems__` gives a whole batch,
+    (indices LongTensor [B], uint8 [B, 3, H, W]); item i is (i, uint8 [3, H, W])."""
+
+    def __init__(self, img_paths: Sequence[str], image_size, image_cache: Optional[bool] = None,
+                 cache_dir: Optional[str] = None):
+        self.img_paths = list(img_paths)
+        paths, self.image_of = _unique(self.img_paths)
+        self.images = open_images(paths, image_size_hw(image_size), image_cache, cache_dir)
+
+    def __len__(self) -> int:
+        return len(self.img_paths)
+
+    def prepare(self) -> None:
+        self.images.prepare()
+
+    def __getitems__(self, indices):
+        indices = np.asarray(indices, dtype=np.int64)
+        return torch.from_numpy(indices), self.images.read(self.image_of[indices])
+
+    def __getitem__(self, i: int):
+        return i, self.images.read(self.image_of[[i]])[0]
+
+
 class CaptionList(Dataset):
-    """Query captions: item i is (i, ids LongTensor [L])."""
+    """Query captions, tokenised once: item i is (i, ids LongTensor [L])."""
 
     def __init__(self, captions: Sequence[str], text_length: int = 77):
         self.captions = list(captions)
         self.text_length = text_length
+        self.ids = tokenize_all(self.captions, text_length)
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, i: int):
-        return i, _tokenize(self.captions[i], self.text_length)
+        return i, self.ids[i]
+
+
+class PreparingLoader(DataLoader):
+    """A DataLoader that lets its dataset prepare (build the image cache) in this process before it iterates,
+    so that the build runs once, in parallel processes of its own, and an unreadable image stops the first
+    epoch that reads it with ImageDecodeError, as the JPEG path did."""
+
+    def __iter__(self):
+        prepare = getattr(self.dataset, "prepare", None)
+        if prepare is not None:
+            prepare()
+        return super().__iter__()
 
 
 def _loader(dataset: Dataset, batch_size: int, num_workers: int, drop_last: bool = False,
@@ -154,35 +326,40 @@ def _loader(dataset: Dataset, batch_size: int, num_workers: int, drop_last: bool
     # training samples are seeded one by one (TrainPairs), the other datasets draw nothing
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(
+    batched = hasattr(dataset, "__getitems__")
+    return PreparingLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-        generator=generator, pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+        generator=generator, pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
+        collate_fn=_batched if batched else None)
 
 
 def build_train_loader(records: Sequence[TrainRecord], image_size, text_length: int, batch_size: int,
                        num_workers: int, img_aug: bool = True, txt_aug: bool = False, num_views: int = 1,
                        use_rda: bool = False, seed: int = 0, drop_last: bool = False,
-                       sampler: Optional[Sampler] = None) -> DataLoader:
-    """Training loader of TrainPairs dicts.  `sampler` (an EpochDraws, whose set_epoch moves the data order
-    and the augmentation draws) defaults to a seeded shuffle.  The last partial batch is kept, as published."""
-    dataset = TrainPairs(records, build_transforms(image_size, is_train=True, img_aug=img_aug),
-                         text_length=text_length, txt_aug=txt_aug, num_views=num_views, use_rda=use_rda, seed=seed)
+                       sampler: Optional[Sampler] = None, image_cache: Optional[bool] = None,
+                       cache_dir: Optional[str] = None) -> DataLoader:
+    """Training loader of TrainPairs batches.  `sampler` (an EpochDraws, whose set_epoch moves the data order
+    and the augmentation draws) defaults to a seeded shuffle.  The last partial batch is kept, as published.
+    image_cache / cache_dir: the image cache on or off and where (None: datasets.image_cache.configure's)."""
+    dataset = TrainPairs(records, image_size, text_length=text_length, txt_aug=txt_aug, num_views=num_views,
+                         use_rda=use_rda, seed=seed, img_aug=img_aug, image_cache=image_cache, cache_dir=cache_dir)
     if sampler is None:
         sampler = EpochDraws(torch.utils.data.DistributedSampler(range(len(dataset)), num_replicas=1, rank=0,
                                                                  shuffle=True, seed=seed))
     return _loader(dataset, batch_size, num_workers, drop_last=drop_last, sampler=sampler, seed=seed)
 
 
-def build_eval_loaders(split: EvalSplit, image_size, text_length: int, batch_size: int,
-                       num_workers: int) -> tuple[DataLoader, DataLoader]:
-    """(gallery image loader, query caption loader), both in split order.
+def build_eval_loaders(split: EvalSplit, image_size, text_length: int, batch_size: int, num_workers: int,
+                       image_cache: Optional[bool] = None,
+                       cache_dir: Optional[str] = None) -> tuple[DataLoader, DataLoader]:
+    """(gallery image loader, query caption loader), both in split order; images from the image cache.
 
     Under torchrun each process reads one contiguous shard (utils.distributed.shard); gathering the
     features restores the split order.
     """
     from utils.distributed import shard, world_size
 
-    images = ImageFolderList(split.img_paths, build_transforms(image_size, is_train=False))
+    images = GalleryImages(split.img_paths, image_size, image_cache, cache_dir)
     captions = CaptionList(split.captions, text_length)
     return tuple(_loader(d, batch_size, num_workers, sampler=shard(len(d)) if world_size() > 1 else None)
                  for d in (images, captions))

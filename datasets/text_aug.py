@@ -14,13 +14,14 @@ MASK_P, REPLACE_P = 0.6, 0.2  # a picked token is masked / replaced; the rest (0
 RANDOM_ID_RANGE = (1, 49404)  # replacement ids: ordinary tokens only (inclusive), never MASK/SOT/EOT
 
 Rng = Union[random.Random, torch.Generator, None]
+_KEEP = frozenset((0, SOT_ID, EOT_ID))
 
 
 def _uniforms(n: int, rng: Rng) -> list[float]:
     if isinstance(rng, torch.Generator):
         return torch.rand(n, generator=rng).tolist()
-    r = rng if rng is not None else random
-    return [r.random() for _ in range(n)]
+    draw = (rng if rng is not None else random).random
+    return [draw() for _ in range(n)]
 
 
 def _randint(lo: int, hi: int, rng: Rng) -> int:
@@ -38,28 +39,36 @@ def augment_caption_ids(ids: torch.Tensor, rng: Rng = None) -> torch.Tensor:
     the last non-pad token and the argmax (EOT pooling relies on that). `rng` is a
     random.Random, a torch.Generator, or None for Python's global `random` (seeded per worker).
     """
-    length = ids.shape[-1]
     tokens = ids.tolist()
-    eot = max(range(length), key=tokens.__getitem__)
+    out = augment_token_list(tokens, rng)
+    return ids.clone() if out is tokens else torch.tensor(out, dtype=ids.dtype)
+
+
+def augment_token_list(tokens: list, rng: Rng = None) -> list:
+    """augment_caption_ids on a list of ids (what the loaders keep in memory); the same draws in the same order.
+    Returns `tokens` itself when it is not a tokenised caption (nothing to augment)."""
+    length = len(tokens)
+    eot = tokens.index(max(tokens))          # the first argmax, as torch's argmax and EOT pooling
     if tokens[eot] != EOT_ID:
-        return ids.clone()  # not a tokenised caption (e.g. all padding): nothing to augment
+        return tokens  # not a tokenised caption (e.g. all padding): nothing to augment
     start = 1 if tokens[0] == SOT_ID else 0
     body = tokens[start:eot]
     draws = _uniforms(2 * len(body), rng)
     out = tokens[:start]
+    append = out.append
     for j, tok in enumerate(body):
-        if tok in (0, SOT_ID, EOT_ID) or draws[2 * j] >= PICK_P:
-            out.append(tok)
+        if draws[2 * j] >= PICK_P or tok in _KEEP:          # not picked (or not an ordinary token): kept
+            append(tok)
             continue
         action = draws[2 * j + 1]
         if action < MASK_P:
-            out.append(MASK_ID)
+            append(MASK_ID)
         elif action < MASK_P + REPLACE_P:
-            out.append(_randint(*RANDOM_ID_RANGE, rng))
+            append(_randint(*RANDOM_ID_RANGE, rng))
         # else: deleted
-    out.append(EOT_ID)
+    append(EOT_ID)
     out += [0] * (length - len(out))
-    return torch.tensor(out, dtype=ids.dtype)
+    return out
 
 
 def compose_rda_caption(entry, rng: Optional[random.Random] = None) -> str:

@@ -1,13 +1,19 @@
 """Image transforms (METHOD.md section 1), the published IRRA/RDE pipeline, split between the CPU and the device.
 
 The published order is resize, flip, pad + crop, to tensor, normalise, random erasing with value = mean, so an
-erased pixel reads (0.481, 0.458, 0.408) in *normalised* units.  Here the CPU does everything up to the uint8
-tensor and draws the erasing rectangle with the same random calls as torchvision's RandomErasing; the device
-normalises (model.clip.VisionTransformer.normalize, with utils.constants) and then fills the rectangle (`erase`), so the pixels equal
-the published pipeline's while a batch crosses to the GPU as uint8, a quarter of the bytes.
+erased pixel reads (0.481, 0.458, 0.408) in *normalised* units.  Here the resize is done once per dataset
+(datasets.image_cache); for each sample and view the CPU only *draws* the flip, the crop offsets and the erasing
+rectangle (`ViewDraws`: torchvision's own random calls, in the published order); the batch crosses to the device
+as uint8 with those parameters and `training_view` flips, pads + crops (one gather), normalises
+(model.clip.VisionTransformer.normalize, with utils.constants) and fills the rectangle (`erase`) there, as
+tensor ops on the whole batch.  The pixels equal the published pipeline's (tests/test_published.py).
+
+`TrainTransform` is the same pipeline on one PIL image, on the CPU (image and rectangle): the reference the
+device path is tested against.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence, Union
 
 import torch
@@ -16,14 +22,18 @@ import torchvision.transforms as T
 from utils.constants import PIXEL_MEAN
 
 ERASE_P, ERASE_SCALE, ERASE_RATIO = 0.5, (0.02, 0.4), (0.3, 3.3)   # torchvision's RandomErasing defaults
+FLIP_P, PAD = 0.5, 10                                               # RandomHorizontalFlip(0.5), Pad(10)
 NO_BOX = (0, 0, 0, 0)
 
 
-def _hw(image_size: Union[int, Sequence[int]]) -> tuple[int, int]:
+def image_size_hw(image_size: Union[int, Sequence[int]]) -> tuple[int, int]:
     if isinstance(image_size, int):
         return (image_size, image_size)
     h, w = image_size
     return (int(h), int(w))
+
+
+_hw = image_size_hw
 
 
 class EraseBox:
@@ -36,6 +46,46 @@ class EraseBox:
         top, left, h, w, v = T.RandomErasing.get_params(image, scale=ERASE_SCALE, ratio=ERASE_RATIO,
                                                         value=list(PIXEL_MEAN))
         return NO_BOX if v is image else (top, left, h, w)   # no rectangle fitted in 10 tries: no erasing
+
+
+class ViewDraws:
+    """One view's random parameters, drawn from torch's global generator exactly as the published transforms
+    draw them on an image of `size` (H, W): RandomHorizontalFlip(0.5), then RandomCrop(size) of the image padded
+    by PAD, then RandomErasing(p 0.5, scale, ratio) on the [3, H, W] crop.  Returns (flip, (top, left) of the
+    crop in the padded image, (top, left, height, width) of the erased rectangle or NO_BOX).
+
+    No pixel is touched, so a draw costs a few random numbers.  The torch calls are torchvision's own, in its
+    order and with its arguments (RandomHorizontalFlip.forward, RandomCrop.get_params, RandomErasing.forward and
+    get_params, torchvision 0.2x), written out here without their per-call overhead (shape checks, API-usage
+    logging, re-made constant tensors): half the CPU time of a twin pair.  tests/test_published.py checks the
+    pixels against torchvision's transforms for the same seeds, so a torchvision that draws differently fails
+    there."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = image_size_hw(size)
+        h, w = self.size
+        self.area = h * w
+        log_ratio = torch.log(torch.tensor(ERASE_RATIO))                 # as get_params computes it, float32
+        self.log_ratio = (log_ratio[0], log_ratio[1])
+
+    def __call__(self) -> tuple[bool, tuple[int, int], tuple[int, int, int, int]]:
+        h, w = self.size
+        flip = bool(torch.rand(1) < FLIP_P)                                            # RandomHorizontalFlip
+        top = torch.randint(0, 2 * PAD + 1, size=(1,)).item()                          # RandomCrop.get_params
+        left = torch.randint(0, 2 * PAD + 1, size=(1,)).item()
+        if torch.rand(1) >= ERASE_P:                                                   # RandomErasing.forward
+            return flip, (top, left), NO_BOX
+        for _ in range(10):                                                            # RandomErasing.get_params
+            erase_area = self.area * torch.empty(1).uniform_(ERASE_SCALE[0], ERASE_SCALE[1]).item()
+            aspect_ratio = torch.exp(torch.empty(1).uniform_(self.log_ratio[0], self.log_ratio[1])).item()
+            eh = int(round(math.sqrt(erase_area * aspect_ratio)))
+            ew = int(round(math.sqrt(erase_area / aspect_ratio)))
+            if not (eh < h and ew < w):
+                continue
+            i = torch.randint(0, h - eh + 1, size=(1,)).item()
+            j = torch.randint(0, w - ew + 1, size=(1,)).item()
+            return flip, (top, left), (i, j, eh, ew)
+        return flip, (top, left), NO_BOX                  # no rectangle fitted in 10 tries: not erased
 
 
 class TrainTransform:
@@ -74,10 +124,32 @@ def erase(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return torch.where(inside.unsqueeze(1), fill, images)
 
 
+def flip_pad_crop(images: torch.Tensor, flip: torch.Tensor, crop: torch.Tensor, pad: int = PAD) -> torch.Tensor:
+    """Each image flipped (where `flip`), zero-padded by `pad` and cropped back to its size at `crop`'s (top, left)
+    in the padded image: RandomHorizontalFlip + Pad(pad) + RandomCrop on a batch, as one gather on its device.
+    images [B, C, H, W] (any dtype), flip bool [B], crop int [B, 2]."""
+    b, c, h, w = images.shape
+    device = images.device
+    crop = crop.to(device=device, dtype=torch.long)
+    rows = crop[:, :1] - pad + torch.arange(h, device=device)                    # [B, H] rows of the image
+    cols = crop[:, 1:] - pad + torch.arange(w, device=device)                    # [B, W] columns of the flipped image
+    inside = (((rows >= 0) & (rows < h)).unsqueeze(2) & ((cols >= 0) & (cols < w)).unsqueeze(1))   # [B, H, W]
+    cols = torch.where(flip.to(device).view(b, 1), w - 1 - cols, cols)           # the flipped image's column c
+    index = rows.clamp(0, h - 1).unsqueeze(2) * w + cols.clamp(0, w - 1).unsqueeze(1)               # [B, H, W]
+    out = images.reshape(b, c, h * w).gather(2, index.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
+    return out * inside.unsqueeze(1).to(out.dtype)
+
+
 def training_view(batch: dict, view: int, normalize) -> torch.Tensor:
-    """View `view` of a training batch's images as the model takes them, on the batch's device: uint8 straight
-    from the loader, or normalised (`normalize`, the model's) and then randomly erased, the published order.
-    A batch made without the training transform (the benchmarks) has no "erase" and is passed on as it is."""
+    """View `view` of a training batch's images as the model takes them, on the batch's device: the pair's
+    uint8 image flipped, padded + cropped (flip_pad_crop), normalised (`normalize`, the model's) and randomly
+    erased, the published order, with the view's parameters drawn by the loader (TrainPairs).
+
+    A batch of ready views ("images" [B, V, 3, H, W], the benchmarks' and older tests') is passed on as it is,
+    erased after the normalisation when it has "erase"."""
+    if "image" in batch:
+        images = flip_pad_crop(batch["image"], batch["flip"][:, view], batch["crop"][:, view])
+        return erase(normalize(images), batch["erase"][:, view])
     images = batch["images"][:, view]
     if "erase" not in batch:
         return images

@@ -310,26 +310,32 @@ def test_txt_aug_keeps_structure():
 # ---- loaders ---------------------------------------------------------------------------------
 def test_train_pairs_views(tmp_path):
     from datasets.loaders import TrainPairs, build_eval_loaders, build_train_loader
-    from datasets.transforms import build_transforms
+    from datasets.transforms import PAD
 
     _make(tmp_path, "CUHK-PEDES", with_rda=True)
     ds = build_dataset("CUHK-PEDES", str(tmp_path))
-    pairs = TrainPairs(ds.train, build_transforms((64, 32), is_train=True), text_length=40, txt_aug=True,
-                       num_views=2, use_rda=True)
-    torch.manual_seed(0)
-    random.seed(0)
+    pairs = TrainPairs(ds.train, (64, 32), text_length=40, txt_aug=True, num_views=2, use_rda=True)
+    state = torch.get_rng_state()
     item = pairs[3]
+    assert torch.equal(torch.get_rng_state(), state)          # the per-sample seeding leaves torch's RNG alone
     assert item["index"] == 3 and item["pid"] == ds.train[3].pid
-    assert item["images"].shape == (2, 3, 64, 32) and item["images"].dtype == torch.uint8   # normalised on the device
+    # one resized uint8 image per pair (normalised and augmented on the device), two views' parameters
+    assert item["image"].shape == (3, 64, 32) and item["image"].dtype == torch.uint8
+    assert item["flip"].shape == (2,) and item["crop"].shape == (2, 2) and item["erase"].shape == (2, 4)
     assert item["caption_ids"].shape == (2, 40) and item["rda_ids"].shape == (2, 40)
-    assert not torch.equal(item["images"][0], item["images"][1])  # independent augmentation draws
-    diffs = [not torch.equal(v[0], v[1]) for it in (pairs[i] for i in range(8)) for v in (it["caption_ids"],
-                                                                                         it["rda_ids"])]
-    assert any(diffs)
+    assert ((item["crop"] >= 0) & (item["crop"] <= 2 * PAD)).all()
+    items = [pairs[i] for i in range(8)]
+    # independent augmentation draws per view
+    assert any(not torch.equal(it["crop"][0], it["crop"][1]) for it in items)
+    assert any(not torch.equal(v[0], v[1]) for it in items for v in (it["caption_ids"], it["rda_ids"]))
+    batch = pairs.__getitems__(list(range(8)))                # a batch is the items stacked
+    for key, value in batch.items():
+        assert torch.equal(value, torch.stack([torch.as_tensor(it[key]) for it in items])), key
 
     loader = build_train_loader(ds.train, (64, 32), 40, batch_size=4, num_workers=0, num_views=2)
     batch = next(iter(loader))
-    assert batch["images"].shape == (4, 2, 3, 64, 32) and batch["caption_ids"].shape == (4, 2, 40)
+    assert batch["image"].shape == (4, 3, 64, 32) and batch["caption_ids"].shape == (4, 2, 40)
+    assert batch["crop"].shape == (4, 2, 2) and batch["flip"].dtype == torch.bool
     assert torch.equal(batch["caption_ids"][:, 0], batch["caption_ids"][:, 1])  # no txt_aug: identical
     assert "rda_ids" not in batch
     order = [next(iter(build_train_loader(ds.train, (64, 32), 40, 4, 0, seed=5)))["index"] for _ in range(2)]
@@ -340,6 +346,22 @@ def test_train_pairs_views(tmp_path):
     assert imgs.shape == (len(ds.test.img_paths), 3, 64, 32) and idx.tolist() == list(range(len(idx)))
     idx, ids = next(iter(texts))
     assert ids.shape == (len(ds.test.captions), 40)
+
+
+def test_workers_give_the_main_process_batches(tmp_path):
+    """Two loader workers (forked, each mapping the cache itself) give the batches of the main process."""
+    from datasets.loaders import build_eval_loaders, build_train_loader
+
+    _make(tmp_path, "CUHK-PEDES")
+    ds = build_dataset("CUHK-PEDES", str(tmp_path))
+    kw = dict(image_size=(64, 32), text_length=40, batch_size=6, img_aug=True, txt_aug=True, num_views=2)
+    main, workers = (list(build_train_loader(ds.train, num_workers=w, **kw)) for w in (0, 2))
+    assert len(main) == len(workers) == -(-len(ds.train) // 6)
+    for a, b in zip(main, workers):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    (idx0, img0), = build_eval_loaders(ds.test, (64, 32), 40, 100, 0)[0]
+    (idx2, img2), = build_eval_loaders(ds.test, (64, 32), 40, 100, 2)[0]
+    assert torch.equal(idx0, idx2) and torch.equal(img0, img2)
 
 
 def test_corrupt_jpeg_names_path(tmp_path):
@@ -353,3 +375,15 @@ def test_corrupt_jpeg_names_path(tmp_path):
     loader = build_train_loader(ds.train[:2], (64, 32), 40, batch_size=2, num_workers=0)
     with pytest.raises(ImageDecodeError, match=os.path.basename(bad)):
         next(iter(loader))
+
+
+def test_batched_sample_seeds_equal_numpys_seed_sequence():
+    from datasets.loaders import sample_seed, sample_seeds
+
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 2 ** 32, (3000, 3))
+    keys[:10] = 0
+    keys[10:20, 1] = 2 ** 32 - 1
+    for seed in (0, 1, 2 ** 32 - 1, 2 ** 40):            # the last: two words of entropy, the scalar path
+        got = sample_seeds(seed, keys[:300] if seed == 2 ** 40 else keys)
+        assert got.tolist() == [sample_seed(seed, *map(int, k)) for k in keys[:len(got)]]
