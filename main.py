@@ -9,13 +9,14 @@ import os
 import sys
 import time
 
+from configs import config_conflicts, parse_args
 from datasets import DatasetError
 from datasets.loaders import ImageDecodeError
 from solver.methods import build_engine
 from utils import distributed as dist
 from utils.checkpoint import load_latest
 from utils.logger import setup_logger
-from utils.options import config_conflicts, parse_args, save_config
+from utils.options import save_config
 from utils.run_folder import RunFolder, RunFolderError
 
 

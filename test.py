@@ -13,9 +13,9 @@ import argparse
 import os
 import sys
 
+from configs import build_parser
 from evaluation.runs import load_checkpoint_files, load_run
 from utils.logger import setup_logger
-from utils.options import build_parser
 
 
 def parse(argv):

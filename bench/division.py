@@ -67,7 +67,7 @@ def synthetic_records(n: int, captions_per_image: float, num_ids: int) -> list:
 def build_trainer(args, num_models: int, noisy_rate: float):
     """A Trainer without data: its models give the embedding heads and losses, its sample_weights the division."""
     from solver.engine import Trainer
-    from utils.options import resolve
+    from configs import resolve
 
     cfg = resolve({"pretrain_choice": "random", "clip_arch": {**TINY_BACKBONE, "embed_dim": args.bge_dim},
                    "img_size": [32, 16], "text_length": 8, "embeddings": list(args.embeddings),

@@ -83,7 +83,7 @@ class RepeatedBatches:
 
 def build_model_for_eval(args):
     from model import build_model
-    from utils.options import resolve
+    from configs import resolve
 
     cfg = resolve({"pretrain_choice": "random", "clip_arch": args.clip_arch, "img_size": list(args.img_size),
                    "text_length": args.text_length, "embeddings": list(args.embeddings),

@@ -78,7 +78,7 @@ def model_size_defaults(args):
 
 
 def make_cfg(args, batch_size: int, num_models: int):
-    from utils.options import resolve
+    from configs import resolve
 
     return resolve({"pretrain_choice": "random", "clip_arch": args.clip_arch, "img_size": list(args.img_size),
                     "text_length": args.text_length, "embeddings": list(args.embeddings), "embed_dim": args.embed_dim,

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 import torch
 
+from configs import load_yaml, resolve
 from datasets import DatasetError, PersonDataset, build_dataset
 from datasets.loaders import build_eval_loaders
 from model import build_model
 from model.published import CheckpointMismatch, load_models
 from utils.checkpoint import load_checkpoint, load_model_states
 from utils.device import resolve_device, resolve_precision
-from utils.options import load_yaml, resolve
 from .evaluator import Evaluator
 
 

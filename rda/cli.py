@@ -20,13 +20,13 @@ import json
 import os
 import sys
 
+from configs import load_yaml
 from datasets import DatasetError, build_dataset
 from mllm.backends import add_backend_args, backend_from_args
 from mllm.cache import AnswerCache, ask
 from mllm.shards import add_shard_arg
 from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger
-from utils.options import load_yaml
 from utils.progress import library_bars_follow_terminal
 from .pipeline import augment, summary
 

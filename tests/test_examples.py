@@ -7,7 +7,7 @@ import pytest
 
 import main as train_main
 from tests.helpers import ROOT, read_metrics, tiny_args
-from utils.options import load_yaml
+from configs import load_yaml
 
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "configs", "examples", "*.yaml")))
 

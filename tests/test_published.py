@@ -17,7 +17,7 @@ from model.clip import VisionTransformer, CLIPConfig
 from utils.constants import PIXEL_MEAN, PIXEL_STD
 from model.embeddings.selection import select_text_tokens
 from solver.optimizer import build_optimizer, parameter_settings
-from utils.options import OPTIONS, load_yaml, resolve
+from configs import OPTIONS, load_yaml, resolve
 
 TINY = dict(embed_dim=32, vision_width=64, vision_layers=1, vision_heads=1, text_width=64, text_layers=1,
             text_heads=1)
@@ -216,7 +216,7 @@ def test_option_defaults_are_the_published_ones():
 
 def test_the_published_division_read_scores_each_twin_on_the_other_models_view(rda_root, tmp_path):
     from solver.methods import build_engine
-    from utils.options import parse_args
+    from configs import parse_args
     cfg = parse_args(["--dataset_name", "CUHK-PEDES", "--root_dir", rda_root, "--pretrain_choice", "random",
                       "--clip_arch", json.dumps(TINY), "--img_size", "64", "32", "--text_length", "40",
                       "--embed_dim", "48", "--batch_size", "5", "--num_workers", "0", "--twin", "--use_rda", "false"])

@@ -21,7 +21,7 @@ from evaluation.runs import load_checkpoint_files, random_model
 from model.clip import CLIP, CLIPConfig, Transformer
 from model.published import CheckpointMismatch, load_models, read_file
 from utils.metrics import rank_metrics
-from utils.options import resolve
+from configs import resolve
 
 TINY_CLIP = dict(embed_dim=32, vision_width=64, vision_layers=1, vision_heads=1,   # heads = width // 64, as
                  text_width=64, text_layers=1, text_heads=1)                     # the weights cannot tell

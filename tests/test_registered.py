@@ -16,7 +16,7 @@ from solver.methods import METHODS, build_engine
 from solver.weighting import WEIGHTINGS, build_weighting
 from solver.objective import weighted_loss
 from solver.optimizer import build_optimizer
-from utils.options import resolve
+from configs import resolve
 from utils.registry import Registry
 
 TINY_CLIP = dict(embed_dim=16, vision_width=32, vision_layers=1, vision_heads=2, text_width=32, text_layers=1,
@@ -225,7 +225,7 @@ def test_method_trains_a_step_and_its_weights_follow_the_division(name):
 def test_an_option_is_declared_once(monkeypatch):
     """Two parts that read one option share its declaration; a second, different one is refused by name."""
     from model.losses.common import TAU
-    from utils import options
+    import configs as options
 
     assert options.OPTIONS["tau"] is TAU and options.OPTIONS["alr_k"].default == 5.0   # collected from the parts
     clash = loss_class(options={"tau": options.Option(0.5, "my temperature")})

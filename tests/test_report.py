@@ -10,7 +10,8 @@ import yaml
 
 from utils import report
 from utils.metrics import METRIC_NAMES
-from utils.options import resolve, save_config
+from configs import resolve
+from utils.options import save_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CLIP = dict(embed_dim=32, vision_width=32, vision_layers=1, vision_heads=2,

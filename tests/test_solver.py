@@ -5,7 +5,7 @@ from easydict import EasyDict
 
 from solver.division import clean_votes, consensus, division_quality, gmm_settings
 from solver.scheduler import lr_factor
-from utils.options import defaults
+from configs import defaults
 
 CFG = EasyDict(defaults())
 
@@ -61,7 +61,7 @@ def test_the_training_step_never_waits_for_the_gpu():
     """Twins, BGE+TSE+ID, bf16, fused Adam: after the first step (lazy optimiser state), a step launches its
     kernels without one host-device sync, so the CPU runs ahead and the GPU never idles between steps."""
     from solver.methods import build_engine
-    from utils.options import resolve
+    from configs import resolve
 
     arch = {"embed_dim": 64, "vision_width": 64, "vision_layers": 1, "vision_heads": 1,
             "text_width": 64, "text_heads": 1, "text_layers": 1}
