@@ -21,7 +21,7 @@ class RetrievalModel(nn.Module):
         width = self.backbone.text_projection.shape[1]
         self.embeddings = nn.ModuleDict({name: build_embedding(name, cfg, width) for name in cfg.embeddings})
         self.loss_names = parse_loss_names(cfg.loss_names)
-        # the loss the division listens to and ICL's RDA term trains (utils/options.py primary_loss)
+        # the loss the division listens to and ICL's RDA term trains (configs/reading.py primary_loss)
         self.primary_loss = cfg.get("primary_loss") or self.loss_names[0]
         # every embedding gets every loss; ModuleDict so that losses with parameters (ID) train and save
         self.losses = nn.ModuleDict({

@@ -87,4 +87,4 @@ def read_augmented(engine, epoch: int) -> tuple[dict[str, np.ndarray], np.ndarra
     return signals, (positive_sim / len(signals)).cpu().numpy()
 
 
-READS = {"augmented": read_augmented, "clean": read_clean}     # division_read's values (utils/options.py)
+READS = {"augmented": read_augmented, "clean": read_clean}     # division_read's values (configs/table.py)

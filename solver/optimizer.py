@@ -46,7 +46,7 @@ def param_groups(model, cfg) -> list[dict]:
     return list(groups.values())
 
 
-OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}   # --optimizer's choices (utils/options.py)
+OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}   # --optimizer's choices (configs/table.py)
 
 
 def build_optimizer(model, cfg, device: torch.device) -> torch.optim.Optimizer:

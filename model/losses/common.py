@@ -3,7 +3,7 @@ import torch.nn.functional as F
 
 from utils.options import POSITIVE, Option
 
-# options several losses read, declared once (utils/options.py collects every loss's `options`)
+# options several losses read, declared once (configs/table.py collects every loss's `options`)
 TAU = Option(0.015, "TAL / TRL temperature", POSITIVE)
 MARGIN = Option(0.1, "TAL / TRL margin")
 LOGIT_SCALE = Option(50.0, "SDM / InfoNCE logit scale (1 / temperature 0.02)", POSITIVE)

@@ -63,8 +63,8 @@ def build_engine(cfg, run_dir: str | None = None, resume_from: tuple[dict, str] 
         data = TrainData(cfg)
         num_classes = data.num_classes
     models = build_models(cfg, num_classes, device)
-    log.info("method %s: %d model(s); the division%s listens to %s", cfg.method, len(models),
-             " and the RDA term" if cfg.use_rda else "", models[0].primary_loss)
+    log.info("method %s: %d model(s); primary loss %s (what the division listens to and the RDA term trains)",
+             cfg.method, len(models), models[0].primary_loss)
     if data is not None:
         data.build_loaders(num_views=len(models))
         evaluator = Evaluator(data.eval_split, *data.eval_loaders, device=device, dtype=dtype)
