@@ -395,8 +395,37 @@ class CachedImages(ImageSource):
             self.prepare()
             if self._fallback is not None:
                 return self._fallback.read(indices)
+        return self.read_slots(self.slots[np.asarray(indices, dtype=np.int64)])
+
+    def slots_of(self, indices) -> np.ndarray:
+        """The cache slots of images `indices` (a loader worker hands these over instead of the pixels)."""
+        if self.slots is None:
+            self.prepare()
+        return self.slots[np.asarray(indices, dtype=np.int64)]
+
+    def read_slots(self, slots, pin: bool = False) -> torch.Tensor:
+        """uint8 [n, 3, H, W] of cache slots: one copy out of the page cache, into pinned memory with `pin`
+        (then the copy to the GPU runs asynchronously); in a loader worker, into shared memory."""
         pixels = self._map()
-        return torch.from_numpy(pixels[self.slots[np.asarray(indices, dtype=np.int64)]])
+        slots = np.asarray(slots, dtype=np.int64)
+        if torch.utils.data.get_worker_info() is not None:
+            return _take_shared(pixels, slots)
+        if not pin:
+            return torch.from_numpy(pixels[slots])
+        out = torch.empty((len(slots), *pixels.shape[1:]), dtype=torch.uint8, pin_memory=True)
+        np.take(pixels, slots, axis=0, out=out.numpy())
+        return out
+
+
+def _take_shared(pixels: np.ndarray, slots: np.ndarray) -> torch.Tensor:
+    """pixels[slots] written straight into new shared memory, as torch's default_collate allocates a batch in a
+    worker (no copy on the way to the main process, none into it either)."""
+    shape = (len(slots), *pixels.shape[1:])
+    elem = torch.empty(0, dtype=torch.uint8)
+    storage = elem._typed_storage()._new_shared(int(np.prod(shape)), device=elem.device)
+    out = elem.new(storage).resize_(shape)
+    np.take(pixels, slots, axis=0, out=out.numpy())
+    return out
 
 
 def open_images(paths: Sequence[str], size, image_cache: Optional[bool] = None, cache_dir: Optional[str] = None,

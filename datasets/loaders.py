@@ -173,6 +173,7 @@ class TrainPairs(Dataset):
         paths, self.image_of = _unique([r.img_path for r in self.records])
         self.images = images if images is not None else open_images(paths, self.size, image_cache, cache_dir)
         self.caption_ids = tokenize_all([r.caption for r in self.records], text_length).numpy()
+        self.defer_images = True        # loader workers hand over cache slots, the main process reads the pixels
         self.pids = np.array([r.pid for r in self.records], dtype=np.int64)
         self.image_ids = np.array([r.image_id for r in self.records], dtype=np.int64)
 
@@ -217,18 +218,41 @@ class TrainPairs(Dataset):
         finally:
             torch.set_rng_state(state)
         batch = {
-            "index": torch.from_numpy(index),
-            "pid": torch.from_numpy(self.pids[index]),
-            "image_id": torch.from_numpy(self.image_ids[index]),
-            "image": self.images.read(self.image_of[index]),
-            "flip": torch.from_numpy(flip),
-            "crop": torch.from_numpy(crop),
-            "erase": torch.from_numpy(erase),
-            "caption_ids": torch.from_numpy(caption_ids),
+            "index": index,
+            "pid": self.pids[index],
+            "image_id": self.image_ids[index],
+            "flip": flip,
+            "crop": crop,
+            "erase": erase,
+            "caption_ids": caption_ids,
         }
         if rda_ids is not None:
-            batch["rda_ids"] = torch.from_numpy(rda_ids)
+            batch["rda_ids"] = rda_ids
+        if self._deferred():
+            # a loader worker: numpy arrays (pickled by value, ~0.1 ms, where each tensor would cost a shared-
+            # memory file and a socket round trip, ~3 ms) and the images' cache slots; the main process reads
+            # the pixels out of the page cache (finish_batch, called by PreparingLoader)
+            batch["image_slots"] = self.images.slots_of(self.image_of[index])
+            return batch
+        batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+        batch["image"] = self.images.read(self.image_of[index])
         return batch
+
+    def _deferred(self) -> bool:
+        return (self.defer_images and torch.utils.data.get_worker_info() is not None
+                and getattr(self.images, "cached", False) and self.images._fallback is None)
+
+    def finish_batch(self, batch: dict, pin: bool = False) -> dict:
+        """In the main process: a batch from a worker (numpy arrays and cache slots, see __getitems__) as
+        tensors with the pixels, pinned with `pin` (so that the copy to the GPU runs asynchronously)."""
+        if "image_slots" not in batch:
+            return batch
+        slots = batch.pop("image_slots")
+        out = {k: torch.from_numpy(v) for k, v in batch.items()}
+        if pin:
+            out = {k: v.pin_memory() for k, v in out.items()}
+        out["image"] = self.images.read_slots(slots, pin=pin)
+        return out
 
     def __getitem__(self, key) -> dict:
         batch = self.__getitems__([key])
@@ -317,7 +341,11 @@ class PreparingLoader(DataLoader):
         prepare = getattr(self.dataset, "prepare", None)
         if prepare is not None:
             prepare()
-        return super().__iter__()
+        batches = super().__iter__()
+        finish = getattr(self.dataset, "finish_batch", None)
+        if finish is None or self.num_workers == 0:
+            return batches
+        return (finish(batch, self.pin_memory) for batch in batches)
 
 
 def _loader(dataset: Dataset, batch_size: int, num_workers: int, drop_last: bool = False,

@@ -67,17 +67,20 @@ class ViewDraws:
         self.area = h * w
         log_ratio = torch.log(torch.tensor(ERASE_RATIO))                 # as get_params computes it, float32
         self.log_ratio = (log_ratio[0], log_ratio[1])
+        self.uniform = torch.empty(1)                                    # get_params' torch.empty(1), kept
 
     def __call__(self) -> tuple[bool, tuple[int, int], tuple[int, int, int, int]]:
         h, w = self.size
-        flip = bool(torch.rand(1) < FLIP_P)                                            # RandomHorizontalFlip
+        # float32 draws compared with 0.5 (exact in float32): as the tensor comparisons of torchvision
+        flip = torch.rand(1).item() < FLIP_P                                           # RandomHorizontalFlip
         top = torch.randint(0, 2 * PAD + 1, size=(1,)).item()                          # RandomCrop.get_params
         left = torch.randint(0, 2 * PAD + 1, size=(1,)).item()
-        if torch.rand(1) >= ERASE_P:                                                   # RandomErasing.forward
+        if torch.rand(1).item() >= ERASE_P:                                            # RandomErasing.forward
             return flip, (top, left), NO_BOX
+        uniform = self.uniform
         for _ in range(10):                                                            # RandomErasing.get_params
-            erase_area = self.area * torch.empty(1).uniform_(ERASE_SCALE[0], ERASE_SCALE[1]).item()
-            aspect_ratio = torch.exp(torch.empty(1).uniform_(self.log_ratio[0], self.log_ratio[1])).item()
+            erase_area = self.area * uniform.uniform_(ERASE_SCALE[0], ERASE_SCALE[1]).item()
+            aspect_ratio = torch.exp(uniform.uniform_(self.log_ratio[0], self.log_ratio[1])).item()
             eh = int(round(math.sqrt(erase_area * aspect_ratio)))
             ew = int(round(math.sqrt(erase_area / aspect_ratio)))
             if not (eh < h and ew < w):
