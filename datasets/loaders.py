@@ -311,7 +311,17 @@ class GalleryImages(Dataset):
 
     def __getitems__(self, indices):
         indices = np.asarray(indices, dtype=np.int64)
+        if (torch.utils.data.get_worker_info() is not None and getattr(self.images, "cached", False)
+                and self.images._fallback is None):
+            return ("slots", indices, self.images.slots_of(self.image_of[indices]))   # see TrainPairs
         return torch.from_numpy(indices), self.images.read(self.image_of[indices])
+
+    def finish_batch(self, batch, pin: bool = False):
+        """In the main process: (indices, pixels) of a worker's (indices, cache slots)."""
+        if len(batch) == 3 and batch[0] == "slots":
+            index = torch.from_numpy(batch[1])
+            return (index.pin_memory() if pin else index), self.images.read_slots(batch[2], pin=pin)
+        return batch
 
     def __getitem__(self, i: int):
         return i, self.images.read(self.image_of[[i]])[0]
