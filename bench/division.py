@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="picks RDE's mixture settings: <= 0.4 mild (max_iter 10), > 0.4 heavy (max_iter 100)")
     p.add_argument("--weighting", default="ccd", choices=("ccd", "alr"))
     p.add_argument("--repeat", type=int, default=1, help="timed repetitions (the mean is reported)")
+    p.add_argument("--read_images", type=int, default=0, metavar="N",
+                   help="also time the division's data read (clean: the training images once through the eval "
+                        "loader; augmented: one training-loader pass, one view per model) over N synthetic JPEGs "
+                        "(2 captions each), with and without the image cache (bench/data.py read_times)")
+    p.add_argument("--read_workers", type=int, default=None, help="loader workers of --read_images (default: 2 "
+                                                                   "small, 8 otherwise)")
+    p.add_argument("--img_size", type=int, nargs=2, default=[384, 128], metavar=("H", "W"),
+                   help="image size of --read_images")
     return add_common_args(p)
 
 
@@ -158,9 +166,27 @@ def main(argv=None) -> dict:
     args._records = synthetic_records(args.num_pairs, args.captions_per_image, args.num_ids)
     rows = [r for m in args.models for r in bench_models(args, m)]
     del args._records
+    reads = read_division_data(args) if args.read_images else None
     return report("division", args, rows, COLUMNS,
                   title=f"bench/division.py: {args.num_pairs:,} pairs, chunks of {args.batch_size}, "
-                        f"{args.loss_names.split('+')[0]} per sample, {args.weighting.upper()} (feature extraction not included)")
+                        f"{args.loss_names.split('+')[0]} per sample, {args.weighting.upper()} (feature extraction not included)",
+                  extra={"reads": reads})
+
+
+def read_division_data(args) -> list[dict]:
+    """The division pass's data read with and without the image cache: clean (each training image once) and
+    augmented (every pair through the training loader, one view per model)."""
+    from bench.data import print_reads, read_times
+
+    workers = args.read_workers if args.read_workers is not None else (2 if args.small else 8)
+    rows = read_times("gallery", args.read_images, args.img_size, 512, workers, seed=args.seed)
+    for views in sorted(set(args.models)):
+        rows += read_times("train", args.read_images, args.img_size, args.batch_size, workers, views=views,
+                           seed=args.seed)
+    print_reads(f"division read: {args.read_images:,} JPEGs / {2 * args.read_images:,} pairs at "
+                f"{args.img_size[0]}x{args.img_size[1]} (clean = gallery read of the training images; augmented = "
+                f"training loader)", rows)
+    return rows
 
 
 if __name__ == "__main__":

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk_size", type=int, default=1024, help="rank_metrics query chunk")
     p.add_argument("--all_rows", action=argparse.BooleanOptionalAction, default=True,
                    help="also time rank_metrics over every table row, as test.py does")
+    p.add_argument("--read_images", action="store_true",
+                   help="also time reading each set's gallery as JPEGs (synthetic, written first) through the eval "
+                        "loader with and without the image cache (bench/data.py read_times)")
+    p.add_argument("--read_workers", type=int, default=None, help="loader workers of --read_images (default: 2 "
+                                                                   "small, 8 otherwise)")
     return add_common_args(p)
 
 
@@ -155,10 +160,29 @@ def main(argv=None) -> dict:
     dtype = resolve_precision(args.precision, args.device)
     rows = [bench_set(args, model, name, dtype) for name in args.sets]
     arch = "ViT-B/16" if not args.clip_arch else "tiny CLIP"
+    reads = read_galleries(args, rows) if args.read_images else None
     return report("eval", args, rows, COLUMNS,
                   title=f"bench/eval.py: {arch} at {args.img_size[0]}x{args.img_size[1]}, "
                         f"{'+'.join(args.embeddings).upper()}, {dtype or torch.float32}, batch {args.batch_size}",
-                  extra={"reference": {"target_cuhk_total_s": 5.0}})
+                  extra={"reference": {"target_cuhk_total_s": 5.0}, "reads": reads})
+
+
+def read_galleries(args, rows: list[dict]) -> list[dict]:
+    """Each set's gallery read from JPEGs through the eval loader, with and without the image cache; the
+    evaluation's total with each = the read + the in-memory total of its row."""
+    from bench.data import print_reads, read_times
+
+    workers = args.read_workers if args.read_workers is not None else (2 if args.small else 8)
+    reads = []
+    for row in rows:
+        for r in read_times("gallery", row["images"], args.img_size, args.batch_size, workers, seed=args.seed):
+            r["set"] = row["set"]
+            r["eval_total_s"] = r["read_s"] + row["total_s"]
+            row["total_with_jpeg_read_s" if not r["image_cache"] else "total_with_cache_read_s"] = r["eval_total_s"]
+            reads.append(r)
+    print_reads(f"gallery read at {args.img_size[0]}x{args.img_size[1]} (eval total = read + the table's total)",
+                reads)
+    return reads
 
 
 if __name__ == "__main__":
