@@ -33,6 +33,9 @@ def parse(argv):
     p.add_argument("--device", help="auto, cpu, cuda ...")
     p.add_argument("--test_batch_size", type=int)
     p.add_argument("--num_workers", type=int)
+    p.add_argument("--image_cache", choices=("true", "false"),
+                   help="read the gallery from the image cache (default: the run's setting)")
+    p.add_argument("--image_cache_dir", help="folder of the image caches (default: the run's setting)")
     p.add_argument("--visualize", type=int, default=0, metavar="N",
                    help="draw N queries with their top-10 into RUN_DIR/visualize/ (first --checkpoint)")
     p.add_argument("--visualize_mode", choices=["random", "worst"], default="random",
@@ -58,7 +61,9 @@ def parse(argv):
 def main(argv=None) -> dict:
     args = parse(sys.argv[1:] if argv is None else argv)
     overrides = dict(root_dir=args.root_dir, anno_path=args.anno_path, device=args.device,
-                     test_batch_size=args.test_batch_size, num_workers=args.num_workers)
+                     test_batch_size=args.test_batch_size, num_workers=args.num_workers,
+                     image_cache=None if args.image_cache is None else args.image_cache == "true",
+                     image_cache_dir=args.image_cache_dir)
     if args.config is not None:
         if args.out:
             os.makedirs(args.out, exist_ok=True)

@@ -69,7 +69,7 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
         torch.set_num_threads(args.threads)
     if args.device.type == "cuda":
         torch.cuda.set_device(args.device)
-        # as the Trainer does: TF32 for the fp32 matmuls autocast leaves alone
+        # as build_engine does: TF32 for the fp32 matmuls autocast leaves alone
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return args
 

@@ -6,7 +6,7 @@
 (b) JPEG: this repository's loader before the image cache (commit b4a0ccc): per pair, PIL decode, resize, flip,
     pad + crop on the PIL image and the erasing rectangle drawn on the CPU (uint8 out, normalised and erased on the
     device), the caption tokenised, txt_aug.
-(c) cache: datasets.loaders.build_train_loader as the Trainer builds it: each image decoded and resized once
+(c) cache: datasets.loaders.build_train_loader as solver/data.py builds it: each image decoded and resized once
     (datasets.image_cache, built before the timing; its build time is reported), captions tokenised once, per
     pair only the random draws (flip, crop offsets, erasing rectangle, txt_aug on ids) and a copy out of the
     memory-mapped cache; flip, pad + crop, normalisation and erasing run on the batch on the device

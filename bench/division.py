@@ -1,11 +1,11 @@
 """The per-epoch division at realistic size, minus the feature extraction (bench/eval.py times that).
 
-(a) loss pass: `solver.engine.division_signals`, what `Trainer.division_pass` runs after feature extraction, on
+(a) loss pass: `solver.division_reads.division_signals`, what the clean division read runs after feature extraction, on
     random features already on the device: the per-sample loss of every training pair (the first training loss,
     in chunks of the batch size, in-batch negatives as in training) under each embedding of each model, plus the
     positive-pair cosine.  N = 68,126 pairs (CUHK-PEDES's training captions, 34,054 images,
     11,003 identities) by default on a GPU.
-(b) mixture + consensus: `Trainer.sample_weights` on those signals: one two-component Gaussian mixture per
+(b) mixture + consensus: `Engine.sample_weights` on those signals: one two-component Gaussian mixture per
     signal (sklearn, CPU), then CCD's consensus (or ALR's weights with --weighting alr).  Timed for RDE's
     mild-noise settings (noisy rate <= 0.4: max_iter 10, tol 1e-2) and heavy-noise settings (max_iter 100).
 
@@ -65,7 +65,7 @@ def resolve_defaults(args):
 
 
 def synthetic_records(n: int, captions_per_image: float, num_ids: int) -> list:
-    """What division_pass reads of the records: each pair's image_id and pid (images grouped by identity)."""
+    """What the division's read takes of the records: each pair's image_id and pid (images grouped by identity)."""
     image_of = (np.arange(n) / captions_per_image).astype(int)
     num_images = int(image_of[-1]) + 1
     pid_of_image = np.arange(num_images) * num_ids // num_images
@@ -73,8 +73,8 @@ def synthetic_records(n: int, captions_per_image: float, num_ids: int) -> list:
 
 
 def build_trainer(args, num_models: int, noisy_rate: float):
-    """A Trainer without data: its models give the embedding heads and losses, its sample_weights the division."""
-    from solver.engine import Trainer
+    """An engine without data: its models give the embedding heads and losses, its sample_weights the division."""
+    from solver.methods import build_engine
     from configs import resolve
 
     cfg = resolve({"pretrain_choice": "random", "clip_arch": {**TINY_BACKBONE, "embed_dim": args.bge_dim},
@@ -82,7 +82,7 @@ def build_trainer(args, num_models: int, noisy_rate: float):
                    "embed_dim": args.embed_dim, "loss_names": args.loss_names, "batch_size": args.batch_size,
                    "seed": args.seed, "weighting": args.weighting, "twin": num_models == 2,
                    "dataset_name": "CUHK-PEDES", "noisy_rate": noisy_rate, "device": str(args.device)}, {})
-    trainer = Trainer.without_data(cfg, args.num_ids)
+    trainer = build_engine(cfg, num_classes=args.num_ids)
     for model in trainer.models:
         model.eval()
     return trainer
@@ -118,7 +118,7 @@ def noisy_mask(args, noisy_rate: float) -> torch.Tensor:
 
 def bench_models(args, num_models: int) -> list[dict]:
     from solver.division import gmm_settings
-    from solver.engine import division_signals
+    from solver.division_reads import division_signals
 
     device = args.device
     records = args._records

@@ -58,13 +58,15 @@ PARTS = [
     Part("train", "training step, ViT-B/16 384x128 BGE+TSE bf16: single and twin, batch 64 and 128, eager", 60,
          ["bench/train.py", "--models", "1", "2", "--batch_size", "64", "128", "--steps", "20", "--warmup", "5"],
          ["bench/train.py", "--models", "1", "2", "--batch_size", "4", "--steps", "1", "--warmup", "1", *TINY_SHAPES]),
-    Part("train_compiled", "the same four settings under torch.compile (each compiled afresh)", 130,
+    Part("train_compiled", "the same four settings under torch.compile (each compiled afresh)", 100,
          ["bench/train.py", "--models", "1", "2", "--batch_size", "64", "128", "--compile", "--steps", "20",
           "--warmup", "5"],
          None, "torch.compile takes minutes on a CPU (inductor's C++ build; 70-110 s for the tiny model): real size "
                "only"),
-    Part("data", "data pipeline: 2,000 JPEGs 384x128, batch 64, 8 and 16 workers", 30,
-         ["bench/data.py", "--num_workers", "8", "16", "--num_images", "2000", "--batch_size", "64"],
+    Part("data", "data pipeline, 2,000 JPEGs 384x128, batch 64, 8 and 16 workers, one view and twins: the "
+                 "published-style float pipeline vs the image cache + device augmentation", 60,
+         ["bench/data.py", "--num_workers", "8", "16", "--num_images", "2000", "--batch_size", "64",
+          "--pipelines", "a", "c", "--views", "1", "2"],
          ["bench/data.py", "--num_images", "8", "--batch_size", "4", "--batches", "2", "--num_workers", "0",
           "--img_size", "64", "32", "--image_size", "64", "32"]),
     Part("division", "division over 68,126 pairs (CUHK-PEDES train): loss pass + GMMs + consensus, single and twin",

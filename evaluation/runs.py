@@ -35,7 +35,8 @@ class Run:
         if split is None:
             raise SystemExit(f"{self.cfg.dataset_name} has no {split_name} split")
         loaders = build_eval_loaders(split, image_size=tuple(self.cfg.img_size), text_length=self.cfg.text_length,
-                                     batch_size=self.cfg.test_batch_size, num_workers=self.cfg.num_workers)
+                                     batch_size=self.cfg.test_batch_size, num_workers=self.cfg.num_workers,
+                                     image_cache=self.cfg.image_cache, cache_dir=self.cfg.image_cache_dir or None)
         return Evaluator(split, *loaders, device=self.device, dtype=self.dtype)
 
     def checkpoint_path(self, checkpoint: str = "best") -> str:

@@ -61,7 +61,8 @@ class TrainData:
 
     def build_loaders(self, num_views: int) -> None:
         cfg = self.cfg
-        loader_kw = dict(image_size=tuple(cfg.img_size), text_length=cfg.text_length, num_workers=cfg.num_workers)
+        loader_kw = dict(image_size=tuple(cfg.img_size), text_length=cfg.text_length, num_workers=cfg.num_workers,
+                         image_cache=cfg.image_cache, cache_dir=cfg.image_cache_dir or None)
         train_kw = dict(batch_size=cfg.batch_size, img_aug=cfg.img_aug, txt_aug=cfg.txt_aug, num_views=num_views,
                         seed=cfg.seed, **loader_kw)
         self.sampler = self.epoch_sampler(stream=0)

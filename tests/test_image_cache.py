@@ -206,3 +206,26 @@ def test_the_cache_command_builds_every_split(dataset, tmp_path):
     folder, base = cache_folder(sorted(every), SIZE, str(out))
     assert folder.startswith(str(out)) and len(ImageCache(folder, base, SIZE).read_index()) == len(every)
     assert not os.path.exists(os.path.join(dataset.dataset_root, ".cache"))
+
+
+def test_the_image_cache_option_reaches_the_loaders(data_root, tmp_path, monkeypatch):
+    """--image_cache false trains and evaluates from the JPEGs (no cache folder appears); the default builds the
+    cache where --image_cache_dir says."""
+    import datasets.loaders as loaders
+    from configs import parse_args
+    from solver.methods import build_engine
+    from tests.helpers import tiny_args
+
+    seen = []
+    real = loaders.open_images
+
+    def spy(paths, size, image_cache=None, cache_dir=None):
+        seen.append((image_cache, cache_dir))
+        return real(paths, size, image_cache, cache_dir)
+    monkeypatch.setattr(loaders, "open_images", spy)
+    build_engine(parse_args(tiny_args(data_root, tmp_path / "off", "--image_cache", "false")), str(tmp_path / "off"))
+    assert seen and all(on is False for on, _ in seen)
+    seen.clear()
+    cache_dir = str(tmp_path / "caches")
+    build_engine(parse_args(tiny_args(data_root, tmp_path / "on", "--image_cache_dir", cache_dir)), str(tmp_path / "on"))
+    assert seen and all(on is True and where == cache_dir for on, where in seen)

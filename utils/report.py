@@ -26,7 +26,7 @@ from .run_folder import METRICS, read_metrics
 PUBLISHED_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published_results.yaml")
 # Options that do not change what a run learns: runs differing only in these are seeds of one recipe.
 NOT_RECIPE = {"seed", "run_dir", "output_dir", "resume", "name", "device", "num_workers", "test_batch_size",
-              "log_period", "eval_period", "root_dir", "noisy_file", "compile"}
+              "log_period", "eval_period", "root_dir", "noisy_file", "compile", "image_cache", "image_cache_dir"}
 # The synthetic set is written in CUHK-PEDES's format: that table is shown for the layout, its differences
 # measure nothing.
 STAND_IN = {"SYNTH-PEDES": "CUHK-PEDES"}
