@@ -11,7 +11,7 @@ import time
 
 from configs import config_conflicts, parse_args
 from datasets import DatasetError
-from datasets.loaders import ImageDecodeError
+from utils.images import ImageDecodeError
 from solver.methods import build_engine
 from utils import distributed as dist
 from utils.checkpoint import load_latest

@@ -9,25 +9,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .bases import EvalSplit, TrainRecord
 from .image_cache import ImageSource, open_images
 from .text_aug import augment_token_list, compose_rda_caption
 from .transforms import PAD, ViewDraws, image_size_hw
+from utils.images import ImageDecodeError, read_image  # noqa: F401  (the loaders' error; read by the cache too)
 
 
-class ImageDecodeError(RuntimeError):
-    """An image file that PIL cannot read; the message names the path (also through DataLoader workers)."""
-
-
-def read_image(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... depending on the damage
-        raise ImageDecodeError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
 
 
 def _tokenize(text: str, text_length: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from datasets.loaders import ImageDecodeError, read_image
+from utils.images import ImageDecodeError, read_image
 from datasets.transforms import build_transforms
 from utils.checkpoint import atomic_save
 from utils.device import autocast

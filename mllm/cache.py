@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from datasets.loaders import ImageDecodeError
+from utils.images import ImageDecodeError
 from utils.progress import progress
 from .shards import Shard, shard_cache_files
 

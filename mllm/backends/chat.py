@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from datasets.loaders import read_image
+from utils.images import read_image
 
 PATCH = 28          # Qwen2-VL's image side unit: 14-pixel patches merged 2 x 2, one token each
 MAX_RATIO = 200     # the longest aspect ratio qwen_vl_utils accepts
