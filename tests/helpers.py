@@ -22,3 +22,35 @@ def tiny_args(data_root, run_dir, *extra):
 def read_metrics(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+# THI: a tiny trained run (CLIP widths of 32, no division), its test images, and model folders
+THI_CLIP = dict(embed_dim=32, vision_width=32, vision_layers=1, vision_heads=2,
+                text_width=32, text_layers=1, text_heads=2)
+
+
+def train_tiny_run(root, run_dir, *extra):
+    import main as train_main
+    train_main.main(["--dataset_name", "CUHK-PEDES", "--root_dir", str(root), "--run_dir", str(run_dir),
+                     "--pretrain_choice", "random", "--clip_arch", json.dumps(THI_CLIP), "--img_size", "64", "32",
+                     "--text_length", "40", "--embed_dim", "48", "--batch_size", "8", "--test_batch_size", "32",
+                     "--num_workers", "0", "--num_epoch", "1", "--warmup_epochs", "1", "--division", "false", *extra])
+    return str(run_dir)
+
+
+def load_run_split_images(data_root):
+    from datasets import build_dataset
+    return build_dataset("CUHK-PEDES", data_root).test.img_paths
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def weightless_model(model_dir, tmp_path):
+    """A model folder with config.json, tokenizer and processor, but no weights (an unfinished download)."""
+    import shutil
+    folder = tmp_path / "no_weights"
+    shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    return str(folder)

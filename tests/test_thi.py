@@ -10,8 +10,7 @@ import types
 import pytest
 import torch
 
-import main as train_main
-from datasets.loaders import ImageDecodeError
+from utils.images import ImageDecodeError
 from evaluation.runs import load_run
 from mllm.backends import MLLMLoadError, Request, make_backend
 from mllm.backends.chat import processor_size
@@ -19,23 +18,11 @@ from mllm.backends.hf import TransformersBackend
 from mllm.backends.yes_no import answer_token_ids, yes_probability_from_logits, yes_probability_from_logprobs
 from mllm.cache import AnswerCache, Failure, ask
 from mllm.vqa import clean_refined_query, parse_vqa_answers
+from tests.helpers import SMALL_IMAGES, load_run_split_images, read_jsonl, train_tiny_run, weightless_model
 from tests.tiny_qwen2vl import build_tiny_qwen2vl
 from thi import cli
 from thi.interaction import QueryState, accepts, localise, may_accept
 from thi.rerank import RunSimilarity, reranked
-
-TINY_CLIP = dict(embed_dim=32, vision_width=32, vision_layers=1, vision_heads=2,
-                 text_width=32, text_layers=1, text_heads=2)
-SMALL_IMAGES = ["--min_pixels", "3136", "--max_pixels", "3136"]   # 56 x 56: 4 visual tokens per image
-
-
-def train_tiny_run(root, run_dir, *extra):
-    train_main.main(["--dataset_name", "CUHK-PEDES", "--root_dir", str(root), "--run_dir", str(run_dir),
-                     "--pretrain_choice", "random", "--clip_arch", json.dumps(TINY_CLIP), "--img_size", "64", "32",
-                     "--text_length", "40", "--embed_dim", "48", "--batch_size", "8", "--test_batch_size", "32",
-                     "--num_workers", "0", "--num_epoch", "1", "--warmup_epochs", "1", "--division", "false", *extra])
-    return str(run_dir)
-
 
 DATA_SIZES = dict(num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=4)   # conftest.py's data_root
 
@@ -229,17 +216,7 @@ def test_transformers_backend_batches_with_left_padding(yes_model, no_model, dat
         yes.yes_probability([Request("Is this a person?", str(corrupt))])
 
 
-def load_run_split_images(data_root):
-    from datasets import build_dataset
-    return build_dataset("CUHK-PEDES", data_root).test.img_paths
-
-
 # ---- the whole path on a trained run ----------------------------------------------------------------------------
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
 
 def assert_same_up_to_float_noise(got, expected, path="", rel=1e-5, abs=1e-6):
     """Structures equal exactly in everything but floats (ids, counts, texts, keys), floats within a
@@ -625,14 +602,6 @@ def test_a_failed_engine_start_stops_at_once(yes_model, tmp_path, monkeypatch):
         backend.generate(requests[:1], max_new_tokens=4)
     assert seen["starts"] == 1
     assert not (tmp_path / "c.jsonl").exists() or (tmp_path / "c.jsonl").read_text() == ""
-
-
-def weightless_model(model_dir, tmp_path):
-    """A model folder with config.json, tokenizer and processor, but no weights (an unfinished download)."""
-    import shutil
-    folder = tmp_path / "no_weights"
-    shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
-    return str(folder)
 
 
 def test_thi_stops_at_once_when_the_mllm_cannot_load(run_dir, yes_model, tmp_path, monkeypatch):

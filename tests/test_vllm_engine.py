@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("vllm", reason="the real vLLM engine is not installed in this environment; "
                                    "VENV=$(bash vllm_cpu/build_env.sh | tail -1) builds the one this test runs in")
 
-from tests.test_thi import SMALL_IMAGES, load_run_split_images, read_jsonl, train_tiny_run, weightless_model  # noqa: E402
+from tests.helpers import SMALL_IMAGES, load_run_split_images, read_jsonl, train_tiny_run, weightless_model  # noqa: E402
 from tests.tiny_qwen2vl import build_tiny_qwen2vl  # noqa: E402
 from mllm.backends import MLLMLoadError, Request, make_backend  # noqa: E402
 from mllm.backends.chat import prompts_and_images  # noqa: E402
