@@ -111,7 +111,7 @@ def decode_resized(path: str, size) -> np.ndarray:
     """uint8 [3, H, W]: the image read as RGB and resized as the published test transform does."""
     import torchvision.transforms as T
 
-    from .loaders import read_image
+    from utils.images import read_image
 
     return np.asarray(T.PILToTensor()(T.Resize(_hw(size))(read_image(path))))
 
@@ -203,7 +203,7 @@ class ImageCache:
     def _build(self, paths, stats, todo, slots, entries, workers, show_progress) -> None:
         from utils.progress import progress
 
-        from .loaders import ImageDecodeError
+        from utils.images import ImageDecodeError
 
         # a stale image is decoded again into its own slot; a new one (and a duplicate path) gets the next free
         # slot.  Free slots start after the highest listed one, so the slots of a killed build are reused.
@@ -288,7 +288,7 @@ _open_files: dict[str, int] = {}      # a pool worker keeps the pixel file open 
 def _decode_chunk(task) -> list[tuple[str, str]]:
     """Decode a chunk of images into their slots (in a pool worker or in-process); returns (path, message) of
     the images that could not be decoded."""
-    from .loaders import ImageDecodeError
+    from utils.images import ImageDecodeError
 
     pixels_file, size, items, in_pool = task
     fd = _open_files.get(pixels_file) if in_pool else None
