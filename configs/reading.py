@@ -23,7 +23,7 @@ from easydict import EasyDict
 
 from utils import options as machinery
 
-from .table import RUNTIME_OPTIONS, _methods, all_groups, all_options
+from .table import RUNTIME_OPTIONS, all_groups, all_options, methods
 
 # the command that lists every option, named in messages
 LISTING = "python main.py --help"
@@ -87,8 +87,8 @@ def resolve(cli: dict, file_values: dict, source: str = "options") -> EasyDict:
     each other; `source` says where they came from in messages."""
     cfg = defaults()
     method = cli.get("method", file_values.get("method", cfg["method"]))
-    if method in _methods():        # a method's own defaults, under the file and the command line
-        cfg.update(_methods()[method].defaults)
+    if method in methods():        # a method's own defaults, under the file and the command line
+        cfg.update(methods()[method].defaults)
     cfg.update(file_values)
     cfg.update(cli)
     cfg = check_all(json.loads(json.dumps(cfg)), source)       # deep copy; plain types only

@@ -76,7 +76,8 @@ def _weightings():
     return WEIGHTINGS
 
 
-def _methods():
+def methods():
+    """The registered training methods (solver/methods/), imported when first needed."""
     from solver.methods import METHODS
     return METHODS
 
@@ -86,7 +87,7 @@ def _declaring_registries() -> dict[str, list]:
     carry `options = {name: Option}`} (a loss's temperature, a head's size, a weighting rule's constants)."""
     from model.embeddings import EMBEDDINGS
     from model.losses import LOSSES
-    return {"model": [EMBEDDINGS, LOSSES], "robust training (RDE)": [_weightings(), _methods()]}
+    return {"model": [EMBEDDINGS, LOSSES], "robust training (RDE)": [_weightings(), methods()]}
 
 
 # CLIPConfig fields that other options set (model/clip.py build_clip)
@@ -138,7 +139,7 @@ CORE_GROUPS: dict[str, dict[str, Option]] = {
     "model": {
         "method": Option("rde", "training method (registry in solver/methods): rde, twins (3RTPR), recommended, "
                                 "...; a method may change other options' defaults, which the config file overrides",
-                         OneOf(names=_methods)),
+                         OneOf(names=methods)),
         "twin": Option(False, "train reciprocal twin models (two independent models sharing the division) and fuse "
                               "them at test time"),
         "pretrain_choice": Option("ViT-B/16", "CLIP weights: ViT-B/16 (~/.cache/clip/ViT-B-16.pt), a path to a "
