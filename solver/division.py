@@ -36,9 +36,13 @@ def clean_probability(losses: np.ndarray, settings: dict, seed: int = 0) -> np.n
 
 
 def clean_votes(losses: np.ndarray, settings: dict, seed: int = 0) -> np.ndarray:
-    """One signal's verdict: clean when p_clean > 0.5.  If that is everyone, RDE's split_prob moves the threshold
-    to the (N // 100)-th smallest p_clean, so the N // 100 + 1 pairs of lowest p_clean become noisy."""
-    p_clean = clean_probability(losses, settings, seed)
+    """One signal's verdict from its losses (votes_from_probability of its clean_probability)."""
+    return votes_from_probability(clean_probability(losses, settings, seed))
+
+
+def votes_from_probability(p_clean: np.ndarray) -> np.ndarray:
+    """Clean when p_clean > 0.5.  If that is everyone, RDE's split_prob moves the threshold to the (N // 100)-th
+    smallest p_clean, so the N // 100 + 1 pairs of lowest p_clean become noisy."""
     if (p_clean > 0.5).all():
         return p_clean > np.sort(p_clean)[len(p_clean) // 100]
     return p_clean > 0.5

@@ -27,7 +27,7 @@ from utils.progress import progress
 from utils.run_folder import crash_point
 from utils.seed import rng_state, set_rng_state
 
-from .division import clean_votes, division_quality, gmm_settings
+from .division import clean_probability, division_quality, gmm_settings, votes_from_probability
 from .division_reads import READS
 from .objective import rda_weight, weighted_loss
 from .optimizer import build_optimizer
@@ -80,14 +80,15 @@ class Engine:
         """One augmented view of a batch's images as `model` takes them (datasets.transforms.training_view)."""
         return training_view(batch, view, model.backbone.visual.normalize)
 
-    def clean_votes(self, signals: dict[str, np.ndarray], epoch: int) -> np.ndarray:
-        """[signals, N] booleans: each signal's two-component Gaussian mixture says clean or noisy."""
+    def clean_probabilities(self, signals: dict[str, np.ndarray], epoch: int) -> np.ndarray:
+        """[signals, N]: each signal's two-component Gaussian mixture posterior that a pair is clean."""
         settings = gmm_settings(self.cfg.noisy_rate, self.cfg.dataset_name, self.cfg.gmm)
-        return np.stack([clean_votes(v, settings, seed=self.cfg.seed + epoch) for v in signals.values()])
+        return np.stack([clean_probability(v, settings, seed=self.cfg.seed + epoch) for v in signals.values()])
 
     def sample_weights(self, signals: dict[str, np.ndarray], positive_sim: np.ndarray, epoch: int) -> torch.Tensor:
         """Every signal votes clean/noisy; the weighting rule (CCD, ALR) turns the votes into weights [N]."""
-        return self.weighting(self.clean_votes(signals, epoch), positive_sim, epoch)
+        votes = np.stack([votes_from_probability(p) for p in self.clean_probabilities(signals, epoch)])
+        return self.weighting(votes, positive_sim, epoch)
 
     def divide(self, epoch: int) -> dict:
         start = time.time()

@@ -1,12 +1,10 @@
 """Soft clean: each pair weighs the mean clean probability its division signals give it (every signal's
 two-component mixture posterior), instead of 0/1 votes and a coin.  A pair the signals disagree on trains at
 their average belief rather than all or nothing; `soft_clean_floor` zeroes the pairs they all but reject."""
-import numpy as np
 import torch
 
 from utils.options import Option, Range
 
-from ..division import clean_probability, gmm_settings
 from ..engine import Engine
 from . import register_method
 
@@ -17,7 +15,5 @@ class SoftClean(Engine):
                                                "weigh 0", Range(lo=0, hi=1))}
 
     def sample_weights(self, signals, positive_sim, epoch):
-        settings = gmm_settings(self.cfg.noisy_rate, self.cfg.dataset_name, self.cfg.gmm)
-        p_clean = np.mean([clean_probability(v, settings, seed=self.cfg.seed + epoch) for v in signals.values()], 0)
-        weights = torch.as_tensor(p_clean, dtype=torch.float32)
+        weights = torch.as_tensor(self.clean_probabilities(signals, epoch).mean(0), dtype=torch.float32)
         return torch.where(weights < self.cfg.soft_clean_floor, torch.zeros_like(weights), weights)
