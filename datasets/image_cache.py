@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .bases import DATASET_ROOTS
+from .transforms import build_transforms, image_size_hw as _hw
 
 log = logging.getLogger("reid")
 
@@ -75,13 +76,6 @@ def register_dataset_root(path: str) -> None:
     DATASET_ROOTS.add(os.path.abspath(path))
 
 
-def _hw(size) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    h, w = size
-    return (int(h), int(w))
-
-
 def dataset_folder_of(paths: Sequence[str]) -> str:
     """The registered dataset folder holding every path (the deepest one), else the paths' common folder."""
     folders = {os.path.dirname(os.path.abspath(p)) for p in paths}
@@ -108,12 +102,10 @@ def user_cache_folder(paths: Sequence[str], size) -> tuple[str, str]:
 
 # ------------------------------------------------------------------ decoding (the JPEG path)
 def decode_resized(path: str, size) -> np.ndarray:
-    """uint8 [3, H, W]: the image read as RGB and resized as the published test transform does."""
-    import torchvision.transforms as T
-
+    """uint8 [3, H, W]: the image read as RGB through the published test transform (build_transforms)."""
     from utils.images import read_image
 
-    return np.asarray(T.PILToTensor()(T.Resize(_hw(size))(read_image(path))))
+    return build_transforms(size)(read_image(path)).numpy()
 
 
 # ------------------------------------------------------------------ the cache folder

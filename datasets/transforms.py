@@ -33,9 +33,6 @@ def image_size_hw(image_size: Union[int, Sequence[int]]) -> tuple[int, int]:
     return (int(h), int(w))
 
 
-_hw = image_size_hw
-
-
 class EraseBox:
     """Draws RandomErasing's rectangle on a [3, H, W] tensor without erasing: returns (top, left, height, width),
     all 0 when this image is not erased.  The random calls are torchvision's, in its order."""
@@ -109,7 +106,7 @@ class TrainTransform:
 def build_transforms(image_size=(384, 128), is_train: bool = False, img_aug: bool = True):
     """Test: PIL image -> uint8 tensor [3, H, W].  Train: a TrainTransform (image and erasing rectangle);
     image_size is (H, W)."""
-    size = _hw(image_size)
+    size = image_size_hw(image_size)
     if is_train:
         return TrainTransform(size, img_aug)
     return T.Compose([T.Resize(size), T.PILToTensor()])
