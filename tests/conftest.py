@@ -25,6 +25,15 @@ def data_root(request, tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture(scope="module")
+def run_dir(data_root, tmp_path_factory):
+    """A tiny trained run (one epoch, no division; tests.helpers.train_tiny_run) on this file's data_root: what
+    THI re-ranks, through transformers (test_thi.py) and through vLLM (test_vllm_engine.py)."""
+    from tests.helpers import train_tiny_run
+
+    return train_tiny_run(data_root, tmp_path_factory.mktemp("run") / "run")
+
+
 # Fixtures that train a run or build a tiny MLLM: a test using one (directly or through another fixture) is
 # end to end, so it is marked slow here, in test files of every owner alike.
 SLOW_FIXTURES = {"run_dir", "single_run", "twin_run", "rda_run", "yes_model", "no_model", "tiny_qwen", "model_dir",

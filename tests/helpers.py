@@ -24,7 +24,9 @@ def read_metrics(run_dir):
         return [json.loads(line) for line in f]
 
 
-# THI: a tiny trained run (CLIP widths of 32, no division), its test images, and model folders
+# THI: a tiny trained run (CLIP widths of 32, no division; conftest's run_dir) on data of these sizes, its test
+# images, and model folders
+THI_DATA_SIZES = dict(num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=4)
 THI_CLIP = dict(embed_dim=32, vision_width=32, vision_layers=1, vision_heads=2,
                 text_width=32, text_layers=1, text_heads=2)
 

@@ -18,18 +18,14 @@ from mllm.backends.hf import TransformersBackend
 from mllm.backends.yes_no import answer_token_ids, yes_probability_from_logits, yes_probability_from_logprobs
 from mllm.cache import AnswerCache, Failure, ask
 from mllm.vqa import clean_refined_query, parse_vqa_answers
-from tests.helpers import SMALL_IMAGES, load_run_split_images, read_jsonl, train_tiny_run, weightless_model
+from tests.helpers import (SMALL_IMAGES, THI_DATA_SIZES, load_run_split_images, read_jsonl, train_tiny_run,
+                           weightless_model)
 from tests.tiny_qwen2vl import build_tiny_qwen2vl
 from thi import cli
 from thi.interaction import QueryState, accepts, localise, may_accept
 from thi.rerank import RunSimilarity, reranked
 
-DATA_SIZES = dict(num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=4)   # conftest.py's data_root
-
-
-@pytest.fixture(scope="module")
-def run_dir(data_root, tmp_path_factory):
-    return train_tiny_run(data_root, tmp_path_factory.mktemp("thi_run") / "run")
+DATA_SIZES = THI_DATA_SIZES   # conftest.py's data_root, trained into its run_dir
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ import pytest
 pytest.importorskip("vllm", reason="the real vLLM engine is not installed in this environment; "
                                    "VENV=$(bash vllm_cpu/build_env.sh | tail -1) builds the one this test runs in")
 
-from tests.helpers import SMALL_IMAGES, load_run_split_images, read_jsonl, train_tiny_run, weightless_model  # noqa: E402
+from tests.helpers import (SMALL_IMAGES, THI_DATA_SIZES, load_run_split_images, read_jsonl,  # noqa: E402
+                           weightless_model)
 from tests.tiny_qwen2vl import build_tiny_qwen2vl  # noqa: E402
 from mllm.backends import MLLMLoadError, Request, make_backend  # noqa: E402
 from mllm.backends.chat import prompts_and_images  # noqa: E402
@@ -32,12 +33,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
-DATA_SIZES = dict(num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=4)   # conftest.py's data_root
-
-
-@pytest.fixture(scope="module")
-def run_dir(data_root, tmp_path_factory):
-    return train_tiny_run(data_root, tmp_path_factory.mktemp("vllm_run") / "run")
+DATA_SIZES = THI_DATA_SIZES   # conftest.py's data_root, trained into its run_dir
 
 
 @pytest.fixture(scope="module")
