@@ -90,9 +90,33 @@ def _sample_identities(n: int, rng: random.Random) -> list[dict]:
     seen, out = set(), []
     while len(out) < n:
         ident = _sample_identity(rng)
-        key = tuple(v for k, v in ident.items() if k != "skin")
+        key = _identity_key(ident)
         if key not in seen:
             seen.add(key)
+            out.append(ident)
+    return out
+
+
+# Identities that SYNTH-PEDES may hold: make_synthetic draws its identities first, in order, from random.Random(seed),
+# so any dataset of up to this many identities with the default seed holds some of these first ones.
+RESERVED_IDENTITIES = 2000
+
+
+def _identity_key(ident: dict) -> tuple:
+    return tuple(v for k, v in ident.items() if k != "skin")
+
+
+def pretraining_identities(n: int, seed: int = 1, reserved_seed: int = 0) -> list[dict]:
+    """n identities for pretraining (solver/synthetic_clip.py), none of which is one of the RESERVED_IDENTITIES
+    that make_synthetic(seed=reserved_seed) hands out: a model pretrained on them has never seen a SYNTH-PEDES
+    person, train or test, as CLIP's web pretraining never saw CUHK-PEDES's."""
+    reserved = {_identity_key(i) for i in _sample_identities(RESERVED_IDENTITIES, random.Random(reserved_seed))}
+    rng, out = random.Random(f"pretraining-{seed}"), []
+    while len(out) < n:
+        ident = _sample_identity(rng)
+        key = _identity_key(ident)
+        if key not in reserved:
+            reserved.add(key)
             out.append(ident)
     return out
 

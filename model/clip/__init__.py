@@ -19,11 +19,13 @@ from .checkpoint import (OPENAI_CACHE_DIR, OPENAI_SHA256, OPENAI_VIT_B16_URL, lo
                          verify_openai_checksum)
 from .interpolate import interpolate_pos_embed, interpolate_text_pos_embed, interpolate_vision_pos_embed
 from .network import CLIP, QuickGELU, ResidualAttentionBlock, SelfAttention, Transformer, VisionTransformer
+from .synthetic import SYNTHETIC, synthetic_clip_file
 
 __all__ = ["CLIP", "CLIPConfig", "OPENAI_CACHE_DIR", "OPENAI_SHA256", "OPENAI_VIT_B16_URL", "QuickGELU",
            "ResidualAttentionBlock", "SelfAttention", "Transformer", "VisionTransformer", "build_clip",
            "config_from_state_dict", "grid_size", "interpolate_pos_embed", "interpolate_text_pos_embed",
-           "interpolate_vision_pos_embed", "load_clip", "load_state_dict_file", "verify_openai_checksum"]
+           "interpolate_vision_pos_embed", "load_clip", "load_state_dict_file", "random_clip_config", "SYNTHETIC",
+           "synthetic_clip_file", "verify_openai_checksum"]
 
 
 def load_clip(path: str | os.PathLike | None, image_size: Iterable[int] = (384, 128), stride: int = 16,
@@ -50,12 +52,24 @@ def load_clip(path: str | os.PathLike | None, image_size: Iterable[int] = (384, 
     return model
 
 
+def random_clip_config(arch: dict | None, image_size: Iterable[int], stride: int, text_length: int) -> CLIPConfig:
+    """The CLIPConfig of `arch` (CLIPConfig fields) at the run's image size, stride and text length."""
+    return CLIPConfig(**{**(arch or {}), "image_size": tuple(image_size), "stride": stride,
+                         "context_length": text_length})
+
+
 def build_clip(pretrain: str | None, image_size: Iterable[int] = (384, 128), stride: int = 16,
                text_length: int = 77, arch: dict | None = None) -> CLIP:
-    """CLIP from a file path, an OpenAI model name ('ViT-B/16', looked up in ~/.cache/clip), or 'random'."""
+    """CLIP from a file path, an OpenAI model name ('ViT-B/16', looked up in ~/.cache/clip), 'random' (of `arch`)
+    or 'synthetic' (`arch` pretrained on synthetic people, model/clip/synthetic.py)."""
     if not pretrain or pretrain == "random":
-        kwargs = {**(arch or {}), "image_size": tuple(image_size), "stride": stride, "context_length": text_length}
-        return CLIP(CLIPConfig(**kwargs))
+        return CLIP(random_clip_config(arch, image_size, stride, text_length))
+    if pretrain == SYNTHETIC:
+        path = synthetic_clip_file(random_clip_config(arch, image_size, stride, text_length))
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"pretrain_choice synthetic: {path} is not built yet; main.py builds it on first "
+                                    "use, or build it with: python -m solver.synthetic_clip --config YOUR_CONFIG")
+        return load_clip(path, image_size, stride, text_length)
     if re.fullmatch(r"(RN|ViT-)[\w/@-]+", pretrain) and not os.path.exists(pretrain):
         path = os.path.join(OPENAI_CACHE_DIR, pretrain.replace("/", "-") + ".pt")
         if not os.path.isfile(path):

@@ -51,6 +51,7 @@ def build_engine(cfg, run_dir: str | None = None, resume_from: tuple[dict, str] 
     from evaluation.evaluator import Evaluator
     from ..data import TrainData
     from ..hooks import Checkpoints, Evaluation, MetricsLog
+    from ..synthetic_clip import ensure_for_run
 
     method = METHODS[cfg.method]
     device = dist.init_distributed(cfg.device) or resolve_device(cfg.device)
@@ -62,6 +63,7 @@ def build_engine(cfg, run_dir: str | None = None, resume_from: tuple[dict, str] 
     if num_classes is None:
         data = TrainData(cfg)
         num_classes = data.num_classes
+    ensure_for_run(cfg, device)        # pretrain_choice: synthetic is built on first use
     models = build_models(cfg, num_classes, device)
     log.info("method %s: %d model(s); primary loss %s (what the division listens to and the RDA term trains)",
              cfg.method, len(models), models[0].primary_loss)

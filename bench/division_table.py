@@ -1,0 +1,137 @@
+"""The division, measured: trains a recipe under simulated noise with the division off and in several variants
+(published augmented read or clean read, CCD or ALR weighting, one model or twins), over several seeds, and
+tabulates how well each finds the permuted pairs over the epochs and the R1 it ends with (mean and spread).
+
+    python bench/division_table.py --noise 0.2 0.5 0.8 --seeds 1 2 3 --json bench/results/division_table.json
+
+By default it trains configs/synth.yaml (the demo's tiny CLIP pretrained on other synthetic people) on a
+synthetic CUHK-PEDES-format set of --train_ids identities made under --out (the learning tests' size, so their
+floors and this table come from the same runs).  Each run is an ordinary run folder (main.py in a subprocess);
+a run whose metrics.jsonl is complete is read, not trained again, so a killed table continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:           # `python bench/x.py` puts bench/ first on the path, not the repo root
+    sys.path.insert(0, ROOT)
+
+from utils.run_folder import METRICS, read_metrics  # noqa: E402
+
+# name: main.py options on top of the recipe
+VARIANTS = {
+    "off": ["--division", "false"],
+    "ccd-augmented": ["--division_read", "augmented", "--weighting", "ccd"],
+    "ccd-clean": ["--division_read", "clean", "--weighting", "ccd"],
+    "alr-clean": ["--division_read", "clean", "--weighting", "alr"],
+    "twins-ccd-augmented": ["--twin", "--division_read", "augmented", "--weighting", "ccd"],
+    "twins-ccd-clean": ["--twin", "--division_read", "clean", "--weighting", "ccd"],
+    "twins-alr-augmented": ["--twin", "--division_read", "augmented", "--weighting", "alr"],
+    "twins-alr-clean": ["--twin", "--division_read", "clean", "--weighting", "alr"],
+}
+# the learning tests' synthetic set (tests/test_learning.py): seed 0, so none of its people is a pretraining one
+DATA = dict(num_train_ids=150, num_test_ids=50, num_val_ids=10, seed=0)
+
+
+def make_data(root: str, train_ids: int) -> str:
+    from datasets.synthetic import make_synthetic
+    if not os.path.isfile(os.path.join(root, "CUHK-PEDES", "reid_raw.json")):
+        make_synthetic(root, fmt="CUHK-PEDES", **{**DATA, "num_train_ids": train_ids})
+    return root
+
+
+def train(run_dir: str, config: str, options: list[str], epochs: int) -> list[dict]:
+    rows = read_metrics(os.path.join(run_dir, METRICS))
+    if len(rows) >= epochs:
+        return rows
+    if rows:   # a killed run: --resume continues it with its saved options
+        cmd = [sys.executable, "main.py", "--resume", run_dir]
+    else:
+        cmd = [sys.executable, "main.py", "--config", config, *options, "--num_epoch", str(epochs),
+               "--run_dir", run_dir, "--overwrite"]
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return read_metrics(os.path.join(run_dir, METRICS))
+
+
+def summarise(rows: list[dict]) -> dict:
+    def mean(key, part):
+        values = [r[key] for r in part if key in r]
+        return sum(values) / len(values) if values else float("nan")
+    half = max(len(rows) // 2, 1)
+    return {
+        "precision_first_half": mean("division/noise_precision", rows[:half]),
+        "recall_first_half": mean("division/noise_recall", rows[:half]),
+        "precision_last": rows[-1].get("division/noise_precision", float("nan")),
+        "recall_last": rows[-1].get("division/noise_recall", float("nan")),
+        "R1_last": rows[-1].get("R1", float("nan")),
+        "R1_best": max(r.get("R1", float("nan")) for r in rows),
+        "per_epoch": [{k: r.get(k) for k in ("epoch", "division/noise_precision", "division/noise_recall",
+                                              "division/kept", "R1", "mAP")} for r in rows],
+    }
+
+
+def spread(values: list[float]) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| noise | variant | precision / recall, first half | at the last epoch | R1 last | R1 best | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["noise"], r["variant"]), []).append(r)
+    for (noise, variant), runs in groups.items():
+        def col(key):
+            return spread([r[key] for r in runs])
+        lines.append(f"| {noise:.0%} | {variant} | {col('precision_first_half')} / {col('recall_first_half')} "
+                     f"| {col('precision_last')} / {col('recall_last')} | {col('R1_last')} | {col('R1_best')} "
+                     f"| {len(runs)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/synth.yaml")
+    p.add_argument("--noise", type=float, nargs="+", default=[0.2, 0.5, 0.8])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--train_ids", type=int, default=DATA["num_train_ids"])
+    p.add_argument("--root_dir", default="", help="a dataset root to train on (default: a synthetic set under --out)")
+    p.add_argument("--out", default="logs/division_table")
+    p.add_argument("--json", default="")
+    args, extra = p.parse_known_args(argv)   # anything else goes to main.py (e.g. --lr 1e-4)
+    root = args.root_dir or make_data(os.path.join(os.path.abspath(args.out), "data"), args.train_ids)
+    data = ["--dataset_name", "CUHK-PEDES", "--root_dir", root] if not args.root_dir else ["--root_dir", root]
+    results = []
+    for noise in args.noise:
+        for variant in args.variants:
+            for seed in args.seeds:
+                run_dir = os.path.join(args.out, f"noise{noise}_{variant}_seed{seed}")
+                options = [*data, "--noisy_rate", str(noise), "--seed", str(seed), *VARIANTS[variant], *extra]
+                rows = train(run_dir, args.config, options, args.epochs)
+                results.append({"noise": noise, "variant": variant, "seed": seed, "run_dir": run_dir,
+                                **summarise(rows)})
+                print(f"done: noise {noise}, {variant}, seed {seed}: R1 {results[-1]['R1_last']:.2f}",
+                      file=sys.stderr)
+    print(table(results))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"bench": "division_table", "args": vars(args), "extra": extra, "rows": results}, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
