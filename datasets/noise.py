@@ -32,10 +32,13 @@ def load_or_create_permutation(noisy_file: str, n: int, rate: float, seed: int) 
     """Load the permutation from `noisy_file`, or create it from the seed and save it there."""
     if os.path.exists(noisy_file):
         try:
-            perm = np.load(noisy_file)
+            perm = np.load(noisy_file, allow_pickle=False)   # a pickled .npy would run code
         except (OSError, ValueError) as e:
             raise DatasetError(f"{noisy_file}: cannot read the noise permutation ({e}); delete it to "
                                f"regenerate it from the seed.") from e
+        if not isinstance(perm, np.ndarray):   # a zip (.npz, torch.save) read lazily: not a permutation
+            raise DatasetError(f"{noisy_file}: cannot read the noise permutation (not a .npy array); delete it to "
+                               "regenerate it from the seed.")
         ok = (perm.ndim == 1 and len(perm) == n and np.issubdtype(perm.dtype, np.integer)
               and np.array_equal(np.sort(perm), np.arange(n)))
         if not ok:
