@@ -84,7 +84,7 @@ def train(argv: list[str]) -> dict:
         log.error("%s", e.message(engine.last_saved, cfg.run_dir))
         raise SystemExit(3) from None
     except DiskFullError as e:
-        log.error("%s; then continue with: python main.py --resume %s", e.strerror, cfg.run_dir)
+        log.error("%s, then continue with: python main.py --resume %s", e.strerror, cfg.run_dir)
         raise SystemExit(2) from None
     except ImageDecodeError as e:
         # from a loader worker the message carries the worker's traceback, whose last line names the image

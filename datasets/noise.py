@@ -8,6 +8,7 @@ runs with the same file see the same noise. Ground truth: `is_clean = perm == np
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -49,10 +50,16 @@ def load_or_create_permutation(noisy_file: str, n: int, rate: float, seed: int) 
         return perm.astype(np.int64)
     perm = make_noisy_permutation(n, rate, seed)
     parent = os.path.dirname(os.path.abspath(noisy_file))
-    os.makedirs(parent, exist_ok=True)
-    # Atomic: a concurrent run never reads a half-written file. np.save on a file object keeps the name.
-    with atomic_open(noisy_file, "wb") as f:
-        np.save(f, perm)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        # Atomic: a concurrent run never reads a half-written file. np.save on a file object keeps the name.
+        with atomic_open(noisy_file, "wb") as f:
+            np.save(f, perm)
+    except OSError as e:
+        # a read-only dataset folder: the permutation is a function of the seed, so the run is the same unsaved
+        logging.getLogger("reid").warning("cannot save the noise permutation to %s (%s); using it unsaved (the "
+                                          "same seed makes the same one; --noisy_file puts it elsewhere)",
+                                          noisy_file, e.strerror)
     return perm
 
 

@@ -191,7 +191,7 @@ class Engine:
         with self.stop:
             for epoch in range(self.start_epoch, self.cfg.num_epoch + 1):
                 if self.stop.requested:         # arrived during the last epoch's evaluation or checkpoint
-                    raise Interrupted(self.stop.name, epoch - 1, None, None, None)
+                    self.stopped(Interrupted(self.stop.name, epoch - 1, None, None, None))
                 start = time.time()
                 if self.partial is not None:    # the division of this epoch was made before the stop
                     record = dict(self.partial["record"])
@@ -206,9 +206,7 @@ class Engine:
                     stop.state = self.state_dict(epoch - 1, last_record, partial={
                         "epoch": epoch, "steps": stop.steps, "sums": stop.sums, "weights": self.weights,
                         "record": record})
-                    for hook in self.hooks:
-                        hook.interrupted(self, stop)
-                    raise
+                    self.stopped(stop)
                 for scheduler in self.schedulers:
                     scheduler.step()
                 record["train_time"] = time.time() - start
@@ -219,6 +217,12 @@ class Engine:
         for hook in self.hooks:
             hook.after_run(self)
         return self.results
+
+    def stopped(self, stop: Interrupted) -> None:
+        """The hooks see the stop (Checkpoints writes stop.state, when there is one), then it ends the run."""
+        for hook in self.hooks:
+            hook.interrupted(self, stop)
+        raise stop
 
     def backbone_lr(self) -> float:
         groups = self.optimizers[0].param_groups

@@ -34,8 +34,8 @@ class NonFiniteLoss(Exception):
                 else "no checkpoint was written before it")
         return (f"the loss is {self.loss} at epoch {self.epoch}, step {self.step} of {self.steps_in_epoch} ("
                 + ", ".join(f"{k} {v}" for k, v in bad.items()) + f"); training stopped there and saved nothing of "
-                f"it: {kept}. Lower --lr, or train with --precision bf16 / fp32 instead of fp16, then start again "
-                f"(or python main.py --resume {run_dir} after changing nothing, to retry from that checkpoint)")
+                f"it: {kept}. Lower --lr, or train with --precision bf16 / fp32 instead of fp16, in a new run "
+                f"(--resume {run_dir} would keep the run's options)")
 
 
 def poisoned(loss: torch.Tensor, parts: dict) -> tuple[torch.Tensor, dict]:

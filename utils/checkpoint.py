@@ -38,11 +38,32 @@ def atomic_save(obj, path: str, previous: str | None = None, crash_name: str = "
         if not _out_of_space(e):
             raise
         folder = os.path.dirname(os.path.abspath(path))
-        need, free = _tensor_bytes(obj), shutil.disk_usage(folder).free
+        need, free = _saved_size(obj), shutil.disk_usage(folder).free
         kept = f"{path} is still the previous one" if os.path.isfile(path) else f"nothing was written to {path}"
+        more = f"Free at least {_mib(need - free + (1 << 20))} there" if need >= free else "Free some space there"
         raise DiskFullError(errno.ENOSPC, f"no space left to write {os.path.basename(path)} in {folder}: it needs "
-                            f"about {_mib(need)} and {_mib(free)} are free there; {kept} (intact). Free at least "
-                            f"{_mib(max(need - free, 0) + (1 << 20))} on that disk") from None
+                            f"{_mib(need)} and {_mib(free)} are free there; {kept} (intact). {more}") from None
+
+
+class _Counter:
+    """A file that only counts what is written to it."""
+
+    def __init__(self):
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _saved_size(obj) -> int:
+    """The exact size of torch.save(obj), by saving it again into a counter (only after a failed write)."""
+    counter = _Counter()
+    torch.save(obj, counter)
+    return counter.size
 
 
 def _out_of_space(e: BaseException | None) -> bool:
@@ -53,16 +74,6 @@ def _out_of_space(e: BaseException | None) -> bool:
             return True
         e, seen = e.__cause__ or e.__context__, seen + 1
     return False
-
-
-def _tensor_bytes(obj) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.nelement() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 64
 
 
 def _mib(n: int) -> str:
