@@ -31,7 +31,7 @@ from utils.stop import StopSignals
 
 from .division import clean_probability, division_quality, gmm_settings, votes_from_probability
 from .division_reads import READS
-from .faults import FiniteCheck, Interrupted, NonFiniteLoss, poisoned
+from .faults import FiniteCheck, Interrupted, poisoned
 from .objective import rda_weight, weighted_loss
 from .optimizer import build_optimizer
 from .scheduler import build_scheduler
@@ -149,7 +149,7 @@ class Engine:
             self.data.sampler.skip = steps * loader.batch_size
             self.partial = None
         weights_on_device = self.weights.to(self.device)
-        finite = FiniteCheck(self.device)
+        finite = FiniteCheck(self.device, epoch, len(loader))   # raises NonFiniteLoss, before anything is saved
         bar = progress(loader, dist.is_main(), desc=f"epoch {epoch}/{self.cfg.num_epoch}", leave=False)
         for batch in bar:
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -160,25 +160,18 @@ class Engine:
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
             steps += 1
-            self.check_finite(finite.push(steps, loss, parts), epoch, len(loader))
+            finite.push(steps, loss, parts)
             if steps == len(loader) // 2:
                 crash_point(f"epoch{epoch}:mid")
                 self.stop.wait_if_asked(f"epoch{epoch}:mid")
             if steps % self.cfg.log_period == 0:  # the only host sync of the loop
                 bar.set_postfix(loss=f"{float(loss):.3f}")
             if self.stop.requested:
-                self.check_finite(finite.flush(), epoch, len(loader))
+                finite.flush()
                 raise Interrupted(self.stop.name, epoch, steps, len(loader),
                                   {k: v.detach().cpu() for k, v in sums.items()})
-        self.check_finite(finite.flush(), epoch, len(loader))
+        finite.flush()
         return {f"loss/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
-
-    def check_finite(self, bad, epoch: int, steps_in_epoch: int) -> None:
-        """Stop at once at a NaN / inf loss, before anything of it is saved: best.pth and last.pth stay finite."""
-        if bad is not None:
-            step, loss, parts = bad
-            raise NonFiniteLoss(epoch, step, steps_in_epoch, float(loss.detach()),
-                                {k: float(v.detach()) for k, v in parts.items()})
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict:

@@ -46,33 +46,38 @@ def poisoned(loss: torch.Tensor, parts: dict) -> tuple[torch.Tensor, dict]:
 
 
 class FiniteCheck:
-    """Whether each step's loss is finite, read without stalling a GPU: on CUDA, step k's flag is copied to pinned
-    memory as step k is queued and read at step k + 1 (long done by then) or at flush(); on the CPU at once."""
+    """Each step's loss must be finite: NonFiniteLoss otherwise, raised before anything of that step is saved (so
+    best.pth and last.pth keep the last finite state).  Read without stalling a GPU: on CUDA, step k's flag is
+    copied to pinned memory as step k is queued and read at step k + 1 (long done by then) or at flush(); on the
+    CPU at once."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, epoch: int, steps_in_epoch: int):
         self.lagged = device.type == "cuda"
+        self.epoch, self.steps_in_epoch = epoch, steps_in_epoch
         self.pending = None
 
-    def push(self, step: int, loss: torch.Tensor, parts: dict):
-        """(step, loss, parts) of a step found non-finite, else None."""
+    def push(self, step: int, loss: torch.Tensor, parts: dict) -> None:
         flag = torch.isfinite(loss.detach()).all()
         if not self.lagged:
-            return None if bool(flag) else (step, loss, parts)
+            return self._check(step, flag, loss, parts)
         host = torch.empty((), dtype=torch.bool, pin_memory=True)
         host.copy_(flag, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
         previous, self.pending = self.pending, (step, host, event, loss, parts)
-        return self._read(previous)
+        self._read(previous)
 
-    def flush(self):
+    def flush(self) -> None:
         previous, self.pending = self.pending, None
-        return self._read(previous)
+        self._read(previous)
 
-    @staticmethod
-    def _read(entry):
-        if entry is None:
-            return None
-        step, host, event, loss, parts = entry
-        event.synchronize()
-        return None if bool(host) else (step, loss, parts)
+    def _read(self, entry) -> None:
+        if entry is not None:
+            step, host, event, loss, parts = entry
+            event.synchronize()
+            self._check(step, host, loss, parts)
+
+    def _check(self, step: int, flag: torch.Tensor, loss: torch.Tensor, parts: dict) -> None:
+        if not bool(flag):
+            raise NonFiniteLoss(self.epoch, step, self.steps_in_epoch, float(loss.detach()),
+                                {k: float(v.detach()) for k, v in parts.items()})

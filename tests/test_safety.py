@@ -161,6 +161,32 @@ def test_a_malicious_pickle_runs_on_no_path_that_reads_a_file(run_dir, data_root
     assert marker.exists()
 
 
+def test_a_torchscript_archive_is_read_without_torchscript_and_a_malicious_one_is_refused(tmp_path):
+    """OpenAI's format: the weights come out of the zip without torch.jit.load; an archive whose data.pkl names
+    anything but tensors and module records is refused (--pretrain_choice reads CLIP files this way)."""
+    import warnings
+    import zipfile
+    from model.clip import load_state_dict_file
+    from utils.safe_load import UnsafeFileError
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")           # torch.jit.trace is deprecated; OpenAI's file was made with it
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4)).half()
+        torch.jit.trace(model, torch.randn(2, 3).half()).save(str(tmp_path / "ViT-tiny.pt"))
+    from utils.torchscript import read_torchscript_tensors
+    weights = read_torchscript_tensors(str(tmp_path / "ViT-tiny.pt"))
+    assert {k: v.dtype for k, v in weights.items()} == {"0.weight": torch.float16, "0.bias": torch.float16}
+    assert torch.equal(weights["0.weight"], model[0].weight)
+    marker = tmp_path / "PWNED"
+    with zipfile.ZipFile(tmp_path / "ViT-tiny.pt") as good, zipfile.ZipFile(tmp_path / "evil.pt", "w") as evil:
+        for item in good.infolist():
+            data = pickle.dumps(Payload(marker)) if item.filename.endswith("/data.pkl") else good.read(item)
+            evil.writestr(item, data)
+    with pytest.raises(UnsafeFileError, match=r"evil\.pt: refused to load this TorchScript archive: it holds an "
+                                              r"object of type io\.open.*--trust_checkpoint"):
+        load_state_dict_file(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
 def test_our_checkpoints_hold_plain_data_and_old_ones_still_load(run_dir, tmp_path):
     """A new run's checkpoints load with torch's bare weights_only (no allowlist); a run folder written before
     (config values as EasyDicts, numpy's RNG state as an ndarray) still evaluates, without --trust_checkpoint."""
