@@ -13,7 +13,7 @@ import os
 import sys
 
 from evaluation.retrieval_index import load_encoders, open_index, search
-from utils.safe_load import reported, take_trust_flag
+from utils.safe_load import add_trust_flag, reported, take_trust_flag
 
 
 def parse(argv):
@@ -28,9 +28,7 @@ def parse(argv):
     p.add_argument("--device", help="auto, cpu, cuda ...")
     p.add_argument("--batch_size", type=int, help="images per batch while indexing (default: the run's)")
     p.add_argument("--num_workers", type=int, help="image loading workers (default: the run's)")
-    p.add_argument("--trust_checkpoint", action="store_true",
-                   help="load checkpoint files that hold objects other than tensors and plain data (their code runs: "
-                        "only for files you trust)")
+    add_trust_flag(p)
     p.add_argument("--save", metavar="PNG", help="draw each query above its top-k images into this file")
     return p.parse_args(argv)
 

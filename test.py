@@ -16,7 +16,7 @@ import sys
 from configs import build_parser
 from evaluation.runs import load_checkpoint_files, load_run
 from utils.logger import setup_logger
-from utils.safe_load import reported, take_trust_flag
+from utils.safe_load import add_trust_flag, reported, take_trust_flag
 
 
 def parse(argv):
@@ -27,9 +27,7 @@ def parse(argv):
     p.add_argument("--checkpoint", nargs="+",
                    help="with --run: checkpoint names in the run folder or .pth paths, each evaluated (default: best "
                         "last); with --config: one checkpoint file, or two for twins")
-    p.add_argument("--trust_checkpoint", action="store_true",
-                   help="load checkpoint files that hold objects other than tensors and plain data (their code runs: "
-                        "only for files you trust)")
+    add_trust_flag(p)
     p.add_argument("--out", default="", help="with --config: folder for test_log.txt and --visualize pictures")
     p.add_argument("--root_dir", help="dataset root, if it moved since training")
     p.add_argument("--anno_path", help="annotation file, if it moved since training")

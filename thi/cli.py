@@ -27,7 +27,7 @@ from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger
 from utils.metrics import metrics_table, rank_metrics
 from utils.progress import library_bars_follow_terminal
-from utils.safe_load import reported, take_trust_flag
+from utils.safe_load import add_trust_flag, reported, take_trust_flag
 from .interaction import localise, new_states, refine
 from .rerank import RunSimilarity, reranked
 
@@ -55,9 +55,7 @@ def parse(argv):
     p.add_argument("--root_dir", help="dataset root, if it moved since training")
     p.add_argument("--anno_path", help="annotation file, if it moved since training")
     p.add_argument("--device", help="device of the retrieval model (auto, cpu, cuda ...)")
-    p.add_argument("--trust_checkpoint", action="store_true",
-                   help="load checkpoint files that hold objects other than tensors and plain data (their code runs: "
-                        "only for files you trust)")
+    add_trust_flag(p)
     add_shard_arg(p)
     args = p.parse_args(argv)
     if (args.run is None) == (args.config is None):

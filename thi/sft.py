@@ -38,7 +38,7 @@ from utils.device import resolve_device, resolve_precision
 from utils.logger import append_jsonl, setup_logger
 from utils.progress import library_bars_follow_terminal, progress
 from utils.safe_load import load as safe_load
-from utils.safe_load import reported, take_trust_flag
+from utils.safe_load import add_trust_flag, reported, take_trust_flag
 from .sft_data import DATA_FILE, IMAGE_TOKEN
 
 # the language model's projections in Qwen2-VL; the vision tower (model.visual) is left out by name, since
@@ -290,9 +290,7 @@ def parse(argv):
     p.add_argument("--min_pixels", type=int, default=DEFAULT_PIXELS, help="image size range, as given to THI")
     p.add_argument("--max_pixels", type=int, default=DEFAULT_PIXELS)
     p.add_argument("--device", help="default: cuda if there is one")
-    p.add_argument("--trust_checkpoint", action="store_true",
-                   help="load checkpoint files that hold objects other than tensors and plain data (their code runs: "
-                        "only for files you trust)")
+    add_trust_flag(p)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 on a GPU")
     args = p.parse_args(argv)
     for name in ("lora_rank", "epochs", "batch_size", "grad_accum", "save_steps", "log_steps"):

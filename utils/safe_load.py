@@ -37,7 +37,7 @@ class DamagedFileError(FileRefused):
 
 
 def _numpy_globals() -> list:
-    # Checkpoints written before plain_rng_state() held the numpy RNG state as a uint32 ndarray; its pickle names
+    # Checkpoints written before utils/seed.py stored plain data held the numpy RNG state as a uint32 ndarray; its pickle names
     # these.  An ndarray rebuilt from them is plain data (an object-dtype array would also need numpy's
     # ObjectDType, which is not listed, so it stays refused).
     core = getattr(np, "_core", None) or np.core
@@ -72,6 +72,13 @@ def trust_files(on: bool = True) -> None:
 
 def trusted() -> bool:
     return _trusted["on"]
+
+
+def add_trust_flag(parser) -> None:
+    """--trust_checkpoint in a command's --help (take_trust_flag reads it before the parser does)."""
+    parser.add_argument(TRUST_FLAG, action="store_true",
+                        help="load checkpoint files that hold objects other than tensors and plain data (their code "
+                             "runs: only for files you trust)")
 
 
 def take_trust_flag(argv: list[str]) -> list[str]:
