@@ -23,7 +23,7 @@ from utils.checkpoint import DiskFullError, load_latest
 from utils.logger import setup_logger
 from utils.options import save_config
 from utils.run_folder import RunFolder, RunFolderError
-from utils.safe_load import FileRefused, reported, take_trust_flag
+from utils.safe_load import FileRefused, command
 
 
 def make_run_dir(cfg) -> str:
@@ -49,8 +49,8 @@ def checkpoint_to_resume(cfg, log):
 
 
 def main(argv=None) -> dict:
-    with reported():
-        return train(take_trust_flag(list(sys.argv[1:] if argv is None else argv)))
+    with command(list(sys.argv[1:] if argv is None else argv)) as argv:
+        return train(argv)
 
 
 def train(argv: list[str]) -> dict:

@@ -13,7 +13,7 @@ import os
 import sys
 
 from evaluation.retrieval_index import load_encoders, open_index, search
-from utils.safe_load import add_trust_flag, reported, take_trust_flag
+from utils.safe_load import add_trust_flag, command
 
 
 def parse(argv):
@@ -49,8 +49,8 @@ def read_queries(args) -> list[str]:
 
 
 def main(argv=None) -> list[dict]:
-    with reported():
-        return run(take_trust_flag(list(sys.argv[1:] if argv is None else argv)))
+    with command(list(sys.argv[1:] if argv is None else argv)) as argv:
+        return run(argv)
 
 
 def run(argv: list[str]) -> list[dict]:

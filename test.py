@@ -16,7 +16,7 @@ import sys
 from configs import build_parser
 from evaluation.runs import load_checkpoint_files, load_run
 from utils.logger import setup_logger
-from utils.safe_load import add_trust_flag, reported, take_trust_flag
+from utils.safe_load import add_trust_flag, command
 
 
 def parse(argv):
@@ -61,8 +61,8 @@ def parse(argv):
 
 
 def main(argv=None) -> dict:
-    with reported():
-        return evaluate(take_trust_flag(list(sys.argv[1:] if argv is None else argv)))
+    with command(list(sys.argv[1:] if argv is None else argv)) as argv:
+        return evaluate(argv)
 
 
 def evaluate(argv: list[str]) -> dict:

@@ -27,7 +27,7 @@ from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger
 from utils.metrics import metrics_table, rank_metrics
 from utils.progress import library_bars_follow_terminal
-from utils.safe_load import add_trust_flag, reported, take_trust_flag
+from utils.safe_load import add_trust_flag, command
 from .interaction import localise, new_states, refine
 from .rerank import RunSimilarity, reranked
 
@@ -97,8 +97,8 @@ def retrieval_off_the_gpu(run, sims: RunSimilarity):
 def main(argv=None) -> dict:
     """Runs THI; returns {'metrics': {row: metrics}, 'states': [QueryState], 'base': S_base, 'final': S_final}
     (S_final after the last round; both [queries, gallery])."""
-    with reported():
-        return run_thi(take_trust_flag(list(sys.argv[1:] if argv is None else argv)))
+    with command(list(sys.argv[1:] if argv is None else argv)) as argv:
+        return run_thi(argv)
 
 
 def run_thi(argv: list[str]) -> dict:

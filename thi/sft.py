@@ -38,7 +38,7 @@ from utils.device import resolve_device, resolve_precision
 from utils.logger import append_jsonl, setup_logger
 from utils.progress import library_bars_follow_terminal, progress
 from utils.safe_load import load as safe_load
-from utils.safe_load import add_trust_flag, reported, take_trust_flag
+from utils.safe_load import add_trust_flag, command
 from .sft_data import DATA_FILE, IMAGE_TOKEN
 
 # the language model's projections in Qwen2-VL; the vision tower (model.visual) is left out by name, since
@@ -303,8 +303,8 @@ def parse(argv):
 
 def main(argv=None) -> dict:
     """Trains; returns {'model': the peft model, 'step': last step, 'losses': [step loss], 'eval': {...}}."""
-    with reported():
-        return train(take_trust_flag(list(sys.argv[1:] if argv is None else argv)))
+    with command(list(sys.argv[1:] if argv is None else argv)) as argv:
+        return train(argv)
 
 
 def train(argv: list[str]) -> dict:

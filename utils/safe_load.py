@@ -5,7 +5,7 @@ cache file swapped by someone else could run anything on load.  Every file of th
 weights_only=True: tensors, containers and plain scalars, plus SAFE_GLOBALS below and nothing else.  A file that
 names anything else is refused with UnsafeFileError, naming the object; `--trust_checkpoint` (trust_files())
 loads it anyway, for a file whose origin the user trusts.  A damaged file raises DamagedFileError.  Both name the
-file and the way out; the entry points print them as one message (reported()).
+file and the way out; the entry points print them as one message (command()).
 
 Imports nothing of the project.
 """
@@ -75,17 +75,10 @@ def trusted() -> bool:
 
 
 def add_trust_flag(parser) -> None:
-    """--trust_checkpoint in a command's --help (take_trust_flag reads it before the parser does)."""
+    """--trust_checkpoint in a command's --help (command() takes it out of argv before the parser runs)."""
     parser.add_argument(TRUST_FLAG, action="store_true",
                         help="load checkpoint files that hold objects other than tensors and plain data (their code "
                              "runs: only for files you trust)")
-
-
-def take_trust_flag(argv: list[str]) -> list[str]:
-    """argv without --trust_checkpoint, which switches trust_files on for this process.  Only the command line
-    can: a config file or a run folder's configs.yaml may come from the same place as the file it would let in."""
-    trust_files(TRUST_FLAG in argv)
-    return [a for a in argv if a != TRUST_FLAG]
 
 
 def _first_line(e: BaseException) -> str:
@@ -136,9 +129,15 @@ def load(path: str, what: str = "checkpoint", hint: str = "") -> object:
 
 
 @contextmanager
-def reported():
-    """Around an entry point: a refused or damaged file ends the command with its message, not a traceback."""
+def command(argv: list[str]):
+    """Around an entry point: yields argv without --trust_checkpoint, which trusts files for this command only (the
+    command line alone can: a config file or a run's configs.yaml may come from where the file comes from), and
+    ends the command with the message of a refused or damaged file instead of a traceback."""
+    previous = trusted()
+    trust_files(TRUST_FLAG in argv)
     try:
-        yield
+        yield [a for a in argv if a != TRUST_FLAG]
     except FileRefused as e:
         raise SystemExit(str(e)) from None
+    finally:
+        trust_files(previous)
