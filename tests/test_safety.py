@@ -156,7 +156,7 @@ def test_a_malicious_pickle_runs_on_no_path_that_reads_a_file(run_dir, data_root
     assert not marker.exists()
     # the one flag that loads such a file anyway: its code runs (the marker appears), and the file is then
     # judged on its contents
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit), pytest.warns(UserWarning, match="loaded in full because of --trust_checkpoint"):
         test_main.main(["--checkpoint", evil, "--config", config, "--trust_checkpoint"])
     assert marker.exists()
 
