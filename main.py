@@ -4,6 +4,10 @@
     python main.py --config configs/rde/cuhk.yaml --root_dir /data   # RDE on CUHK-PEDES
     python main.py --resume logs/CUHK-PEDES/20260101_120000_RDE      # continue a killed run
     torchrun --nproc_per_node 4 main.py --config configs/rde/cuhk.yaml   # 4 GPUs, global batch 4 x batch_size
+
+--trust_checkpoint loads a --pretrain_path / --pretrain_choice / --resume file that holds objects other than tensors
+and plain data (their code runs; only for files you trust).  SIGTERM / Ctrl-C stop at the next step with a
+checkpoint that --resume continues; a NaN / inf loss stops at once (README, Safety).
 """
 import os
 import sys
@@ -12,12 +16,14 @@ import time
 from configs import config_conflicts, parse_args
 from datasets import DatasetError
 from utils.images import ImageDecodeError
+from solver.faults import Interrupted, NonFiniteLoss
 from solver.methods import build_engine
 from utils import distributed as dist
-from utils.checkpoint import load_latest
+from utils.checkpoint import DiskFullError, load_latest
 from utils.logger import setup_logger
 from utils.options import save_config
 from utils.run_folder import RunFolder, RunFolderError
+from utils.safe_load import FileRefused, command
 
 
 def make_run_dir(cfg) -> str:
@@ -43,6 +49,11 @@ def checkpoint_to_resume(cfg, log):
 
 
 def main(argv=None) -> dict:
+    with command(list(sys.argv[1:] if argv is None else argv)) as argv:
+        return train(argv)
+
+
+def train(argv: list[str]) -> dict:
     cfg = parse_args(argv)
     dist.init_distributed(cfg.device)                       # under torchrun; nothing on one process
     cfg.run_dir = dist.broadcast_object(make_run_dir(cfg))  # one folder, named by rank 0
@@ -59,13 +70,22 @@ def main(argv=None) -> dict:
     log.info("run folder %s", cfg.run_dir)
     try:
         engine = build_engine(cfg, cfg.run_dir, checkpoint_to_resume(cfg, log) if cfg.resume else None)
-    except (DatasetError, SystemExit) as e:
+    except (DatasetError, FileRefused, SystemExit) as e:
         log.error("%s", e)
         if folder is not None:
             folder.remove_if_unused()        # a failed start leaves no empty run folder behind
-        raise SystemExit(2 if isinstance(e, DatasetError) else e.code) from None
+        raise SystemExit(e.code if isinstance(e, SystemExit) else 2) from None
     try:
         return engine.run()
+    except Interrupted as stop:      # preempted (SIGTERM) or Ctrl-C: one line, the exit status of that signal
+        log.info("%s", stop.message(engine.last_saved, cfg.run_dir))
+        raise SystemExit(128 + int(engine.stop.signum)) from None
+    except NonFiniteLoss as e:
+        log.error("%s", e.message(engine.last_saved, cfg.run_dir))
+        raise SystemExit(3) from None
+    except DiskFullError as e:
+        log.error("%s, then continue with: python main.py --resume %s", e.strerror, cfg.run_dir)
+        raise SystemExit(2) from None
     except ImageDecodeError as e:
         # from a loader worker the message carries the worker's traceback, whose last line names the image
         line = "cannot decode image" + str(e).rsplit("cannot decode image", 1)[-1].splitlines()[0]

@@ -13,6 +13,7 @@ import os
 import sys
 
 from evaluation.retrieval_index import load_encoders, open_index, search
+from utils.safe_load import add_trust_flag, command
 
 
 def parse(argv):
@@ -27,6 +28,7 @@ def parse(argv):
     p.add_argument("--device", help="auto, cpu, cuda ...")
     p.add_argument("--batch_size", type=int, help="images per batch while indexing (default: the run's)")
     p.add_argument("--num_workers", type=int, help="image loading workers (default: the run's)")
+    add_trust_flag(p)
     p.add_argument("--save", metavar="PNG", help="draw each query above its top-k images into this file")
     return p.parse_args(argv)
 
@@ -47,7 +49,12 @@ def read_queries(args) -> list[str]:
 
 
 def main(argv=None) -> list[dict]:
-    args = parse(sys.argv[1:] if argv is None else argv)
+    with command(list(sys.argv[1:] if argv is None else argv)) as argv:
+        return run(argv)
+
+
+def run(argv: list[str]) -> list[dict]:
+    args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     queries = read_queries(args)
     enc = load_encoders(args.run, args.checkpoint, args.device)

@@ -16,6 +16,7 @@ import sys
 from configs import build_parser
 from evaluation.runs import load_checkpoint_files, load_run
 from utils.logger import setup_logger
+from utils.safe_load import add_trust_flag, command
 
 
 def parse(argv):
@@ -26,6 +27,7 @@ def parse(argv):
     p.add_argument("--checkpoint", nargs="+",
                    help="with --run: checkpoint names in the run folder or .pth paths, each evaluated (default: best "
                         "last); with --config: one checkpoint file, or two for twins")
+    add_trust_flag(p)
     p.add_argument("--out", default="", help="with --config: folder for test_log.txt and --visualize pictures")
     p.add_argument("--root_dir", help="dataset root, if it moved since training")
     p.add_argument("--anno_path", help="annotation file, if it moved since training")
@@ -59,7 +61,12 @@ def parse(argv):
 
 
 def main(argv=None) -> dict:
-    args = parse(sys.argv[1:] if argv is None else argv)
+    with command(list(sys.argv[1:] if argv is None else argv)) as argv:
+        return evaluate(argv)
+
+
+def evaluate(argv: list[str]) -> dict:
+    args = parse(argv)
     overrides = dict(root_dir=args.root_dir, anno_path=args.anno_path, device=args.device,
                      test_batch_size=args.test_batch_size, num_workers=args.num_workers,
                      image_cache=None if args.image_cache is None else args.image_cache == "true",

@@ -134,12 +134,13 @@ class ImageCache:
         except (OSError, ValueError) as e:
             log.warning("image cache %s: unreadable index (%s); rebuilding it", self.index_file, e)
             return {}
-        if (data.get("version") != VERSION or data.get("resize") != RESIZE
-                or tuple(data.get("size", ())) != self.size):
-            log.info("image cache %s was made by another version or size; rebuilding it", self.folder)
+        if (not isinstance(data, dict) or data.get("version") != VERSION or data.get("resize") != RESIZE
+                or data.get("size") != list(self.size) or not _valid_entries(data.get("entries"))):
+            log.warning("image cache %s was made by another version or size, or its index is damaged; rebuilding it",
+                        self.folder)
             return {}
         size = os.path.getsize(self.pixels_file) if os.path.exists(self.pixels_file) else 0
-        entries = data.get("entries", {})
+        entries = data["entries"]
         # a slot past the end of the pixel file (file replaced or truncated) is not there
         return {k: v for k, v in entries.items() if (v[0] + 1) * self.slot_bytes <= size}
 
@@ -261,6 +262,13 @@ class ImageCache:
         if failed:
             more = f" (and {len(failed) - 1} other unreadable images)" if len(failed) > 1 else ""
             raise ImageDecodeError(failed[0] + more)
+
+
+def _valid_entries(entries) -> bool:
+    """{key: [slot >= 0, bytes, mtime_ns]}, as write_index writes them: anything else is not read as slots."""
+    return isinstance(entries, dict) and all(
+        isinstance(v, list) and len(v) == 3 and all(type(x) is int for x in v) and v[0] >= 0
+        for v in entries.values())
 
 
 def _workers(workers: Optional[int], jobs: int) -> int:

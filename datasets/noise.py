@@ -8,6 +8,7 @@ runs with the same file see the same noise. Ground truth: `is_clean = perm == np
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -32,10 +33,13 @@ def load_or_create_permutation(noisy_file: str, n: int, rate: float, seed: int) 
     """Load the permutation from `noisy_file`, or create it from the seed and save it there."""
     if os.path.exists(noisy_file):
         try:
-            perm = np.load(noisy_file)
+            perm = np.load(noisy_file, allow_pickle=False)   # a pickled .npy would run code
         except (OSError, ValueError) as e:
             raise DatasetError(f"{noisy_file}: cannot read the noise permutation ({e}); delete it to "
                                f"regenerate it from the seed.") from e
+        if not isinstance(perm, np.ndarray):   # a zip (.npz, torch.save) read lazily: not a permutation
+            raise DatasetError(f"{noisy_file}: cannot read the noise permutation (not a .npy array); delete it to "
+                               "regenerate it from the seed.")
         ok = (perm.ndim == 1 and len(perm) == n and np.issubdtype(perm.dtype, np.integer)
               and np.array_equal(np.sort(perm), np.arange(n)))
         if not ok:
@@ -46,10 +50,16 @@ def load_or_create_permutation(noisy_file: str, n: int, rate: float, seed: int) 
         return perm.astype(np.int64)
     perm = make_noisy_permutation(n, rate, seed)
     parent = os.path.dirname(os.path.abspath(noisy_file))
-    os.makedirs(parent, exist_ok=True)
-    # Atomic: a concurrent run never reads a half-written file. np.save on a file object keeps the name.
-    with atomic_open(noisy_file, "wb") as f:
-        np.save(f, perm)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        # Atomic: a concurrent run never reads a half-written file. np.save on a file object keeps the name.
+        with atomic_open(noisy_file, "wb") as f:
+            np.save(f, perm)
+    except OSError as e:
+        # a read-only dataset folder: the permutation is a function of the seed, so the run is the same unsaved
+        logging.getLogger("reid").warning("cannot save the noise permutation to %s (%s); using it unsaved (the "
+                                          "same seed makes the same one; --noisy_file puts it elsewhere)",
+                                          noisy_file, e.strerror)
     return perm
 
 

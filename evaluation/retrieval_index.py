@@ -27,6 +27,7 @@ from datasets.transforms import build_transforms
 from utils.checkpoint import atomic_save
 from utils.device import autocast
 from utils.progress import progress as progress_bar
+from utils.safe_load import load as safe_load
 from utils.tokenizer import tokenize_one
 from .runs import load_run
 
@@ -162,7 +163,7 @@ def _load_cached(path: str, folder: str, enc: Encoders) -> FolderIndex | None:
     if not os.path.isfile(path):
         return None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = safe_load(path, "retrieval index")
         if data.get("format") != INDEX_FORMAT or data.get("identity") != enc.identity:
             log.info("%s was made with other weights or settings; rebuilding it", path)
             return None

@@ -78,7 +78,7 @@ class Run:
                 self.models, self.reports = load_models(
                     self.files, self.cfg, lambda cfg, arch: random_model(cfg, arch, self.dataset.num_train_pids),
                     self.device)
-            except (FileNotFoundError, CheckpointMismatch) as e:
+            except (FileNotFoundError, CheckpointMismatch, ValueError) as e:   # each names the file
                 raise SystemExit(str(e)) from None
             if self.cfg.twin and len(self.models) == 1:
                 self.reports[0].notes.append("the config asks for twins; one file holds one model, evaluated alone "

@@ -1,6 +1,7 @@
 """The data a training run reads: the (noisy) training pairs, their loaders, and the split it is evaluated on."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 
@@ -29,6 +30,18 @@ def unique_images(records) -> tuple[list[str], list[int]]:
     return paths, pids
 
 
+class ResumableDraws(EpochDraws):
+    """EpochDraws that can start an epoch part-way: `skip` samples (this process's share) are left out of the
+    next epoch's order, once.  A run stopped mid-epoch (a SIGTERM) so trains that epoch's remaining batches,
+    the very batches and augmentation draws the uninterrupted run had."""
+
+    skip = 0
+
+    def __iter__(self):
+        keys, self.skip = itertools.islice(super().__iter__(), self.skip, None), 0
+        return keys
+
+
 class TrainData:
     """The dataset with cfg.noisy_rate of its captions permuted (is_clean: the truth, None without noise).
     `build_loaders(num_views)` then makes the training loader (one augmented view per model), the division
@@ -51,11 +64,11 @@ class TrainData:
     def num_classes(self) -> int:
         return self.dataset.num_train_pids
 
-    def epoch_sampler(self, stream: int) -> EpochDraws:
+    def epoch_sampler(self, stream: int) -> ResumableDraws:
         """One shuffle for any number of processes (each takes every world_size-th sample of it), so N processes
         x batch B see exactly the batches of one process with batch N x B (cfg.batch_size is per process); the
         order and the augmentation draws are functions of (seed, epoch, stream)."""
-        return EpochDraws(torch.utils.data.DistributedSampler(
+        return ResumableDraws(torch.utils.data.DistributedSampler(
             range(len(self.records)), num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
             seed=self.cfg.seed + stream), stream=stream)
 

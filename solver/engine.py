@@ -12,6 +12,7 @@ subclass that overrides one of these points:
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict
@@ -24,11 +25,13 @@ from utils import distributed as dist
 from utils.checkpoint import load_model_states
 from utils.device import autocast
 from utils.progress import progress
-from utils.run_folder import crash_point
+from utils.run_folder import crash_point, injected
 from utils.seed import rng_state, set_rng_state
+from utils.stop import StopSignals
 
 from .division import clean_probability, division_quality, gmm_settings, votes_from_probability
 from .division_reads import READS
+from .faults import FiniteCheck, Interrupted, poisoned
 from .objective import rda_weight, weighted_loss
 from .optimizer import build_optimizer
 from .scheduler import build_scheduler
@@ -57,6 +60,9 @@ class Engine:
         self.weights = torch.ones(len(data.records)) if data is not None else None
         self.start_epoch, self.best, self.results = 1, {}, {}  # best: {"epoch", "results"} of the best evaluation
         self.resumed_record = None                              # the metrics row of the checkpoint's epoch
+        self.partial = None          # an epoch stopped by a signal: where, its loss sums, weights and record so far
+        self.stop = StopSignals()    # installed by run()
+        self.last_saved = None       # the newest checkpoint of this run, as the messages name it
 
     def wrap(self, model):
         if dist.world_size() > 1:
@@ -137,53 +143,94 @@ class Engine:
         loader = self.data.train_loader
         self.data.sampler.set_epoch(epoch)  # the data order depends on (seed, epoch) only: resumable
         sums, steps = {}, 0
+        if self.partial is not None:        # resumed mid-epoch: the epoch's remaining batches, as they would have come
+            sums = {k: v.to(self.device) for k, v in self.partial["sums"].items()}
+            steps = self.partial["steps"]
+            self.data.sampler.skip = steps * loader.batch_size
+            self.partial = None
         weights_on_device = self.weights.to(self.device)
+        finite = FiniteCheck(self.device, epoch, len(loader))   # raises NonFiniteLoss, before anything is saved
         bar = progress(loader, dist.is_main(), desc=f"epoch {epoch}/{self.cfg.num_epoch}", leave=False)
         for batch in bar:
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             loss, parts = self.train_step(batch, weights_on_device[dist.gather_batch(batch["index"])], epoch)
+            if injected("REID_NAN_AT", f"epoch{epoch}:step{steps + 1}"):
+                loss, parts = poisoned(loss, parts)
             self.optimizer_step(loss)
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
             steps += 1
+            finite.push(steps, loss, parts)
             if steps == len(loader) // 2:
                 crash_point(f"epoch{epoch}:mid")
+                self.stop.wait_if_asked(f"epoch{epoch}:mid")
             if steps % self.cfg.log_period == 0:  # the only host sync of the loop
                 bar.set_postfix(loss=f"{float(loss):.3f}")
+            if self.stop.requested:
+                finite.flush()
+                raise Interrupted(self.stop.name, epoch, steps, len(loader),
+                                  {k: v.detach().cpu() for k, v in sums.items()})
+        finite.flush()
         return {f"loss/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict:
-        """Train from start_epoch to num_epoch; returns the last evaluation's metrics per row."""
+        """Train from start_epoch to num_epoch; returns the last evaluation's metrics per row.  A SIGTERM / SIGINT
+        ends the epoch's training at the next step with a checkpoint (Interrupted); a non-finite loss stops at once
+        (NonFiniteLoss)."""
         for hook in self.hooks:
             hook.before_run(self)
-        for epoch in range(self.start_epoch, self.cfg.num_epoch + 1):
-            start = time.time()
-            record = {"epoch": epoch, "lr": self.backbone_lr()}
-            if self.cfg.division:
-                record.update(self.divide(epoch))
-            record.update(self.train_epoch(epoch))
-            for scheduler in self.schedulers:
-                scheduler.step()
-            record["train_time"] = time.time() - start
-            for hook in self.hooks:
-                hook.after_epoch(self, epoch, record)
-            dist.barrier()
+        last_record = self.resumed_record
+        with self.stop:
+            for epoch in range(self.start_epoch, self.cfg.num_epoch + 1):
+                if self.stop.requested:         # arrived during the last epoch's evaluation or checkpoint
+                    self.stopped(Interrupted(self.stop.name, epoch - 1, None, None, None))
+                start = time.time()
+                if self.partial is not None:    # the division of this epoch was made before the stop
+                    record = dict(self.partial["record"])
+                    self.weights = self.partial["weights"]
+                else:
+                    record = {"epoch": epoch, "lr": self.backbone_lr()}
+                    if self.cfg.division:
+                        record.update(self.divide(epoch))
+                try:
+                    record.update(self.train_epoch(epoch))
+                except Interrupted as stop:
+                    stop.state = self.state_dict(epoch - 1, last_record, partial={
+                        "epoch": epoch, "steps": stop.steps, "sums": stop.sums, "weights": self.weights,
+                        "record": record})
+                    self.stopped(stop)
+                for scheduler in self.schedulers:
+                    scheduler.step()
+                record["train_time"] = time.time() - start
+                for hook in self.hooks:
+                    hook.after_epoch(self, epoch, record)
+                last_record = record
+                dist.barrier()
         for hook in self.hooks:
             hook.after_run(self)
         return self.results
+
+    def stopped(self, stop: Interrupted) -> None:
+        """The hooks see the stop (Checkpoints writes stop.state, when there is one), then it ends the run."""
+        for hook in self.hooks:
+            hook.interrupted(self, stop)
+        raise stop
 
     def backbone_lr(self) -> float:
         groups = self.optimizers[0].param_groups
         return next((g["lr"] for g in groups if g["initial_lr"] == self.cfg.lr), groups[0]["lr"])
 
     # ---------------------------------------------------------------- state
-    def state_dict(self, epoch: int, record: dict | None = None) -> dict:
-        """The weights (best.pth) or, with the epoch's metrics record, all --resume needs (last.pth)."""
+    def state_dict(self, epoch: int, record: dict | None = None, partial: dict | None = None) -> dict:
+        """The weights (best.pth) or, with the epoch's metrics record, all --resume needs (last.pth).  `partial`:
+        the next epoch stopped by a signal mid-way (its step, loss sums, division weights and record so far)."""
         state = {"epoch": epoch, "models": [m.state_dict() for m in self.models], "results": self.results,
-                 "config": dict(self.cfg), "best": self.best,
+                 "config": json.loads(json.dumps(dict(self.cfg))), "best": self.best,   # plain data: weights_only
                  "clip_config": asdict(self.models[0].backbone.config)}  # test.py rebuilds without the CLIP file
-        if record is not None:
+        if partial is not None:
+            state["partial"] = partial
+        if record is not None or partial is not None:
             state.update(optimizers=[o.state_dict() for o in self.optimizers],
                          schedulers=[s.state_dict() for s in self.schedulers],
                          scaler=self.scaler.state_dict(), rng=rng_state(), record=record)
@@ -200,4 +247,9 @@ class Engine:
         self.start_epoch, self.best = ckpt["epoch"] + 1, ckpt["best"]
         self.results = ckpt.get("results", {})
         self.resumed_record = ckpt.get("record")
+        self.partial = ckpt.get("partial")
+        if self.partial is not None:
+            log.info("continuing epoch %d after its step %d", self.partial["epoch"], self.partial["steps"])
+        self.last_saved = f"{path} (epoch {ckpt['epoch']}" + (
+            f", and epoch {self.partial['epoch']} up to step {self.partial['steps']})" if self.partial else ")")
         log.info("resumed from %s at epoch %d (best R1 so far %.2f)", path, self.start_epoch, self.best_r1)

@@ -30,6 +30,9 @@ class Hook:
     def after_run(self, engine) -> None:
         pass
 
+    def interrupted(self, engine, stop) -> None:
+        """A stop signal ended the run at a step boundary (solver.faults.Interrupted, its checkpoint in stop.state)."""
+
 
 class Evaluation(Hook):
     """Every `period` epochs and after the last: the table, the headline row's metrics in the record, and
@@ -70,6 +73,12 @@ class Checkpoints(Hook):
         if engine.best.get("epoch") == epoch:
             self.save(engine.state_dict(epoch), "best.pth", epoch)
         self.save(engine.state_dict(epoch, record), LAST, epoch)
+        engine.last_saved = f"{os.path.join(self.run_dir, LAST)} (epoch {epoch})"
+
+    def interrupted(self, engine, stop):
+        if dist.is_main() and stop.state is not None:
+            self.save(stop.state, LAST, stop.epoch)
+            engine.last_saved = os.path.join(self.run_dir, LAST)
 
     def save(self, state: dict, name: str, epoch: int) -> None:
         atomic_save(state, os.path.join(self.run_dir, name), crash_name=f"epoch{epoch}:{name}",
@@ -101,6 +110,9 @@ class MetricsLog(Hook):
     def after_run(self, engine):
         if self.writer is not None:
             self.writer.close()
+
+    def interrupted(self, engine, stop):
+        self.after_run(engine)
 
     def tensorboard(self, rows: list[dict]):
         """A fresh events file holding the metrics rows so far (one events file per run folder)."""

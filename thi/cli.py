@@ -27,6 +27,7 @@ from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger
 from utils.metrics import metrics_table, rank_metrics
 from utils.progress import library_bars_follow_terminal
+from utils.safe_load import add_trust_flag, command
 from .interaction import localise, new_states, refine
 from .rerank import RunSimilarity, reranked
 
@@ -54,6 +55,7 @@ def parse(argv):
     p.add_argument("--root_dir", help="dataset root, if it moved since training")
     p.add_argument("--anno_path", help="annotation file, if it moved since training")
     p.add_argument("--device", help="device of the retrieval model (auto, cpu, cuda ...)")
+    add_trust_flag(p)
     add_shard_arg(p)
     args = p.parse_args(argv)
     if (args.run is None) == (args.config is None):
@@ -95,7 +97,12 @@ def retrieval_off_the_gpu(run, sims: RunSimilarity):
 def main(argv=None) -> dict:
     """Runs THI; returns {'metrics': {row: metrics}, 'states': [QueryState], 'base': S_base, 'final': S_final}
     (S_final after the last round; both [queries, gallery])."""
-    args = parse(sys.argv[1:] if argv is None else argv)
+    with command(list(sys.argv[1:] if argv is None else argv)) as argv:
+        return run_thi(argv)
+
+
+def run_thi(argv: list[str]) -> dict:
+    args = parse(argv)
     stem = os.path.splitext(os.path.basename(args.checkpoint[0]))[0]
     out = args.out or (os.path.join(args.run, "thi") if args.run else os.path.join("logs", "thi", stem))
     os.makedirs(out, exist_ok=True)

@@ -37,6 +37,8 @@ from mllm.backends.hf import disable_cudnn_attention
 from utils.device import resolve_device, resolve_precision
 from utils.logger import append_jsonl, setup_logger
 from utils.progress import library_bars_follow_terminal, progress
+from utils.safe_load import load as safe_load
+from utils.safe_load import add_trust_flag, command
 from .sft_data import DATA_FILE, IMAGE_TOKEN
 
 # the language model's projections in Qwen2-VL; the vision tower (model.visual) is left out by name, since
@@ -223,7 +225,7 @@ def load_checkpoint(folder: str, model, optimizer, scheduler, args: dict) -> int
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = torch.load(os.path.join(folder, "state.pt"), weights_only=False)
+    state = safe_load(os.path.join(folder, "state.pt"), "LoRA training state")
     changed = [k for k in RESUME_KEYS if state["args"].get(k) != args.get(k)]
     if changed:
         before = state["args"]
@@ -288,6 +290,7 @@ def parse(argv):
     p.add_argument("--min_pixels", type=int, default=DEFAULT_PIXELS, help="image size range, as given to THI")
     p.add_argument("--max_pixels", type=int, default=DEFAULT_PIXELS)
     p.add_argument("--device", help="default: cuda if there is one")
+    add_trust_flag(p)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 on a GPU")
     args = p.parse_args(argv)
     for name in ("lora_rank", "epochs", "batch_size", "grad_accum", "save_steps", "log_steps"):
@@ -300,9 +303,14 @@ def parse(argv):
 
 def main(argv=None) -> dict:
     """Trains; returns {'model': the peft model, 'step': last step, 'losses': [step loss], 'eval': {...}}."""
+    with command(list(sys.argv[1:] if argv is None else argv)) as argv:
+        return train(argv)
+
+
+def train(argv: list[str]) -> dict:
     from transformers import get_scheduler
 
-    args = parse(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
     os.makedirs(args.out, exist_ok=True)
     log = setup_logger(args.out, name="thi", filename="sft_log.txt")
     library_bars_follow_terminal()

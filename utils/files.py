@@ -11,9 +11,15 @@ from contextlib import contextmanager
 def atomic_open(path: str, mode: str = "w"):
     """open(path, mode) for writing, made visible under `path` only once the block has finished."""
     tmp = f"{path}.tmp{os.getpid()}"   # one temporary per process: concurrent writers never share it
-    with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
-        yield f
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        # a failed write (a full disk) takes its partial file with it, so the space it held is free again
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def write_json(path: str, obj, indent: int | None = 1) -> None:

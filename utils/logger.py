@@ -18,11 +18,17 @@ def setup_logger(run_dir: str | None = None, name: str = "reid", filename: str =
         h.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers = [logging.StreamHandler(sys.stdout)]
+    unwritable = None
     if run_dir:
-        handlers.append(logging.FileHandler(os.path.join(run_dir, filename)))
+        try:
+            handlers.append(logging.FileHandler(os.path.join(run_dir, filename)))
+        except OSError as e:      # someone else's run folder, read-only: evaluating it still works
+            unwritable = f"cannot write {os.path.join(run_dir, filename)} ({e.strerror}): logging to the console only"
     for h in handlers:
         h.setFormatter(fmt)
         logger.addHandler(h)
+    if unwritable:
+        logger.warning("%s", unwritable)
     return logger
 
 

@@ -26,8 +26,15 @@ class RunFolderError(RuntimeError):
 
 def crash_point(name: str) -> None:
     """Fault injection for the kill tests: REID_CRASH_AT=name makes the process kill -9 itself here."""
-    if name and os.environ.get("REID_CRASH_AT") == name:
+    if injected("REID_CRASH_AT", name):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def injected(variable: str, name: str) -> bool:
+    """Fault injection for the tests (tests/test_safety.py): the environment variable names the point where a
+    fault happens (REID_NAN_AT: the loss turns NaN; REID_DISK_FULL_AT: a checkpoint write finds the disk full;
+    REID_WAIT_AT: training pauses until a signal arrives, so that a test can send one mid-epoch)."""
+    return bool(name) and os.environ.get(variable) == name
 
 
 def checkpoints(run_dir: str) -> list[str]:

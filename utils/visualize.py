@@ -14,6 +14,8 @@ import textwrap
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .safe_load import load as safe_load
+
 THUMB = (64, 128)          # (width, height) of one gallery image: person crops are about 1:2 to 1:3
 FRAME = 4                  # frame width, thick enough to read green / red at a glance
 GAP = 6
@@ -161,7 +163,7 @@ def load_thi_similarity(run_dir: str, shape) -> torch.Tensor | None:
     path = os.path.join(run_dir, "thi", "final_similarity.pt")
     if not os.path.isfile(path):
         return None
-    sims = torch.load(path, map_location="cpu", weights_only=True)
+    sims = safe_load(path, "similarity file", "; it is written by python -m thi: run it again")
     if not isinstance(sims, torch.Tensor) or tuple(sims.shape) != tuple(shape):
         got = tuple(sims.shape) if isinstance(sims, torch.Tensor) else type(sims).__name__
         raise SystemExit(f"{path}: expected a [queries, gallery] = {tuple(shape)} tensor of this split, got {got}")
@@ -212,7 +214,13 @@ def visualize_run(run, evaluator, checkpoint: str, n: int, mode: str = "random",
     thi_ranks = first_correct_ranks(thi, split.caption_pids, split.image_pids) if thi is not None else None
     thi_queries = load_thi_queries(run.cfg.run_dir) if thi is not None else None
     out_dir = os.path.join(run.cfg.run_dir, "visualize")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise PermissionError(13, "not writable", out_dir)
+    except OSError as e:      # someone else's read-only run folder
+        raise SystemExit(f"--visualize: cannot write the pictures into {out_dir} ({e.strerror}; the run folder is "
+                         "read-only?); evaluate without --visualize, or copy the run folder somewhere writable")
     written = []
     for k, q in enumerate(pick_queries(ranks, n, mode, seed), 1):
         unchanged = thi_unchanged_reason(q, thi_queries) if thi is not None else None

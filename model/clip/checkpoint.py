@@ -16,6 +16,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from utils.safe_load import TRUST_FLAG, DamagedFileError, FileRefused, UnsafeFileError, trusted, unsafe_message
+from utils.safe_load import load as safe_load
+from utils.torchscript import is_torchscript_archive as _is_torchscript_archive
+from utils.torchscript import read_torchscript_tensors
+
 OPENAI_VIT_B16_URL = (
     "https://openaipublic.azureedge.net/clip/models/"
     "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt"
@@ -56,52 +61,39 @@ def _missing_file_message(path: str) -> str:
             f"and pass its path, or put it at {os.path.join(OPENAI_CACHE_DIR, 'ViT-B-16.pt')}.")
 
 
-def _is_torchscript_archive(path: str) -> bool:
-    # Both torch.save and TorchScript write zip archives; only TorchScript ships code/ and constants.pkl.
-    if not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _read_checkpoint(path: str) -> Any:
-    """Unpickle a checkpoint file; ValueError naming the file when it is not one."""
-    expected = ("expected a TorchScript archive (OpenAI's ViT-B-16.pt) or a torch.save'd state dict / "
+    """The file's contents, read without running code from it (utils/safe_load.py, utils/torchscript.py): a
+    TorchScript archive gives {name: tensor}, a torch.save'd file its dict.  DamagedFileError naming the file when
+    it is not one; UnsafeFileError when its pickle names objects outside the allowlist."""
+    expected = ("; expected a TorchScript archive (OpenAI's ViT-B-16.pt) or a torch.save'd state dict / "
                 "checkpoint dict; the file may be truncated or of another format")
     if _is_torchscript_archive(path):
         try:
-            with warnings.catch_warnings():
-                # torch.jit is deprecated in recent torch, but OpenAI only publishes TorchScript archives.
-                warnings.simplefilter("ignore", FutureWarning)
-                return torch.jit.load(path, map_location="cpu")
+            return read_torchscript_tensors(path)
+        except pickle.UnpicklingError as e:
+            if "is not read from a TorchScript archive" in str(e) and not trusted():
+                raise UnsafeFileError(unsafe_message(path, "TorchScript archive", str(e).split()[1])) from None
+            if not trusted():
+                raise DamagedFileError(f"{path!r} looks like a TorchScript archive but cannot be read "
+                                       f"({_first_line(e)}){expected}") from None
         except Exception as e:  # noqa: BLE001 - re-raised with the file name
-            raise ValueError(f"{path!r} looks like a TorchScript archive but cannot be loaded ({_first_line(e)}); "
-                             f"{expected}") from e
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # The safe loader refuses pickled non-tensor objects (args, scheduler state) that
-        # training checkpoints often carry; anything else here is a damaged or foreign file.
-        if "weights_only" not in str(e):
-            raise ValueError(f"{path!r} is not a readable checkpoint ({_first_line(e)}); {expected}") from e
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path!r} is not a readable checkpoint ({_first_line(e)}); {expected}") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path!r} is not a readable checkpoint ({_first_line(e)}); {expected}") from e
-    warnings.warn(f"{path}: loaded with weights_only=False because it holds non-tensor objects; "
-                  f"only load checkpoints you trust")
-    return obj
+            raise DamagedFileError(f"{path!r} looks like a TorchScript archive but cannot be read "
+                                   f"({_first_line(e)}){expected}") from None
+        # --trust_checkpoint: TorchScript's own loader, for archives holding more than a module tree of tensors
+        warnings.warn(f"{path}: loaded with torch.jit.load because of {TRUST_FLAG}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)   # torch.jit is deprecated; OpenAI publishes only it
+                return torch.jit.load(path, map_location="cpu")
+        except Exception as e:  # noqa: BLE001
+            raise DamagedFileError(f"{path!r} looks like a TorchScript archive but cannot be loaded "
+                                   f"({_first_line(e)}){expected}") from None
+    return safe_load(path, "checkpoint", expected)
 
 
 def _sha256(path: str) -> str:
@@ -175,7 +167,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 obj = inner
                 break
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path!r} holds a {type(obj).__name__}, expected a state dict (a mapping of "
+        raise FileRefused(f"{path!r} holds a {type(obj).__name__}, expected a state dict (a mapping of "
                          f"parameter names to tensors) or a checkpoint dict with a 'model' / 'state_dict' entry")
 
     sd: dict[str, torch.Tensor] = {}
@@ -188,12 +180,12 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             ignored.append(str(raw_key))
             continue
         if key in sd:
-            raise ValueError(f"{path!r}: two entries map to CLIP key {key!r} after stripping prefixes "
+            raise FileRefused(f"{path!r}: two entries map to CLIP key {key!r} after stripping prefixes "
                              f"{_WRAPPER_PREFIXES} (one is {raw_key!r}); cannot tell which to use")
         sd[key] = value
     if not sd:
         seen = [str(k) for k in list(obj.keys())[:8]]
-        raise ValueError(f"{path!r} contains no CLIP weights (expected keys like 'visual.conv1.weight', "
+        raise FileRefused(f"{path!r} contains no CLIP weights (expected keys like 'visual.conv1.weight', "
                          f"'token_embedding.weight', optionally under 'module.' / 'base_model.'); "
                          f"{len(obj)} keys seen, e.g. {seen}")
     if ignored:  # e.g. the heads of an IRRA / RDE checkpoint: said, so that a misspelt layout is noticed
