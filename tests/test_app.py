@@ -205,7 +205,8 @@ def browser_paths():
     return found
 
 
-def search_in_browser(url: str, description: str, expected: str, screenshot: str, timeout: float = 60) -> str:
+def search_in_browser(url: str, description: str, expected: str, screenshot: str, timeout: float = 60,
+                      window: str = "1400,1000") -> str:
     """Opens the page in headless chromium, types `description`, presses Search, waits until `expected` (a file
     name) is in the results, saves a screenshot; returns the results' text.  Also makes the README's picture."""
     from selenium import webdriver
@@ -218,7 +219,7 @@ def search_in_browser(url: str, description: str, expected: str, screenshot: str
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1400,1000"):
+                 f"--window-size={window}"):
         options.add_argument(flag)
     # both paths given: Selenium's manager downloads nothing
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
@@ -250,3 +251,14 @@ def test_search_in_a_real_browser(page, run_dir, data_root, tmp_path):
     assert f"#1 " in text and top in text.split("#2")[0]          # the expected file is the first result shown
     with open(shot, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_app_runs_on_a_small_gallery(run_dir, tmp_path):
+    """bench/app.py (the README's latency figure) with tiny sizes: it draws, indexes and times every way."""
+    from bench import app as bench_app
+
+    payload = bench_app.main(["--run", run_dir, "--gallery_size", "12", "--gallery_dir", str(tmp_path / "g"),
+                              "--queries", "2", "--no-http", "--device", "cpu"])
+    assert [r["way"] for r in payload["rows"]] == ["index build", "index refresh", "rank", "handler"]
+    assert len(os.listdir(tmp_path / "g")) == 12 + 1                    # the images and their index folder
+    assert all(r["median_ms"] > 0 for r in payload["rows"])

@@ -91,14 +91,19 @@ class Page:
                  caption_identities: list[int] | None = None, thi=None, topk: int = 10):
         self.gallery, self.title, self.thi, self.topk = gallery, title, thi, topk
         self.captions, self.caption_identities = captions or [], caption_identities or []
+        self._caption_index = {}
+        for i, c in enumerate(self.captions):
+            self._caption_index.setdefault(c.strip(), i)
 
     def _query(self, text: str, pick) -> tuple[str, int | None, int | None]:
-        """(query, caption index, its identity): a picked test caption counts as one while its text is unchanged;
-        its identity is used only on the test split's own gallery."""
+        """(query, caption index, its identity): the picked test caption while its text is unchanged, or a test
+        caption typed or pasted word for word; anything else is free text, without an identity."""
         text = (text or "").strip()
         if pick is not None and 0 <= int(pick) < len(self.captions) and self.captions[int(pick)].strip() == text:
-            return text, int(pick), self.caption_identities[int(pick)]
-        return text, None, None
+            index = int(pick)
+        else:
+            index = self._caption_index.get(text)
+        return (text, None, None) if index is None else (text, index, self.caption_identities[index])
 
     def search(self, text: str, pick, k) -> tuple[str, list, list]:
         """(summary, grid, table) of the top-k."""
@@ -162,8 +167,9 @@ class Page:
                 search = gr.Button("Search", variant="primary", elem_id="search", scale=1)
                 rescan = gr.Button("Re-scan gallery", elem_id="rescan", scale=1)
             result_md = gr.Markdown(elem_id="summary")
-            results = gr.Gallery(label="top-k", columns=10, height=340, object_fit="contain", elem_id="results")
-            with gr.Accordion("table", open=False):
+            results = gr.Gallery(label="top-k", columns=5, height=480, object_fit="contain", format="jpeg",
+                                 elem_id="results")   # JPEG: a 256-pixel thumbnail encodes in ~0.1 ms, WebP in ~15
+            with gr.Accordion("table", open=True):
                 rows = gr.Dataframe(headers=TABLE_HEADERS, elem_id="table", interactive=False)
             with gr.Accordion("THI: ask the MLLM about the candidates", open=self.thi is not None):
                 thi_md = gr.Markdown(THI_OFF if self.thi is None else
@@ -171,7 +177,7 @@ class Page:
                                      f"xi = {self.thi.s.xi}, lam = {self.thi.s.lam}); each round shows as it ends. "
                                      "Answers already in THI's cache are read back.", elem_id="thi_log")
                 thi_button = gr.Button("Run THI on this query", elem_id="thi_run", interactive=self.thi is not None)
-                thi_grid = gr.Gallery(label="THI: the list after each round", columns=10, height=340,
+                thi_grid = gr.Gallery(label="THI: the list after each round", columns=5, height=480, format="jpeg",
                                       object_fit="contain", elem_id="thi_results")
 
             pick.change(on_page(1)(self.pick), pick, query, api_name="pick")
