@@ -79,6 +79,8 @@ def on_page(n_outputs: int):
             except (Exception, SystemExit) as e:   # noqa: BLE001 -- SystemExit: the MLLM loader's message
                 log.exception("%s failed", fn.__name__)
                 message = f"Failed: {type(e).__name__}: {e}"
+            if n_outputs == 1:    # Gradio takes a lone output's value as it is, not in a tuple
+                return f"**{message}**"
             return (f"**{message}**",) + (None,) * (n_outputs - 1)
         return handler
     return wrap
