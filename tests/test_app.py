@@ -3,8 +3,8 @@ test.py computes; THI's rounds stream their questions and answers and reuse THI'
 message; nothing outside the gallery is served; and in a real browser (Debian's chromium + chromium-driver through
 Selenium) a typed description finds its top image.
 
-One page serves the module (a tiny trained run, conftest's run_dir, with the tiny Qwen2-VL answering Yes); before
-it starts, `python -m thi` asks about the first test caption, so the page must find those answers in the cache.
+One page serves the module (a tiny trained run, conftest's run_dir, with the tiny Qwen2-VL answering Yes); while it
+runs, `python -m thi` asks about the first test caption, so the page must find those answers in THI's cache.
 """
 import os
 import shutil
@@ -37,7 +37,7 @@ def thi_first_query(run_dir, tiny_qwen):
 
 
 @pytest.fixture(scope="module")
-def page(run_dir, tiny_qwen, thi_first_query):
+def page(run_dir, tiny_qwen):
     """(gradio_client.Client, URL) of `python app.py --run RUN_DIR --mllm TINY_QWEN ...`, served in this process."""
     from gradio_client import Client
 

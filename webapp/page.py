@@ -124,8 +124,6 @@ class Page:
         text, _, identity = self._query(text, pick)
         ranking = self.gallery.rank(text, identity)
         was = {row: rank for rank, row in enumerate(ranking.order.tolist(), 1)}
-        cache = self.thi.cache
-        counts = cache.from_cache, cache.asked
         done: list[str] = []
         yield f"Asking the MLLM about the top {self.thi.s.rounds} candidates of: *{text}* ...", None
         for step in self.thi.steps(self.gallery, ranking):
@@ -138,8 +136,9 @@ class Page:
             done.append("\n".join(block))
             hits = self.gallery.hits(ranking, int(k), step.order, step.scores)
             yield "\n\n".join(done), self._thi_grid(hits, step.candidate, was)
-        done.append(f"MLLM answers of this click: {cache.from_cache - counts[0]} read from THI's cache "
-                    f"({cache.path}), {cache.asked - counts[1]} asked.")
+        cache = self.thi.cache   # this run's (ThiRunner.steps opens it afresh)
+        done.append(f"MLLM answers of this click: {cache.from_cache} read from THI's cache ({cache.path}), "
+                    f"{cache.asked} asked.")
         yield "\n\n".join(done), self._thi_grid(hits, step.candidate, was)
 
     def _thi_grid(self, hits: list[Hit], candidate: str | None, was: dict[int, int]) -> list:

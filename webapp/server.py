@@ -32,13 +32,12 @@ def thi_runner(args, enc):
     if args.model_dir is None:
         return None
     from mllm.backends import backend_from_args
-    from mllm.cache import AnswerCache
     from thi.cli import default_xi
     from .thi_steps import ThiRunner, ThiSettings
 
     backend = backend_from_args(args)
     # THI's own cache file by default: answers `python -m thi --run RUN_DIR` got are reused, and kept for it
-    cache = AnswerCache(args.cache or os.path.join(args.run, "thi", "mllm_cache.jsonl"))
+    cache = args.cache or os.path.join(args.run, "thi", "mllm_cache.jsonl")
     xi = args.xi if args.xi is not None else default_xi(enc.cfg.dataset_name)
     return ThiRunner(backend, cache, ThiSettings(args.rounds, xi, args.lam, args.batch_size, args.max_new_tokens))
 

@@ -41,10 +41,11 @@ class ThiSettings:
 
 
 class ThiRunner:
-    """A backend (mllm/backends, loaded on its first question), THI's answer cache, and the settings."""
+    """A backend (mllm/backends, loaded on its first question), THI's answer cache file, and the settings."""
 
-    def __init__(self, backend, cache: AnswerCache, settings: ThiSettings):
-        self.backend, self.cache, self.s = backend, cache, settings
+    def __init__(self, backend, cache_path: str, settings: ThiSettings):
+        self.backend, self.cache_path, self.s = backend, cache_path, settings
+        self.cache = AnswerCache(cache_path)
 
     def _ask_yes(self, requests):
         return ask(self.backend, self.cache, "yes_probability", requests, self.s.batch_size)
@@ -55,6 +56,9 @@ class ThiRunner:
 
     def steps(self, gallery: Gallery, ranking: Ranking):
         """Yields a Step per yes/no round asked, then one for VQA + aggregation and the re-ranked list."""
+        # read again at every run: answers another process (python -m thi) cached since are reused too, and the
+        # cache's counts are this run's
+        self.cache = AnswerCache(self.cache_path)
         s_base = ranking.row()
         paths = gallery.paths()
         (state,) = new_states(s_base[None], [ranking.query], self.s.rounds)
