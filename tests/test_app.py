@@ -173,7 +173,8 @@ def test_thi_panel_streams_rounds_and_reuses_thi_cache(page, thi_first_query, da
     again = client.predict(FREE_TEXT, None, 5, api_name="/thi")[0]
     assert "3 read from THI's cache" in again and ", 0 asked" in again
     grid = client.predict(FREE_TEXT, None, 5, api_name="/thi")[1]
-    assert len(grid) == 5 and all("(base #" in g["caption"] for g in grid)
+    assert len(grid) == 5 and all(g["caption"].startswith(f"#{i} (base #") for i, g in enumerate(grid, 1))
+    assert sum("ASKED" in g["caption"] for g in grid) == 1                 # the accepted image, marked
 
 
 def test_thi_panel_without_a_model_says_how_to_enable_it():

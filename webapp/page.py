@@ -143,8 +143,9 @@ class Page:
 
     def _thi_grid(self, hits: list[Hit], candidate: str | None, was: dict[int, int]) -> list:
         """The list after a THI step; each image says its base rank, the one THI asked about is marked."""
-        return [(thumbnail(h), ("[asked] " if h.path == candidate else "") + caption_of(h)
-                 + f" (base #{was[h.row]})") for h in hits]
+        # the base rank first: a narrow tile cuts its caption's end
+        return [(thumbnail(h), f"#{h.rank} (base #{was[h.row]}){' ASKED' if h.path == candidate else ''} "
+                               + caption_of(h).split(" ", 1)[1]) for h in hits]
 
     def rescan(self) -> str:
         return self.gallery.refresh()
