@@ -64,8 +64,6 @@ def copy_of_split(split, folder):
 
 
 def test_page_ranks_like_retrieve_py_and_scores_a_test_caption_like_test_py(page, run_dir, data_root, tmp_path):
-    import torch
-
     from evaluation.runs import load_run
     from thi.rerank import RunSimilarity
     from utils.metrics import rank_metrics
@@ -98,7 +96,7 @@ def test_page_ranks_like_retrieve_py_and_scores_a_test_caption_like_test_py(page
     assert [g["caption"].endswith("✓") for g in grid] == matches     # the true identity's images are marked
     first_true = matches.index(True) + 1
     assert f"images rank {first_true}" in summary
-    assert torch.equal(torch.tensor(m["R1"] == 100.0), torch.tensor(matches[0]))
+    assert (m["R1"] == 100.0) == matches[0]
 
 
 def test_bad_input_gets_a_message_and_only_thumbnails_are_served(page, run_dir):
@@ -249,7 +247,7 @@ def test_search_in_a_real_browser(page, run_dir, data_root, tmp_path):
     # the artefact: TEST_ARTEFACTS or logs/test_artefacts (CI can collect it)
     shot = os.path.join(os.environ.get("TEST_ARTEFACTS", os.path.join("logs", "test_artefacts")), "app_search.png")
     text = search_in_browser(url, FREE_TEXT, top, shot)
-    assert f"#1 " in text and top in text.split("#2")[0]          # the expected file is the first result shown
+    assert "#1 " in text and top in text.split("#2")[0]          # the expected file is the first result shown
     with open(shot, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
