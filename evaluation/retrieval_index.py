@@ -100,9 +100,18 @@ def load_encoders(run_dir: str, checkpoint: str = "best", device: str | None = N
 # --------------------------------------------------------------------------- the folder index
 
 
-def scan_folder(folder: str) -> dict[str, tuple[int, int]]:
-    """{path relative to folder: (size, mtime_ns)} of every image below it (the cache folder excluded)."""
+def scan_folder(folder: str, files: list[str] | None = None) -> dict[str, tuple[int, int]]:
+    """{path relative to folder: (size, mtime_ns)} of every image below it (the cache folder excluded), or of
+    `files` only (paths relative to folder: a dataset split, whose folder also holds other splits' images)."""
     found = {}
+    if files is not None:
+        missing = [p for p in files if not os.path.isfile(os.path.join(folder, p))]
+        if missing:
+            raise SystemExit(f"{len(missing)} gallery images are missing under {folder}, e.g. {missing[0]}")
+        for p in files:
+            st = os.stat(os.path.join(folder, p))
+            found[p] = (st.st_size, st.st_mtime_ns)
+        return dict(sorted(found.items()))
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if d != INDEX_DIR)
         for name in filenames:
@@ -155,8 +164,8 @@ class FolderIndex:
                 "failed": {p: list(s) for p, s in self.failed.items()}}
 
 
-def index_path(folder: str, enc: Encoders) -> str:
-    return os.path.join(folder, INDEX_DIR, enc.cache_name)
+def index_path(folder: str, enc: Encoders, cache_dir: str | None = None) -> str:
+    return os.path.join(cache_dir or os.path.join(folder, INDEX_DIR), enc.cache_name)
 
 
 def _load_cached(path: str, folder: str, enc: Encoders) -> FolderIndex | None:
@@ -186,13 +195,18 @@ def _embed(paths: list[str], enc: Encoders, batch_size: int, num_workers: int, p
 
 
 def open_index(folder: str, enc: Encoders, batch_size: int | None = None, num_workers: int | None = None,
-               progress: bool = True) -> tuple[FolderIndex, RefreshReport]:
-    """The folder's index, brought up to date with the files now there, and what had to change."""
+               progress: bool = True, files: list[str] | None = None,
+               cache_dir: str | None = None) -> tuple[FolderIndex, RefreshReport]:
+    """The folder's index, brought up to date with the files now there, and what had to change.
+
+    files: only these images (relative to folder) instead of every image below it; cache_dir: where the index
+    file goes instead of FOLDER/.reid_index (a dataset folder may be read-only, and a subset needs its own file).
+    """
     folder = os.path.abspath(folder)
     if not os.path.isdir(folder):
         raise SystemExit(f"--images {folder}: not a folder")
-    current = scan_folder(folder)
-    cache_file = index_path(folder, enc)
+    current = scan_folder(folder, files)
+    cache_file = index_path(folder, enc, cache_dir)
     old = _load_cached(cache_file, folder, enc) or FolderIndex(folder, [], [], torch.zeros(0, 0), {})
 
     report = RefreshReport()
@@ -272,10 +286,26 @@ class VectorSearch:
         return torch.cat(out_s), torch.cat(out_i)
 
 
+class GallerySearch:
+    """A folder index and the run's encoders, ready for queries: the one scoring path of retrieve.py and of the
+    search page (webapp/), so that both rank a query alike.  The search structure is built once, not per query."""
+
+    def __init__(self, index: FolderIndex, enc: Encoders, use_faiss: bool | None = None):
+        self.index, self.enc = index, enc
+        self.engine = VectorSearch(index.features, enc.device, use_faiss)
+
+    def ranked(self, queries: list[str], topk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fused scores [Q, k], row indices [Q, k] into index.paths), best first; topk None = the whole gallery."""
+        return self.engine.search(self.enc.encode_queries(queries), topk or self.engine.size)
+
+    def search(self, queries: list[str], topk: int = 10) -> list[list[tuple[str, float]]]:
+        """Per query, the top-k (relative path, fused score), best first."""
+        scores, ids = self.ranked(queries, topk)
+        return [[(self.index.paths[i], float(s)) for s, i in zip(row_s.tolist(), row_i.tolist())]
+                for row_s, row_i in zip(scores, ids)]
+
+
 def search(index: FolderIndex, enc: Encoders, queries: list[str], topk: int = 10,
            use_faiss: bool | None = None) -> list[list[tuple[str, float]]]:
     """Per query, the top-k (relative path, fused score), best first."""
-    engine = VectorSearch(index.features, enc.device, use_faiss)
-    scores, ids = engine.search(enc.encode_queries(queries), topk)
-    return [[(index.paths[i], float(s)) for s, i in zip(row_s.tolist(), row_i.tolist())]
-            for row_s, row_i in zip(scores, ids)]
+    return GallerySearch(index, enc, use_faiss).search(queries, topk)

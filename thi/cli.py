@@ -43,9 +43,7 @@ def parse(argv):
     p.add_argument("--config", help="options file (e.g. configs/rde/cuhk.yaml) for --checkpoint files, instead of "
                                     "--run: published RDE / ICL / IRRA-family weights as they are (test.py reads the same)")
     add_backend_args(p)
-    p.add_argument("--rounds", type=int, default=5, help="K: interaction rounds = candidates per query")
-    p.add_argument("--xi", type=float, help="gate threshold on s1 (default 0.55 on ICFG-PEDES, else 0.5)")
-    p.add_argument("--lam", type=float, default=0.8, help="S_final = lam S_base + (1 - lam) S_hat")
+    add_thi_args(p)
     p.add_argument("--checkpoint", nargs="+", default=["best"],
                    help="with --run: best, last or a .pth path; with --config: one checkpoint file, or two for twins")
     p.add_argument("--split", choices=["test", "val"], default="test")
@@ -62,13 +60,28 @@ def parse(argv):
         p.error("give either --run RUN_DIR, or --checkpoint FILE [FILE] with --config CONFIG")
     if args.run is not None and len(args.checkpoint) != 1:
         p.error("with --run, give one --checkpoint (best, last or a .pth path)")
-    if args.rounds < 1:
-        p.error("--rounds must be at least 1")
+    check_thi_args(p, args)
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be at least 1")
+    return args
+
+
+def add_thi_args(p) -> None:
+    """THI's own settings, shared with the search page (app.py), which runs the same rounds on one query."""
+    p.add_argument("--rounds", type=int, default=5, help="K: interaction rounds = candidates per query")
+    p.add_argument("--xi", type=float, help="gate threshold on s1 (default 0.55 on ICFG-PEDES, else 0.5)")
+    p.add_argument("--lam", type=float, default=0.8, help="S_final = lam S_base + (1 - lam) S_hat")
+
+
+def check_thi_args(p, args) -> None:
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     if not 0 <= args.lam <= 1:
         p.error("--lam must be in [0, 1]")
-    return args
+
+
+def default_xi(dataset_name: str) -> float:
+    return DEFAULT_XI.get(dataset_name, FALLBACK_XI)
 
 
 @contextlib.contextmanager
@@ -115,7 +128,7 @@ def run_thi(argv: list[str]) -> dict:
     where = dict(root_dir=args.root_dir, anno_path=args.anno_path, device=args.device)
     run = (load_run(args.run, **where) if args.run else
            load_checkpoint_files(args.checkpoint, args.config, out_dir=out, **where))
-    xi = args.xi if args.xi is not None else DEFAULT_XI.get(run.cfg.dataset_name, FALLBACK_XI)
+    xi = args.xi if args.xi is not None else default_xi(run.cfg.dataset_name)
     run.load_weights(args.checkpoint[0])
     for report in run.reports or []:
         log.info("\n%s", "\n".join(report.lines()))

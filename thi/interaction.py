@@ -73,18 +73,26 @@ def new_states(s_base: torch.Tensor, captions: list[str], rounds: int) -> list[Q
 def localise(states: list[QueryState], gallery: list[str], ask_yes, rounds: int, xi: float) -> None:
     """Rounds 0..rounds-1 of yes/no questions with the gate; sets anchor / anchor_round / error in place."""
     for r in range(rounds):
-        open_ = [s for s in states if s.anchor is None and s.error is None and r < len(s.candidates)
-                 and may_accept(r, [said_yes(p) for p in s.yes_prob], s.s1, xi)]
-        if not open_:
+        if not localise_round(states, gallery, ask_yes, r, xi):
             break
-        replies = ask_yes([Request(localisation_prompt(s.caption), gallery[s.candidates[r]]) for s in open_])
-        for s, reply in zip(open_, replies):
-            if isinstance(reply, Failure):
-                s.error = f"round {r} yes/no: {reply.reason}"
-                continue
-            s.yes_prob.append(reply)
-            if accepts(r, [said_yes(p) for p in s.yes_prob], s.s1, xi):
-                s.anchor, s.anchor_round, s.anchor_image = s.candidates[r], r, gallery[s.candidates[r]]
+
+
+def localise_round(states: list[QueryState], gallery: list[str], ask_yes, r: int, xi: float) -> list[QueryState]:
+    """Round r alone (the search page shows each round as it ends): asks the queries still open about their r-th
+    candidate, updates them in place and returns them; none returned means no later round asks anything."""
+    open_ = [s for s in states if s.anchor is None and s.error is None and r < len(s.candidates)
+             and may_accept(r, [said_yes(p) for p in s.yes_prob], s.s1, xi)]
+    if not open_:
+        return []
+    replies = ask_yes([Request(localisation_prompt(s.caption), gallery[s.candidates[r]]) for s in open_])
+    for s, reply in zip(open_, replies):
+        if isinstance(reply, Failure):
+            s.error = f"round {r} yes/no: {reply.reason}"
+            continue
+        s.yes_prob.append(reply)
+        if accepts(r, [said_yes(p) for p in s.yes_prob], s.s1, xi):
+            s.anchor, s.anchor_round, s.anchor_image = s.candidates[r], r, gallery[s.candidates[r]]
+    return open_
 
 
 def refine(states: list[QueryState], gallery: list[str], ask_text) -> None:

@@ -120,9 +120,11 @@ def make_backend(name: str, model_dir: str, lora: str | None = None, **opts) -> 
     raise SystemExit(f"--backend {name!r}: choose one of {', '.join(BACKENDS)}")
 
 
-def add_backend_args(p) -> None:
-    """The MLLM options of every command that asks Qwen2-VL (THI, RDA, the benchmarks)."""
-    p.add_argument("--model_dir", required=True, help="Qwen2-VL model folder (e.g. Qwen2-VL-7B-Instruct, or merged)")
+def add_backend_args(p, model_flags: tuple[str, ...] = ("--model_dir",), required: bool = True) -> None:
+    """The MLLM options of every command that asks Qwen2-VL (THI, RDA, the benchmarks).  The search page names
+    the model folder --mllm and makes it optional (no folder: no THI panel); it is args.model_dir either way."""
+    p.add_argument(*model_flags, dest="model_dir", required=required,
+                   help="Qwen2-VL model folder (e.g. Qwen2-VL-7B-Instruct, or merged)")
     p.add_argument("--backend", choices=BACKENDS, default="transformers",
                    help="transformers (any device) or vllm (its GPU build, or its CPU build: see the README)")
     p.add_argument("--lora", help="peft LoRA adapter folder applied on top of --model_dir")
