@@ -17,7 +17,7 @@ from configs import config_conflicts, parse_args
 from datasets import DatasetError
 from utils.images import ImageDecodeError
 from solver.faults import Interrupted, NonFiniteLoss
-from solver.methods import build_engine
+from solver.build import build_engine
 from utils import distributed as dist
 from utils.checkpoint import DiskFullError, load_latest
 from utils.logger import setup_logger

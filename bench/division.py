@@ -74,7 +74,7 @@ def synthetic_records(n: int, captions_per_image: float, num_ids: int) -> list:
 
 def build_trainer(args, num_models: int, noisy_rate: float):
     """An engine without data: its models give the embedding heads and losses, its sample_weights the division."""
-    from solver.methods import build_engine
+    from solver.build import build_engine
     from configs import resolve
 
     cfg = resolve({"pretrain_choice": "random", "clip_arch": {**TINY_BACKBONE, "embed_dim": args.bge_dim},

@@ -1,7 +1,7 @@
 """Training throughput of the real training step, on random tensors already on the device (the model, not the data).
 
 One step is exactly the engine's: `Engine.train_step` (every model's forward under autocast, the per-sample
-losses weighted by the division's weights and --loss_weights, summed) of `solver.methods.build_engine(cfg,
+losses weighted by the division's weights and --loss_weights, summed) of `solver.build.build_engine(cfg,
 num_classes=...)` (the method's engine without data), then `Engine.optimizer_step` (zero_grad, GradScaler
 backward, the fused optimiser steps).  FLOPs of
 one forward+backward are counted with torch.utils.flop_counter on the uncompiled model(s); model FLOP
@@ -78,6 +78,7 @@ def model_size_defaults(args):
 
 
 def make_cfg(args, batch_size: int, num_models: int):
+    import solver.build  # noqa: F401  (gives configs/ its registries)
     from configs import resolve
 
     return resolve({"pretrain_choice": "random", "clip_arch": args.clip_arch, "img_size": list(args.img_size),
@@ -133,7 +134,7 @@ def bench_one(args, batch_size: int, num_models: int) -> dict:
         # every setting compiles afresh: left alone, dynamo would see a second batch size of the same forward and
         # recompile it with dynamic shapes, so the second row would time another (slower) kind of graph
         torch._dynamo.reset()
-    from solver.methods import build_engine
+    from solver.build import build_engine
 
     cfg = make_cfg(args, batch_size, num_models)
     trainer = build_engine(cfg, num_classes=args.num_classes)     # models and optimisers, no data

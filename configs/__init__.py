@@ -2,8 +2,9 @@
 (demo.yaml, rde/, 3rtpr/, icl/, recommended.yaml, examples/).
 
     table.py     the options: CORE_GROUPS (the engine's and the run's), the parts' declared options collected into
-                 their --help groups (GROUPS, OPTIONS, read when used), the registries values are checked
-                 against, RUNTIME_OPTIONS (what a resumed run may change)
+                 their --help groups (GROUPS, OPTIONS, read when used), the rules that check values against the
+                 registries, RUNTIME_OPTIONS (what a resumed run may change)
+    parts.py     the registries themselves (Parts), given by solver/build.py (`give`): configs/ imports only utils/
     reading.py   a config from them: parse_args (main.py's command line, --config, --resume), build_parser,
                  load_yaml (a YAML file or a run's configs.yaml, checked), resolve (defaults < the method's
                  defaults < file < command line), defaults, check_all, cross_problems, primary_loss,
@@ -14,13 +15,14 @@ utils/options.py, which imports nothing of the project; `Option` is re-exported 
 """
 from utils.options import Option
 
+from .parts import Parts, give
 from .reading import (LISTING, build_parser, check_all, config_conflicts, cross_problems, defaults, load_yaml,
                       parse_args, primary_loss, resolve)
 from .table import CLIP_SET_ELSEWHERE, CORE_GROUPS, RUNTIME_OPTIONS, all_groups, all_options
 
-__all__ = ["CLIP_SET_ELSEWHERE", "CORE_GROUPS", "GROUPS", "LISTING", "OPTIONS", "RUNTIME_OPTIONS", "Option",
-           "all_groups", "all_options", "build_parser", "check_all", "config_conflicts", "cross_problems",
-           "defaults", "load_yaml", "parse_args", "primary_loss", "resolve"]
+__all__ = ["CLIP_SET_ELSEWHERE", "CORE_GROUPS", "GROUPS", "LISTING", "OPTIONS", "Option", "Parts",
+           "RUNTIME_OPTIONS", "all_groups", "all_options", "build_parser", "check_all", "config_conflicts",
+           "cross_problems", "defaults", "give", "load_yaml", "parse_args", "primary_loss", "resolve"]
 
 
 def __getattr__(name: str):

@@ -23,6 +23,7 @@ from easydict import EasyDict
 
 from utils import options as machinery
 
+from .parts import parts
 from .table import RUNTIME_OPTIONS, all_groups, all_options, methods
 
 # the command that lists every option, named in messages
@@ -50,19 +51,16 @@ def defaults() -> dict:
 
 def primary_loss(cfg: dict) -> str:
     """The loss the division listens to and the RDA term trains: primary_loss, or the first of loss_names."""
-    from model.losses import parse_loss_names
-    return cfg["primary_loss"] or parse_loss_names(cfg["loss_names"])[0]
+    return cfg["primary_loss"] or parts().parse_loss_names(cfg["loss_names"])[0]
 
 
 def cross_problems(cfg: dict) -> list[str]:
     """What is wrong between options (each fine on its own)."""
-    from model.losses import parse_loss_names
     problems = []
-    parts = cfg["loss_names"].split("+")
-    if "pre" in parts and not cfg["pretrain_path"]:
+    if "pre" in cfg["loss_names"].split("+") and not cfg["pretrain_path"]:
         problems.append(f"loss_names {cfg['loss_names']!r}: '+pre' initialises CLIP from a ReID-pretrained "
                         "checkpoint: give its file with --pretrain_path")
-    losses = parse_loss_names(cfg["loss_names"])
+    losses = parts().parse_loss_names(cfg["loss_names"])
     if cfg["primary_loss"] and cfg["primary_loss"] not in losses:
         problems.append(f"primary_loss {cfg['primary_loss']!r} is not trained: loss_names {cfg['loss_names']!r} "
                         f"trains {', '.join(losses)}")
@@ -72,10 +70,9 @@ def cross_problems(cfg: dict) -> list[str]:
             problems.append(f"loss_weights: {key!r} is not trained by loss_names {cfg['loss_names']!r}; its keys "
                             f"can be {', '.join(trained)} (add the loss to loss_names or drop the weight)")
     if (cfg["pretrain_path"] or cfg["pretrain_choice"]) in ("", "random"):     # a random CLIP (build_clip)
-        from model.clip import CLIPConfig
         try:
-            CLIPConfig(**cfg["clip_arch"], image_size=tuple(cfg["img_size"]), stride=cfg["stride_size"],
-                       context_length=cfg["text_length"])
+            parts().clip_config(**cfg["clip_arch"], image_size=tuple(cfg["img_size"]), stride=cfg["stride_size"],
+                                context_length=cfg["text_length"])
         except ValueError as e:
             problems.append(f"clip_arch {cfg['clip_arch']} with img_size {cfg['img_size']}, stride_size "
                             f"{cfg['stride_size']}: {e}")

@@ -5,7 +5,8 @@ parts (losses, embedding heads, weighting rules, methods) declare the options th
 `all_groups` / `all_options` collect them into their groups, read when called so that a part registered since is
 in them.  Values naming a part (a dataset, a loss, a head, an optimiser, a weighting rule, a method) and the keys
 of ``clip_arch``, ``gmm`` and ``loss_weights`` are checked against the registries of datasets/, model/ and solver/,
-imported when first needed.  `RUNTIME_OPTIONS` are those a resumed run may change.
+which solver/build.py gives (configs/parts.py), read when first needed.  `RUNTIME_OPTIONS` are those a resumed run
+may change.
 
 The machinery (Option, the rules, the parser, YAML files) is utils/options.py; reading a run's config from these
 options is configs/reading.py.
@@ -17,77 +18,68 @@ from dataclasses import fields
 from utils.options import (AT_LEAST_0, AT_LEAST_1, POSITIVE, Device, Keys, NameList, OneOf, Option, OptionError,
                            Range)
 
+from .parts import parts
+
 
 # ------------------------------------------------------------------ rules that read the project's registries
 class LossNames:
     """loss_names: '+'-separated registered losses and labels (model/losses parse_loss_names)."""
 
     def __call__(self, value):
-        from model.losses import parse_loss_names
         try:
-            parse_loss_names(value)
+            parts().parse_loss_names(value)
         except ValueError as e:
             raise OptionError(str(e)) from None
         return value
 
     def describe(self) -> str:
-        from model.losses import LABEL_RULE, LOSSES
-        return f"losses: {', '.join(LOSSES)}; {LABEL_RULE}"
+        return f"losses: {', '.join(parts().losses)}; {parts().label_rule}"
 
 
 def _clip_fields() -> dict:
-    from model.clip import CLIPConfig
-    return {f.name: (int, Range(lo=1)) for f in fields(CLIPConfig) if f.name not in CLIP_SET_ELSEWHERE}
+    return {f.name: (int, Range(lo=1)) for f in fields(parts().clip_config) if f.name not in CLIP_SET_ELSEWHERE}
 
 
 def _gmm_fields() -> dict:
-    from solver.division import gmm_settings
-    return {k: (type(v), Range(lo=1) if isinstance(v, int) else Range(lo=0)) for k, v in gmm_settings(0.0, "").items()}
+    return {k: (type(v), Range(lo=1) if isinstance(v, int) else Range(lo=0))
+            for k, v in parts().gmm_settings(0.0, "").items()}
 
 
 def _loss_weight_keys() -> dict:
-    from model.losses import LOSSES
     # rda_<loss>: ICL's term on (image, RDA caption) pairs (solver/engine.py weighted_loss)
-    return {key: (float, Range(lo=0)) for name in LOSSES for key in (name, f"rda_{name}")}
+    return {key: (float, Range(lo=0)) for name in parts().losses for key in (name, f"rda_{name}")}
 
 
 def _datasets():
-    from datasets import DATASETS
-    return DATASETS
+    return parts().datasets
 
 
 def _heads():
-    from model.embeddings import EMBEDDINGS
-    return list(EMBEDDINGS)
+    return list(parts().embeddings)
 
 
 def _precisions():
-    from utils.device import PRECISIONS
+    from utils.device import PRECISIONS      # imports torch: only when a precision is checked
     return ("auto", *PRECISIONS)
 
 
 def _optimizers():
-    from solver.optimizer import OPTIMIZERS
-    return OPTIMIZERS
+    return parts().optimizers
 
 
 def _weightings():
-    from solver.weighting import WEIGHTINGS
-    return WEIGHTINGS
+    return parts().weightings
 
 
 def methods():
-    """The registered training methods (solver/methods/), imported when first needed."""
-    from solver.methods import METHODS
-    return METHODS
+    """The registered training methods (solver/methods/)."""
+    return parts().methods
 
 
 def _declaring_registries() -> dict[str, list]:
     """Where options are declared next to the code that reads them: {--help group: registries whose entries
     carry `options = {name: Option}`} (a loss's temperature, a head's size, a weighting rule's constants)."""
-    from model.embeddings import EMBEDDINGS
-    from model.losses import LOSSES
-    return {"model": [EMBEDDINGS, LOSSES], "robust training (RDE)": [_weightings(), methods()]}
+    return {"model": [parts().embeddings, parts().losses], "robust training (RDE)": [_weightings(), methods()]}
 
 
 # CLIPConfig fields that other options set (model/clip.py build_clip)

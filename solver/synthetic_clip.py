@@ -185,6 +185,8 @@ def main(argv=None) -> str:
     from configs import parse_args
     from utils.logger import setup_logger
 
+    from . import build  # noqa: F401  (gives configs/ its registries)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="a training config whose clip_arch, img_size, stride_size "
                                                         "and text_length the CLIP is built with")

@@ -10,6 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import solver.build  # noqa: E402,F401  (gives configs/ its registries, as every command that reads a config does)
+
 # the synthetic dataset of `data_root`; a test file sets DATA_SIZES (make_synthetic's arguments) to change it
 DATA_SIZES = dict(num_train_ids=12, num_test_ids=6, num_val_ids=3, seed=3)
 

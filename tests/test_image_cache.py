@@ -213,7 +213,7 @@ def test_the_image_cache_option_reaches_the_loaders(data_root, tmp_path, monkeyp
     cache where --image_cache_dir says."""
     import datasets.loaders as loaders
     from configs import parse_args
-    from solver.methods import build_engine
+    from solver.build import build_engine
     from tests.helpers import tiny_args
 
     seen = []

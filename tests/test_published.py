@@ -215,7 +215,7 @@ def test_option_defaults_are_the_published_ones():
 
 
 def test_the_published_division_read_scores_each_twin_on_the_other_models_view(rda_root, tmp_path):
-    from solver.methods import build_engine
+    from solver.build import build_engine
     from configs import parse_args
     cfg = parse_args(["--dataset_name", "CUHK-PEDES", "--root_dir", rda_root, "--pretrain_choice", "random",
                       "--clip_arch", json.dumps(TINY), "--img_size", "64", "32", "--text_length", "40",

@@ -12,7 +12,8 @@ import torch.nn as nn
 from model import build_model
 from model.embeddings import EMBEDDINGS, build_embedding
 from model.losses import LOSSES, REDUCTIONS, build_loss
-from solver.methods import METHODS, build_engine
+from solver.build import build_engine
+from solver.methods import METHODS
 from solver.weighting import WEIGHTINGS, build_weighting
 from solver.objective import weighted_loss
 from solver.optimizer import build_optimizer

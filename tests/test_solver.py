@@ -60,7 +60,7 @@ def test_gmm_settings_follow_rde():
 def test_the_training_step_never_waits_for_the_gpu():
     """Twins, BGE+TSE+ID, bf16, fused Adam: after the first step (lazy optimiser state), a step launches its
     kernels without one host-device sync, so the CPU runs ahead and the GPU never idles between steps."""
-    from solver.methods import build_engine
+    from solver.build import build_engine
     from configs import resolve
 
     arch = {"embed_dim": 64, "vision_width": 64, "vision_layers": 1, "vision_heads": 1,

@@ -7,6 +7,7 @@ import os
 
 from evaluation.retrieval_index import load_encoders
 from evaluation.runs import load_run
+import solver.build  # noqa: F401  (gives configs/ the registries it checks options against)
 from .gallery import Gallery
 from .page import Page
 

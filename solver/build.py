@@ -1,0 +1,75 @@
+"""Assembly: a config -> the engine of its training method with its parts (models, data, hooks); and, on import,
+the registries configs/ checks option values against (configs/parts.py).
+
+This module sits above every package it joins (datasets/, model/, evaluation/, configs/ and the rest of solver/),
+so that none of them imports upward; a command that reads a config imports it first.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import configs
+from datasets import DATASETS
+from evaluation.evaluator import Evaluator
+from model import build_model
+from model.clip import CLIPConfig
+from model.embeddings import EMBEDDINGS
+from model.losses import LABEL_RULE, LOSSES, parse_loss_names
+from utils import distributed as dist
+from utils.device import resolve_device, resolve_precision
+from utils.seed import set_seed
+
+from .data import TrainData
+from .division import gmm_settings
+from .engine import Engine
+from .hooks import Checkpoints, Evaluation, MetricsLog
+from .methods import METHODS
+from .optimizer import OPTIMIZERS
+from .synthetic_clip import ensure_for_run
+from .weighting import WEIGHTINGS
+
+log = logging.getLogger("reid")
+
+configs.give(configs.Parts(datasets=DATASETS, losses=LOSSES, parse_loss_names=parse_loss_names, label_rule=LABEL_RULE,
+                           embeddings=EMBEDDINGS, clip_config=CLIPConfig, gmm_settings=gmm_settings,
+                           optimizers=OPTIMIZERS, weightings=WEIGHTINGS, methods=METHODS))
+
+
+def build_models(cfg, num_classes: int, device: torch.device) -> list:
+    """One model, or two (reciprocal twins) initialised independently."""
+    models = []
+    for k in range(2 if cfg.twin else 1):
+        torch.manual_seed(cfg.seed + k)  # twins: independently initialised heads
+        models.append(build_model(cfg, num_classes).to(device))
+    return models
+
+
+def build_engine(cfg, run_dir: str | None = None, resume_from: tuple[dict, str] | None = None,
+                 num_classes: int | None = None) -> Engine:
+    """The engine of cfg.method with its parts: models, data and hooks (evaluation, checkpoints, metrics log)
+    in `run_dir`.  num_classes instead of a run folder: models and optimisers alone, no data (the benchmarks).
+    resume_from: (checkpoint, its path) to continue from, as utils.checkpoint.load_latest reads it."""
+    method = METHODS[cfg.method]
+    device = dist.init_distributed(cfg.device) or resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    dtype = resolve_precision(cfg.precision, device)
+    set_seed(cfg.seed)
+    data, hooks = None, []
+    if num_classes is None:
+        data = TrainData(cfg)
+        num_classes = data.num_classes
+    ensure_for_run(cfg, device)        # pretrain_choice: synthetic is built on first use
+    models = build_models(cfg, num_classes, device)
+    log.info("method %s: %d model(s); primary loss %s (what the division listens to and the RDA term trains)",
+             cfg.method, len(models), models[0].primary_loss)
+    if data is not None:
+        data.build_loaders(num_views=len(models))
+        evaluator = Evaluator(data.eval_split, *data.eval_loaders, device=device, dtype=dtype)
+        hooks = [Evaluation(evaluator, cfg.eval_period), Checkpoints(run_dir), MetricsLog(run_dir)]
+    engine = method(cfg, models, device, dtype, data=data, hooks=hooks, run_dir=run_dir)
+    if resume_from is not None:
+        engine.resume(*resume_from)
+    return engine
