@@ -114,12 +114,13 @@ class ReferencePairs(Dataset):
         return len(self.records)
 
     def __getitem__(self, i):
-        from datasets.loaders import _tokenize, read_image
+        from datasets.loaders import read_image
+        from utils.tokenizer import tokenize_one
         from datasets.text_aug import augment_caption_ids
 
         rec = self.records[i]
         img = read_image(rec.img_path)
-        ids = _tokenize(rec.caption, self.args.text_length)
+        ids = tokenize_one(rec.caption, self.args.text_length)
         return {"index": i, "images": torch.stack([self.transform(img) for _ in range(self.views)]),
                 "caption_ids": torch.stack([augment_caption_ids(ids) if self.args.txt_aug else ids
                                             for _ in range(self.views)])}
@@ -138,7 +139,8 @@ class JpegPairs(Dataset):
         return len(self.records)
 
     def __getitem__(self, key):
-        from datasets.loaders import _tokenize, read_image, sample_seed
+        from datasets.loaders import read_image, sample_seed
+        from utils.tokenizer import tokenize_one
         from datasets.text_aug import augment_caption_ids
 
         i, epoch, stream = key
@@ -152,7 +154,7 @@ class JpegPairs(Dataset):
             images, boxes = zip(*(self.transform(img) for _ in range(self.views)))
         finally:
             torch.set_rng_state(state)
-        ids = _tokenize(rec.caption, self.args.text_length)
+        ids = tokenize_one(rec.caption, self.args.text_length)
         return {"index": i, "images": torch.stack(images), "erase": torch.tensor(boxes, dtype=torch.int32),
                 "caption_ids": torch.stack([augment_caption_ids(ids, rng) if self.args.txt_aug else ids
                                             for _ in range(self.views)])}
@@ -242,7 +244,8 @@ def bench_row(args, records, num_workers: int, views: int) -> dict:
 
 def stage_times(args, records, n: int = 64) -> dict:
     """Main-process milliseconds per pair of each stage of the JPEG path (b) (JSON only: where the time goes)."""
-    from datasets.loaders import _tokenize, read_image
+    from datasets.loaders import read_image
+    from utils.tokenizer import tokenize_one
     from datasets.text_aug import augment_caption_ids
     from datasets.transforms import build_transforms
 
@@ -257,7 +260,7 @@ def stage_times(args, records, n: int = 64) -> dict:
         transform(img)
     out["image_transform_ms"] = 1000 * (time.perf_counter() - start) / n
     start = time.perf_counter()
-    ids = [_tokenize(r.caption, args.text_length) for r in recs]
+    ids = [tokenize_one(r.caption, args.text_length) for r in recs]
     out["tokenize_ms"] = 1000 * (time.perf_counter() - start) / n
     start = time.perf_counter()
     for i in ids:

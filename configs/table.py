@@ -118,7 +118,7 @@ CORE_GROUPS: dict[str, dict[str, Option]] = {
         "test_batch_size": Option(512, "batch size for feature extraction", AT_LEAST_1),
         "num_workers": Option(8, "data-loading worker processes", AT_LEAST_0),
         "image_cache": Option(True, "decode and resize each image once, into a uint8 file the loaders memory-map "
-                                    "(datasets/image_cache.py; built on first use); false: decode JPEGs every read"),
+                                    "(datasets/image_cache/; built on first use); false: decode JPEGs every read"),
         "image_cache_dir": Option("", "folder for the image caches (default: DATASET_FOLDER/.cache, or "
                                       "~/.cache/reid-images when the dataset folder is read-only)"),
     },

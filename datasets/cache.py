@@ -3,7 +3,7 @@
     python -m datasets.cache --dataset_name CUHK-PEDES --root_dir data --img_size 384 128 [--cache_dir DIR]
 
 Every image of the train, val and test splits is decoded, resized to the model's input size and stored once
-(datasets/image_cache.py); images already cached and unchanged are skipped.  Prints where the cache is and its
+(datasets/image_cache/); images already cached and unchanged are skipped.  Prints where the cache is and its
 size.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from datasets import DATASETS, DatasetError, build_dataset
     from datasets.image_cache import open_images
-    from datasets.loaders import ImageDecodeError
+    from utils.images import ImageDecodeError
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_name", required=True, choices=sorted(DATASETS))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from datasets import build_dataset
-from datasets import image_cache
+from datasets.image_cache import building
 from datasets.image_cache import CachedImages, DecodedImages, ImageCache, cache_folder, open_images
 from datasets.loaders import ImageDecodeError, read_image
 from datasets.synthetic import make_synthetic
@@ -30,13 +30,13 @@ def dataset(tmp_path):
 
 
 def count_decodes(monkeypatch) -> list:
-    calls, real = [], image_cache.decode_resized
+    calls, real = [], building.decode_resized
 
     def counting(path, size):
         calls.append(path)
         return real(path, size)
 
-    monkeypatch.setattr(image_cache, "decode_resized", counting)
+    monkeypatch.setattr(building, "decode_resized", counting)
     return calls
 
 
@@ -61,11 +61,6 @@ def test_pixels_equal_the_jpeg_path_exactly(dataset):
 def test_switched_off_decodes_and_another_size_is_another_cache(dataset, monkeypatch):
     paths = dataset.test.img_paths
     assert isinstance(open_images(paths, SIZE, image_cache=False), DecodedImages)
-    image_cache.configure(enabled=False)
-    try:
-        assert isinstance(open_images(paths, SIZE), DecodedImages)
-    finally:
-        image_cache.configure(enabled=True)
     open_images(paths, SIZE).prepare()
     calls = count_decodes(monkeypatch)
     other = open_images(paths, (32, 16))
@@ -120,9 +115,9 @@ def test_an_unreadable_image_is_named_and_the_rest_is_kept(dataset, monkeypatch)
 
 def test_an_interrupted_build_is_finished_and_its_unlisted_slots_never_read(dataset, monkeypatch):
     paths = sorted({r.img_path for r in dataset.train})
-    monkeypatch.setattr(image_cache, "CHUNK", 4)
-    monkeypatch.setattr(image_cache, "SAVE_EVERY_S", -1.0)             # the index after every chunk
-    real, done = image_cache._decode_chunk, []
+    monkeypatch.setattr(building, "CHUNK", 4)
+    monkeypatch.setattr(building, "SAVE_EVERY_S", -1.0)                # the index after every chunk
+    real, done = building._decode_chunk, []
 
     def dies_on_the_third_chunk(task):
         if len(done) == 2:
@@ -135,12 +130,12 @@ def test_an_interrupted_build_is_finished_and_its_unlisted_slots_never_read(data
         done.append(task)
         return real(task)
 
-    monkeypatch.setattr(image_cache, "_decode_chunk", dies_on_the_third_chunk)
+    monkeypatch.setattr(building, "_decode_chunk", dies_on_the_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         open_images(paths, SIZE).prepare()
     folder, base = cache_folder(paths, SIZE)
     assert len(ImageCache(folder, base, SIZE).read_index()) == 8       # two chunks listed, nothing else
-    monkeypatch.setattr(image_cache, "_decode_chunk", real)
+    monkeypatch.setattr(building, "_decode_chunk", real)
     calls = count_decodes(monkeypatch)
     source = open_images(paths, SIZE)
     source.prepare()
@@ -152,15 +147,15 @@ def test_an_interrupted_build_is_finished_and_its_unlisted_slots_never_read(data
 KILLED_BUILD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from datasets import image_cache
-real = image_cache.decode_resized
+from datasets.image_cache import building, open_images
+real = building.decode_resized
 def slow(path, size):
     time.sleep(0.01)
     return real(path, size)
-image_cache.decode_resized = slow
-image_cache.SAVE_EVERY_S = 0.2
-image_cache.CHUNK = 8
-image_cache.open_images({paths!r}, {size!r}, workers=1).prepare()
+building.decode_resized = slow
+building.SAVE_EVERY_S = 0.2
+building.CHUNK = 8
+open_images({paths!r}, {size!r}, workers=1).prepare()
 """
 
 
@@ -211,18 +206,18 @@ def test_the_cache_command_builds_every_split(dataset, tmp_path):
 def test_the_image_cache_option_reaches_the_loaders(data_root, tmp_path, monkeypatch):
     """--image_cache false trains and evaluates from the JPEGs (no cache folder appears); the default builds the
     cache where --image_cache_dir says."""
-    import datasets.loaders as loaders
+    from datasets.loaders import torch_datasets
     from configs import parse_args
     from solver.build import build_engine
     from tests.helpers import tiny_args
 
     seen = []
-    real = loaders.open_images
+    real = torch_datasets.open_images
 
     def spy(paths, size, image_cache=None, cache_dir=None):
         seen.append((image_cache, cache_dir))
         return real(paths, size, image_cache, cache_dir)
-    monkeypatch.setattr(loaders, "open_images", spy)
+    monkeypatch.setattr(torch_datasets, "open_images", spy)
     build_engine(parse_args(tiny_args(data_root, tmp_path / "off", "--image_cache", "false")), str(tmp_path / "off"))
     assert seen and all(on is False for on, _ in seen)
     seen.clear()

@@ -1,36 +1,9 @@
-"""Decode once: the images of a dataset, resized to the model's input size, kept in one uint8 file.
-
-JPEG decoding and resizing give the same pixels every epoch, so they are done once per (dataset, size): each
-image is read with PIL, resized with torchvision's Resize (its default, bilinear with antialias, on the PIL
-image: the published transform) and stored as uint8 [3, H, W] in a slot of `pixels.u8`, a raw array
-[slots, 3, H, W] that training, the division pass and evaluation read through a memory map.
-
-Layout, one folder per (dataset folder, size), by default next to the dataset:
-
-    ROOT/DATASET/.cache/images_384x128/
-        pixels.u8     raw uint8 [slots, 3, H, W]
-        index.json    {"version", "size", "resize", "entries": {image: [slot, bytes, mtime_ns]}}
-        lock          flock'ed while the cache is extended
-
-An image is keyed by its path (relative to the dataset folder, so a moved dataset keeps its cache), its size in
-bytes and its modification time (ns), as make and rsync decide what changed: an image whose size or mtime
-differs from its entry is stale and is decoded again into its slot; a new image gets a new slot.  A content
-hash would also catch a file replaced by another of the same size with its mtime kept (`cp -p`, `touch -r`),
-but it reads every JPEG at every start (CUHK-PEDES: ~1 GB), which is what the cache is there to avoid.
-
-A slot is listed in index.json only after its pixels are written and flushed to disk, and index.json is
-replaced atomically: a build that is killed leaves images that are simply not listed (or listed with their
-old stat), which the next use decodes; a half-written slot is never read.  Building runs in worker processes
-with a progress bar (on a terminal) and is locked, so concurrent trainings (or torchrun's processes) wait for
-one builder instead of racing.
-
-    python -m datasets.cache --dataset_name CUHK-PEDES --root_dir data --img_size 384 128     # build ahead
-"""
+"""One cache folder: `ImageCache.ensure(paths)` gives each image's slot in `pixels.u8`, decoding what is missing
+or stale first, in worker processes; index.json lists a slot only once its pixels are on disk (the package's
+docstring has the layout and the rules)."""
 from __future__ import annotations
 
-import errno
 import fcntl
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -39,65 +12,16 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
-from .bases import DATASET_ROOTS
-from .transforms import build_transforms, image_size_hw as _hw
+from ..transforms import build_transforms, image_size_hw
 
 log = logging.getLogger("reid")
 
 VERSION = 1
 RESIZE = "PIL RGB -> torchvision.transforms.Resize(size) (bilinear, antialias) -> uint8 [3, H, W]"
-CACHE_FOLDER = ".cache"          # inside the dataset folder
 CHUNK = 64                       # images per worker task
 SAVE_EVERY_S = 5.0               # index.json is rewritten at most this often while building
 IN_PROCESS_BELOW = 256           # fewer images than this are decoded in the calling process (no pool start-up)
-
-# Process-wide defaults of the loaders (datasets.loaders): on, next to the dataset.  configure() changes them
-# (--image_cache / --image_cache_dir); a loader's own arguments win.
-_settings = {"enabled": True, "cache_dir": ""}
-
-
-def configure(enabled: Optional[bool] = None, cache_dir: Optional[str] = None) -> dict:
-    """Set the process-wide default (on / off, and the folder caches go to; "" = next to each dataset)."""
-    if enabled is not None:
-        _settings["enabled"] = bool(enabled)
-    if cache_dir is not None:
-        _settings["cache_dir"] = str(cache_dir)
-    return dict(_settings)
-
-
-def settings() -> dict:
-    return dict(_settings)
-
-
-def register_dataset_root(path: str) -> None:
-    """A dataset folder (PersonDataset registers its own): caches of images under it go to PATH/.cache."""
-    DATASET_ROOTS.add(os.path.abspath(path))
-
-
-def dataset_folder_of(paths: Sequence[str]) -> str:
-    """The registered dataset folder holding every path (the deepest one), else the paths' common folder."""
-    folders = {os.path.dirname(os.path.abspath(p)) for p in paths}
-    common = os.path.commonpath(list(folders)) if folders else os.getcwd()
-    inside = [r for r in DATASET_ROOTS if os.path.commonpath([r, common]) == r]
-    return max(inside, key=len) if inside else common
-
-
-def cache_folder(paths: Sequence[str], size, cache_dir: str = "") -> tuple[str, str]:
-    """(folder of the cache for these images at this size, the dataset folder its keys are relative to)."""
-    h, w = _hw(size)
-    base = dataset_folder_of(paths)
-    if cache_dir:
-        tag = f"{os.path.basename(base) or 'root'}-{hashlib.sha1(base.encode()).hexdigest()[:8]}"
-        return os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), tag, f"images_{h}x{w}"), base
-    return os.path.join(base, CACHE_FOLDER, f"images_{h}x{w}"), base
-
-
-def user_cache_folder(paths: Sequence[str], size) -> tuple[str, str]:
-    """Where a cache goes when the dataset folder is read-only: $XDG_CACHE_HOME (~/.cache)/reid-images/..."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return cache_folder(paths, size, os.path.join(root, "reid-images"))
 
 
 # ------------------------------------------------------------------ decoding (the JPEG path)
@@ -113,7 +37,7 @@ class ImageCache:
     """One cache folder: `ensure(paths)` returns each path's slot, decoding what is missing or stale."""
 
     def __init__(self, folder: str, base: str, size):
-        self.folder, self.base, self.size = folder, base, _hw(size)
+        self.folder, self.base, self.size = folder, base, image_size_hw(size)
         self.pixels_file = os.path.join(folder, "pixels.u8")
         self.index_file = os.path.join(folder, "index.json")
         self.slot_bytes = 3 * self.size[0] * self.size[1]
@@ -310,130 +234,3 @@ def _decode_chunk(task) -> list[tuple[str, str]]:
         if not in_pool:
             os.close(fd)
     return errors
-
-
-# ------------------------------------------------------------------ what the loaders read
-class ImageSource:
-    """Resized uint8 images of a list of paths: `read(indices)` -> uint8 tensor [n, 3, H, W].  `prepare()` (in
-    the main process, before loader workers start) does any one-off work."""
-
-    def __init__(self, paths: Sequence[str], size):
-        self.paths, self.size = list(paths), _hw(size)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def prepare(self) -> None:
-        pass
-
-    def read(self, indices) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class DecodedImages(ImageSource):
-    """The JPEG path: every read decodes and resizes (the cache switched off)."""
-
-    cached = False
-
-    def read(self, indices) -> torch.Tensor:
-        return torch.from_numpy(np.stack([decode_resized(self.paths[i], self.size) for i in indices]))
-
-
-class CachedImages(ImageSource):
-    """Reads slots of a cache folder through a memory map (opened lazily in each process)."""
-
-    cached = True
-
-    def __init__(self, paths: Sequence[str], size, cache_dir: str = "", workers: Optional[int] = None,
-                 show_progress: bool = True):
-        super().__init__(paths, size)
-        self.cache_dir, self.workers, self.show_progress = cache_dir, workers, show_progress
-        self.slots: Optional[np.ndarray] = None
-        self.folder: Optional[str] = None
-        self._pixels = None
-        self._fallback: Optional[DecodedImages] = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_pixels"] = None          # each worker maps the file itself
-        return state
-
-    def prepare(self) -> None:
-        """Build what is missing (once per process); ImageDecodeError names an unreadable image.  A dataset
-        folder that is read-only puts the cache under ~/.cache; a cache that cannot be written at all (disk
-        full) falls back to decoding, with a warning."""
-        if self.slots is not None or self._fallback is not None:
-            return
-        try:
-            self._ensure(*cache_folder(self.paths, self.size, self.cache_dir))
-        except OSError as e:
-            if not self.cache_dir and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                try:
-                    log.info("image cache: %s is not writable (%s); using %s", e.filename, e.strerror,
-                             user_cache_folder(self.paths, self.size)[0])
-                    return self._ensure(*user_cache_folder(self.paths, self.size))
-                except OSError as again:
-                    e = again
-            log.warning("image cache unavailable (%s: %s); decoding the JPEGs at every read instead",
-                        type(e).__name__, e)
-            self._fallback = DecodedImages(self.paths, self.size)
-
-    def _ensure(self, folder: str, base: str) -> None:
-        self.slots = ImageCache(folder, base, self.size).ensure(self.paths, self.workers, self.show_progress)
-        self.folder = folder
-
-    def _map(self) -> np.ndarray:
-        if self._pixels is None:
-            h, w = self.size
-            count = int(self.slots.max()) + 1 if len(self.slots) else 0
-            self._pixels = np.memmap(os.path.join(self.folder, "pixels.u8"), dtype=np.uint8, mode="r",
-                                     shape=(count, 3, h, w))
-        return self._pixels
-
-    def read(self, indices) -> torch.Tensor:
-        if self._fallback is not None or self.slots is None:
-            self.prepare()
-            if self._fallback is not None:
-                return self._fallback.read(indices)
-        return self.read_slots(self.slots[np.asarray(indices, dtype=np.int64)])
-
-    def slots_of(self, indices) -> np.ndarray:
-        """The cache slots of images `indices` (a loader worker hands these over instead of the pixels)."""
-        if self.slots is None:
-            self.prepare()
-        return self.slots[np.asarray(indices, dtype=np.int64)]
-
-    def read_slots(self, slots, pin: bool = False) -> torch.Tensor:
-        """uint8 [n, 3, H, W] of cache slots: one copy out of the page cache, into pinned memory with `pin`
-        (then the copy to the GPU runs asynchronously); in a loader worker, into shared memory."""
-        pixels = self._map()
-        slots = np.asarray(slots, dtype=np.int64)
-        if torch.utils.data.get_worker_info() is not None:
-            return _take_shared(pixels, slots)
-        if not pin:
-            return torch.from_numpy(pixels[slots])
-        out = torch.empty((len(slots), *pixels.shape[1:]), dtype=torch.uint8, pin_memory=True)
-        np.take(pixels, slots, axis=0, out=out.numpy())
-        return out
-
-
-def _take_shared(pixels: np.ndarray, slots: np.ndarray) -> torch.Tensor:
-    """pixels[slots] written straight into new shared memory, as torch's default_collate allocates a batch in a
-    worker (no copy on the way to the main process, none into it either)."""
-    shape = (len(slots), *pixels.shape[1:])
-    elem = torch.empty(0, dtype=torch.uint8)
-    storage = elem._typed_storage()._new_shared(int(np.prod(shape)), device=elem.device)
-    out = elem.new(storage).resize_(shape)
-    np.take(pixels, slots, axis=0, out=out.numpy())
-    return out
-
-
-def open_images(paths: Sequence[str], size, image_cache: Optional[bool] = None, cache_dir: Optional[str] = None,
-                workers: Optional[int] = None, show_progress: bool = True) -> ImageSource:
-    """The images of `paths` at `size` (H, W): from the cache (built on the first prepare / read) or decoded on
-    every read.  None = the process-wide setting (configure())."""
-    enabled = _settings["enabled"] if image_cache is None else image_cache
-    if not enabled:
-        return DecodedImages(paths, size)
-    return CachedImages(paths, size, _settings["cache_dir"] if cache_dir is None else cache_dir, workers,
-                        show_progress)

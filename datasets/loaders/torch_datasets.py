@@ -1,117 +1,22 @@
-"""Torch datasets and DataLoader builders for training, the per-epoch division pass and evaluation."""
+"""The torch datasets the loaders read: training pairs with their per-sample augmentation draws (TrainPairs, keyed
+by EpochDraws), gallery images from the image cache (GalleryImages) or decoded (ImageFolderList), query captions
+(CaptionList)."""
 from __future__ import annotations
 
-import functools
-import hashlib
-import os
 import random
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
-from .bases import EvalSplit, TrainRecord
-from .image_cache import ImageSource, open_images
-from .text_aug import augment_token_list, compose_rda_caption
-from .transforms import PAD, ViewDraws, image_size_hw
-from utils.images import ImageDecodeError, read_image  # noqa: F401  (the loaders' error; read by the cache too)
-
-
-
-
-def _tokenize(text: str, text_length: int) -> torch.Tensor:
-    from utils.tokenizer import tokenize_one  # lazy: keeps `import datasets` light
-
-    return tokenize_one(text, text_length)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _tokenize_list(text: str, text_length: int) -> tuple:
-    """Token ids of a composed RDA caption, memoised per process: the compositions of a caption repeat."""
-    return tuple(_tokenize(text, text_length).tolist())
-
-
-def _tokenize_chunk(task) -> np.ndarray:
-    texts, text_length = task
-    return np.stack([_tokenize(t, text_length).numpy() for t in texts]) if texts else \
-        np.zeros((0, text_length), dtype=np.int64)
-
-
-_token_memo: dict = {}
-
-
-def tokenize_all(texts: Sequence[str], text_length: int, workers: Optional[int] = None) -> torch.Tensor:
-    """LongTensor [N, text_length] of every caption, tokenised once (CLIP's BPE costs ~0.5 ms a caption):
-    in worker processes for a long list, and remembered for the same list (the training loader and the
-    division's share one)."""
-    texts = list(texts)
-    key = (text_length, len(texts), hashlib.sha1("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest())
-    if key in _token_memo:
-        return _token_memo[key]
-    if workers is None:
-        try:
-            workers = len(os.sched_getaffinity(0))
-        except AttributeError:
-            workers = os.cpu_count() or 1
-    chunk = 2000
-    if workers > 1 and len(texts) > 2 * chunk:
-        import multiprocessing
-
-        tasks = [(texts[k:k + chunk], text_length) for k in range(0, len(texts), chunk)]
-        with multiprocessing.get_context().Pool(min(workers, len(tasks))) as pool:
-            ids = np.concatenate(pool.map(_tokenize_chunk, tasks))
-    else:
-        ids = _tokenize_chunk((texts, text_length))
-    out = torch.from_numpy(ids)
-    if len(_token_memo) > 8:
-        _token_memo.clear()
-    _token_memo[key] = out
-    return out
-
-
-def sample_seed(seed: int, epoch: int, stream: int, index: int) -> int:
-    """The seed of one sample's augmentation draws: a function of (run seed, epoch, stream, sample) only, so a
-    sample is augmented the same whichever worker or process reads it, and a resumed run draws what the
-    uninterrupted run drew."""
-    return int(np.random.SeedSequence([seed, epoch, stream, index]).generate_state(1)[0])
-
-
-# numpy's SeedSequence (O'Neill's seed_seq hash) for entropy of four 32-bit words and one 32-bit output word,
-# on a whole batch at once: sample_seed's values, ~50x faster than one SeedSequence per sample
-_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
-_MIX_L, _MIX_R = 0xCA01F9DD, 0x4973F715
-
-
-def sample_seeds(seed: int, keys: np.ndarray) -> np.ndarray:
-    """sample_seed(seed, epoch, stream, index) of each row (epoch, stream, index) of `keys` [n, 3], vectorised
-    (equal to sample_seed for every value; checked in tests/test_datasets.py)."""
-    keys = np.asarray(keys, dtype=np.int64).reshape(-1, 3)
-    if seed >= 2 ** 32 or seed < 0 or (keys.size and (keys.min() < 0 or keys.max() >= 2 ** 32)):
-        return np.array([sample_seed(seed, *map(int, k)) for k in keys], dtype=np.uint32)   # several words each
-    u32 = np.uint32
-    words = [np.full(len(keys), seed, dtype=u32)] + [keys[:, c].astype(u32) for c in range(3)]
-    hash_const = _INIT_A
-
-    def hashmix(value):
-        nonlocal hash_const
-        value = value ^ u32(hash_const)
-        hash_const = (hash_const * _MULT_A) & 0xFFFFFFFF
-        value = value * u32(hash_const)
-        return value ^ (value >> u32(16))
-
-    def mix(x, y):
-        result = u32(_MIX_L) * x - u32(_MIX_R) * y
-        return result ^ (result >> u32(16))
-
-    with np.errstate(over="ignore"):
-        pool = [hashmix(w) for w in words]
-        for src in range(4):
-            for dst in range(4):
-                if src != dst:
-                    pool[dst] = mix(pool[dst], hashmix(pool[src]))
-        out = (pool[0] ^ u32(_INIT_B)) * u32((_INIT_B * _MULT_B) & 0xFFFFFFFF)
-        return out ^ (out >> u32(16))
+from utils.images import read_image
+from ..bases import TrainRecord
+from ..image_cache import ImageSource, open_images
+from ..text_aug import augment_token_list, compose_rda_caption
+from ..transforms import PAD, ViewDraws, image_size_hw
+from .seeds import sample_seeds
+from .tokens import token_tuple, tokenize_all
 
 
 def _unique(paths: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -119,11 +24,6 @@ def _unique(paths: Sequence[str]) -> tuple[list[str], np.ndarray]:
     first: dict[str, int] = {}
     where = np.fromiter((first.setdefault(p, len(first)) for p in paths), dtype=np.int64, count=len(paths))
     return list(first), where
-
-
-def _batched(data):
-    """collate_fn of the datasets whose __getitems__ returns a whole batch already."""
-    return data
 
 
 class TrainPairs(Dataset):
@@ -148,7 +48,7 @@ class TrainPairs(Dataset):
 
     def __init__(self, records: Sequence[TrainRecord], image_size=(384, 128), text_length: int = 77,
                  txt_aug: bool = False, num_views: int = 1, use_rda: bool = False, seed: int = 0,
-                 img_aug: bool = True, image_cache: Optional[bool] = None, cache_dir: Optional[str] = None,
+                 img_aug: bool = True, image_cache: bool = True, cache_dir: Optional[str] = None,
                  images: Optional[ImageSource] = None):
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
@@ -203,7 +103,7 @@ class TrainPairs(Dataset):
                         rec = self.records[i]
                         entry = rec.diversity if rec.diversity is not None else rec.caption
                         for v in range(views):
-                            ids = list(_tokenize_list(compose_rda_caption(entry, rng), L))
+                            ids = list(token_tuple(compose_rda_caption(entry, rng), L))
                             rda_ids[b, v] = augment_token_list(ids, rng) if self.txt_aug else ids
         finally:
             torch.set_rng_state(state)
@@ -287,7 +187,7 @@ class GalleryImages(Dataset):
     """Gallery images resized to the model's size, from the image cache: `__getitems__` gives a whole batch,
     (indices LongTensor [B], uint8 [B, 3, H, W]); item i is (i, uint8 [3, H, W])."""
 
-    def __init__(self, img_paths: Sequence[str], image_size, image_cache: Optional[bool] = None,
+    def __init__(self, img_paths: Sequence[str], image_size, image_cache: bool = True,
                  cache_dir: Optional[str] = None):
         self.img_paths = list(img_paths)
         paths, self.image_of = _unique(self.img_paths)
@@ -330,64 +230,3 @@ class CaptionList(Dataset):
 
     def __getitem__(self, i: int):
         return i, self.ids[i]
-
-
-class PreparingLoader(DataLoader):
-    """A DataLoader that lets its dataset prepare (build the image cache) in this process before it iterates,
-    so that the build runs once, in parallel processes of its own, and an unreadable image stops the first
-    epoch that reads it with ImageDecodeError, as the JPEG path did."""
-
-    def __iter__(self):
-        prepare = getattr(self.dataset, "prepare", None)
-        if prepare is not None:
-            prepare()
-        batches = super().__iter__()
-        finish = getattr(self.dataset, "finish_batch", None)
-        if finish is None or self.num_workers == 0:
-            return batches
-        return (finish(batch, self.pin_memory) for batch in batches)
-
-
-def _loader(dataset: Dataset, batch_size: int, num_workers: int, drop_last: bool = False,
-            sampler: Optional[Sampler] = None, seed: int = 0) -> DataLoader:
-    # the loader's own generator draws the workers' base seed, so iterating never advances torch's global RNG;
-    # training samples are seeded one by one (TrainPairs), the other datasets draw nothing
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    batched = hasattr(dataset, "__getitems__")
-    return PreparingLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-        generator=generator, pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
-        collate_fn=_batched if batched else None)
-
-
-def build_train_loader(records: Sequence[TrainRecord], image_size, text_length: int, batch_size: int,
-                       num_workers: int, img_aug: bool = True, txt_aug: bool = False, num_views: int = 1,
-                       use_rda: bool = False, seed: int = 0, drop_last: bool = False,
-                       sampler: Optional[Sampler] = None, image_cache: Optional[bool] = None,
-                       cache_dir: Optional[str] = None) -> DataLoader:
-    """Training loader of TrainPairs batches.  `sampler` (an EpochDraws, whose set_epoch moves the data order
-    and the augmentation draws) defaults to a seeded shuffle.  The last partial batch is kept, as published.
-    image_cache / cache_dir: the image cache on or off and where (None: datasets.image_cache.configure's)."""
-    dataset = TrainPairs(records, image_size, text_length=text_length, txt_aug=txt_aug, num_views=num_views,
-                         use_rda=use_rda, seed=seed, img_aug=img_aug, image_cache=image_cache, cache_dir=cache_dir)
-    if sampler is None:
-        sampler = EpochDraws(torch.utils.data.DistributedSampler(range(len(dataset)), num_replicas=1, rank=0,
-                                                                 shuffle=True, seed=seed))
-    return _loader(dataset, batch_size, num_workers, drop_last=drop_last, sampler=sampler, seed=seed)
-
-
-def build_eval_loaders(split: EvalSplit, image_size, text_length: int, batch_size: int, num_workers: int,
-                       image_cache: Optional[bool] = None,
-                       cache_dir: Optional[str] = None) -> tuple[DataLoader, DataLoader]:
-    """(gallery image loader, query caption loader), both in split order; images from the image cache.
-
-    Under torchrun each process reads one contiguous shard (utils.distributed.shard); gathering the
-    features restores the split order.
-    """
-    from utils.distributed import shard, world_size
-
-    images = GalleryImages(split.img_paths, image_size, image_cache, cache_dir)
-    captions = CaptionList(split.captions, text_length)
-    return tuple(_loader(d, batch_size, num_workers, sampler=shard(len(d)) if world_size() > 1 else None)
-                 for d in (images, captions))
