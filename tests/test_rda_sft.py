@@ -359,17 +359,17 @@ def test_adapter_loads_in_thi_and_merges(trained, small_sft_data, tiny_qwen, tmp
 
 def test_sft_resume_continues_from_the_checkpoint(small_sft_data, tiny_qwen, tmp_path, monkeypatch):
     full = sft.main(sft_args(small_sft_data, tiny_qwen, tmp_path / "full", "--max_steps", "4", "--save_steps", "2"))
-    real_save = sft.save_checkpoint
+    real_save = sft.checkpointing.save_checkpoint
 
     def killed_after_step_2(out, step, *a, **kw):
         real_save(out, step, *a, **kw)
         if step == 2:
             raise KeyboardInterrupt
-    monkeypatch.setattr(sft, "save_checkpoint", killed_after_step_2)
+    monkeypatch.setattr(sft.checkpointing, "save_checkpoint", killed_after_step_2)
     args = sft_args(small_sft_data, tiny_qwen, tmp_path / "killed", "--max_steps", "4", "--save_steps", "2")
     with pytest.raises(KeyboardInterrupt):
         sft.main(args)
-    monkeypatch.setattr(sft, "save_checkpoint", real_save)
+    monkeypatch.setattr(sft.checkpointing, "save_checkpoint", real_save)
     with pytest.raises(SystemExit, match="--resume"):
         sft.main(args)                                       # a finished-or-not run is never overwritten
     resumed = sft.main(args + ["--resume"])

@@ -12,5 +12,5 @@ prompts.py       the localisation question (the yes/no asked of each candidate)
 interaction.py   candidates, rounds and gate; VQA and aggregation on the anchor (mllm.vqa)
 rerank.py        the trained model's similarity of refined queries, S_final
 sft_data.py      SFT data for the localisation question from a run's training split
-sft.py           LoRA fine-tuning on that data
+sft/             LoRA fine-tuning on that data (python -m thi.sft)
 """
