@@ -4,13 +4,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import register_loss
+from .common import matching_kl
 
 
-def _row_cmpm(feats, others, pos, eps=1e-8):
-    projection = feats.float() @ F.normalize(others.float(), dim=-1).t()     # [B, B], unnormalised on one side
-    log_pred = F.log_softmax(projection, dim=1)
-    target = pos.float() / pos.float().sum(dim=1, keepdim=True)
-    return (log_pred.exp() * (log_pred - (target + eps).log())).sum(dim=1)
+def _projection(feats, others):
+    return feats.float() @ F.normalize(others.float(), dim=-1).t()     # [B, B], unnormalised on one side
 
 
 @register_loss("CMPM")
@@ -22,4 +20,5 @@ class CrossModalProjectionMatching(nn.Module):
 
     def forward(self, image_feats, text_feats, pids):
         pos = pids[:, None] == pids[None, :]
-        return _row_cmpm(image_feats, text_feats, pos) + _row_cmpm(text_feats, image_feats, pos.t())
+        return (matching_kl(_projection(image_feats, text_feats), pos)
+                + matching_kl(_projection(text_feats, image_feats), pos.t()))

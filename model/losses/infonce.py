@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import register_loss
-from .common import LOGIT_SCALE, similarity_and_positives
+from .common import LOGIT_SCALE, scaled_logits
 
 
 @register_loss("InfoNCE")
@@ -18,8 +18,7 @@ class InfoNCELoss(nn.Module):
         self.scale = logit_scale
 
     def forward(self, image_feats, text_feats, pids):
-        sim, _ = similarity_and_positives(image_feats, text_feats, pids)
-        logits = self.scale * sim
-        target = torch.arange(len(sim), device=sim.device)
+        logits, _ = scaled_logits(image_feats, text_feats, pids, self.scale)
+        target = torch.arange(len(logits), device=logits.device)
         return (F.cross_entropy(logits, target, reduction="none")
                 + F.cross_entropy(logits.t(), target, reduction="none")) / 2

@@ -1,15 +1,8 @@
 """SDM, IRRA's similarity distribution matching: KL(softmax(scale S) || normalised positives), both ways."""
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import register_loss
-from .common import LOGIT_SCALE, similarity_and_positives
-
-
-def _row_kl(sim, pos, scale, eps=1e-8):
-    target = pos.float() / pos.float().sum(dim=1, keepdim=True)
-    log_pred = F.log_softmax(scale * sim, dim=1)
-    return (log_pred.exp() * (log_pred - (target + eps).log())).sum(dim=1)
+from .common import LOGIT_SCALE, matching_kl, scaled_logits
 
 
 @register_loss("SDM")
@@ -23,5 +16,5 @@ class SimilarityDistributionMatching(nn.Module):
         self.scale = logit_scale
 
     def forward(self, image_feats, text_feats, pids):
-        sim, pos = similarity_and_positives(image_feats, text_feats, pids)
-        return _row_kl(sim, pos, self.scale) + _row_kl(sim.t(), pos.t(), self.scale)
+        logits, pos = scaled_logits(image_feats, text_feats, pids, self.scale)
+        return matching_kl(logits, pos) + matching_kl(logits.t(), pos.t())
