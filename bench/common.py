@@ -41,10 +41,6 @@ PEAK_BF16_TFLOPS: list[tuple[tuple[str, ...], float]] = [
 CUHK_TRAIN = {"captions": 68_126, "images": 34_054, "ids": 11_003}
 
 
-def default_small() -> bool:
-    return not torch.cuda.is_available()
-
-
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group("common")
     g.add_argument("--small", dest="small", action="store_true", default=None,

@@ -57,10 +57,6 @@ class Encoders:
         key = f"{os.path.abspath(self.cfg.run_dir)}|{self.identity['checkpoint']}"
         return hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt"
 
-    @property
-    def num_parts(self) -> int:
-        return sum(len(m.embeddings) for m in self.models)
-
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, sum of dims]: every model's every embedding, L2-normalised, concatenated."""

@@ -35,11 +35,6 @@ def clean_probability(losses: np.ndarray, settings: dict, seed: int = 0) -> np.n
     return gmm.predict_proba(x[:, None])[:, int(gmm.means_.argmin())]
 
 
-def clean_votes(losses: np.ndarray, settings: dict, seed: int = 0) -> np.ndarray:
-    """One signal's verdict from its losses (votes_from_probability of its clean_probability)."""
-    return votes_from_probability(clean_probability(losses, settings, seed))
-
-
 def votes_from_probability(p_clean: np.ndarray) -> np.ndarray:
     """Clean when p_clean > 0.5.  If that is everyone, RDE's split_prob moves the threshold to the (N // 100)-th
     smallest p_clean, so the N // 100 + 1 pairs of lowest p_clean become noisy."""

@@ -187,15 +187,14 @@ def test_the_last_partial_batch_is_trained_on(rda_root):
     assert sorted(torch.cat([b["index"] for b in loader]).tolist()) == list(range(len(ds.train)))
 
 
-def test_all_clean_fallback_marks_the_n_over_100_plus_1_lowest_posteriors(monkeypatch):
-    import solver.division as division
+def test_all_clean_fallback_marks_the_n_over_100_plus_1_lowest_posteriors():
+    from solver.division import votes_from_probability
     p_clean = 0.6 + 0.39 * np.random.default_rng(0).random(1000)      # the mixture calls every pair clean
-    monkeypatch.setattr(division, "clean_probability", lambda losses, settings, seed=0: p_clean)
-    votes = division.clean_votes(np.zeros(1000), {})
+    votes = votes_from_probability(p_clean)
     assert (~votes).sum() == 1000 // 100 + 1
     assert set(np.flatnonzero(~votes)) == set(np.argsort(p_clean)[:11])
     p_clean = np.r_[0.4, p_clean[1:]]                                  # one noisy already: no fallback
-    assert np.flatnonzero(~division.clean_votes(np.zeros(1000), {})).tolist() == [0]
+    assert np.flatnonzero(~votes_from_probability(p_clean)).tolist() == [0]
 
 
 def test_text_selection_scores_padding_0_and_sot_eot_minus_1():

@@ -123,7 +123,7 @@ def test_division_finds_permuted_pairs_of_a_noisy_synthetic_set(tmp_path):
     trained model's do (end to end on the demo, the division reaches ~89% precision by epoch 15; the README)."""
     from datasets import build_dataset
     from datasets.noise import apply_noise, make_noisy_permutation
-    from solver.division import clean_votes, consensus, division_quality, gmm_settings
+    from solver.division import clean_probability, consensus, division_quality, gmm_settings, votes_from_probability
     from solver.division_reads import division_losses
 
     make_synthetic(str(tmp_path), fmt="CUHK-PEDES", num_train_ids=60, num_test_ids=2, num_val_ids=2, seed=9)
@@ -147,7 +147,7 @@ def test_division_finds_permuted_pairs_of_a_noisy_synthetic_set(tmp_path):
     pids = torch.tensor([r.pid for r in noisy])
     order = torch.randperm(len(records), generator=g)
     losses = division_losses(OneLoss(), {"bge": image}, {"bge": text}, pids, order, batch_size=8)["bge"]
-    votes = np.stack([clean_votes(losses.numpy(), gmm_settings(0.5, "CUHK-PEDES"))] * 2)
+    votes = np.stack([votes_from_probability(clean_probability(losses.numpy(), gmm_settings(0.5, "CUHK-PEDES")))] * 2)
     # a caption moved to another image of its own person is no noise to any model: the truth is the person
     is_clean = np.array([records[j].pid == r.pid for j, r in zip(perm, records)])
     quality = division_quality(consensus(votes, torch.Generator().manual_seed(0)), is_clean)

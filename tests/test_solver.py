@@ -3,7 +3,7 @@ import pytest
 import torch
 from easydict import EasyDict
 
-from solver.division import clean_votes, consensus, division_quality, gmm_settings
+from solver.division import clean_probability, consensus, division_quality, gmm_settings, votes_from_probability
 from solver.scheduler import lr_factor
 from configs import defaults
 
@@ -22,15 +22,15 @@ def test_schedule_warms_up_then_cosine_to_zero():
 def test_gmm_splits_a_bimodal_loss():
     rng = np.random.default_rng(0)
     clean, noisy = rng.normal(1.0, 0.2, 800), rng.normal(4.0, 0.5, 200)
-    votes = clean_votes(np.concatenate([clean, noisy]), gmm_settings(0.2, "CUHK-PEDES"))
+    votes = votes_from_probability(clean_probability(np.concatenate([clean, noisy]), gmm_settings(0.2, "CUHK-PEDES")))
     assert votes[:800].mean() > 0.97 and votes[800:].mean() < 0.03
 
 
 def test_all_clean_still_marks_the_worst_one_percent():
     losses = np.linspace(0, 1, 1000) ** 8
-    votes = clean_votes(np.full(1000, 0.5) + 1e-9 * np.arange(1000), gmm_settings(0.0, "CUHK-PEDES"))
-    assert (~votes).sum() >= 10
-    assert clean_votes(losses, gmm_settings(0.0, "x")).sum() < 1000
+    p_clean = clean_probability(np.full(1000, 0.5) + 1e-9 * np.arange(1000), gmm_settings(0.0, "CUHK-PEDES"))
+    assert (~votes_from_probability(p_clean)).sum() >= 10
+    assert votes_from_probability(clean_probability(losses, gmm_settings(0.0, "x"))).sum() < 1000
 
 
 def test_consensus_rules():
