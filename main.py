@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from configs import config_conflicts, parse_args
+from configs import config_conflicts, current_names, parse_args
 from datasets import DatasetError
 from utils.images import ImageDecodeError
 from solver.faults import Interrupted, NonFiniteLoss
@@ -40,7 +40,8 @@ def checkpoint_to_resume(cfg, log):
     if checkpoint is None:
         log.info("%s has no checkpoint yet: training it from epoch 1 with its saved configs.yaml", cfg.run_dir)
         return None
-    edited = config_conflicts(checkpoint["config"], {k: v for k, v in cfg.items() if k in checkpoint["config"]})
+    trained = current_names(checkpoint["config"])    # a checkpoint older than a rename (its configs.yaml warned)
+    edited = config_conflicts(trained, {k: v for k, v in cfg.items() if k in trained})
     if edited:
         raise SystemExit(f"{cfg.run_dir}/configs.yaml differs from the config {os.path.basename(path)} was trained "
                          f"with: {'; '.join(edited)} (run = the checkpoint's value); put the checkpoint's values "

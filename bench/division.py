@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=int, nargs="+", choices=(1, 2), default=[1, 2], help="1 = single, 2 = twins")
     p.add_argument("--embeddings", nargs="+", default=["bge", "tse"])
     p.add_argument("--bge_dim", type=int, default=512, help="BGE feature size (CLIP's embed_dim)")
-    p.add_argument("--embed_dim", type=int, default=1024, help="TSE feature size")
+    p.add_argument("--tse_dim", type=int, default=1024, help="TSE feature size")
     p.add_argument("--loss_names", default="TAL", help="the first one is the division's loss")
     p.add_argument("--noisy_rate", type=float, nargs="+", default=[0.2, 0.5],
                    help="picks RDE's mixture settings: <= 0.4 mild (max_iter 10), > 0.4 heavy (max_iter 100)")
@@ -79,7 +79,7 @@ def build_trainer(args, num_models: int, noisy_rate: float):
 
     cfg = resolve({"pretrain_choice": "random", "clip_arch": {**TINY_BACKBONE, "embed_dim": args.bge_dim},
                    "img_size": [32, 16], "text_length": 8, "embeddings": list(args.embeddings),
-                   "embed_dim": args.embed_dim, "loss_names": args.loss_names, "batch_size": args.batch_size,
+                   "tse_dim": args.tse_dim, "loss_names": args.loss_names, "batch_size": args.batch_size,
                    "seed": args.seed, "weighting": args.weighting, "twin": num_models == 2,
                    "dataset_name": "CUHK-PEDES", "noisy_rate": noisy_rate, "device": str(args.device)}, {})
     trainer = build_engine(cfg, num_classes=args.num_ids)

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img_size", type=int, nargs=2, default=None, metavar=("H", "W"))
     p.add_argument("--text_length", type=int, default=None)
     p.add_argument("--clip_arch", type=str, default=None, help="CLIPConfig fields as YAML (GPU: ViT-B/16; small: tiny)")
-    p.add_argument("--embed_dim", type=int, default=None, help="TSE output dimension (GPU 1024, small 128)")
+    p.add_argument("--tse_dim", type=int, default=None, help="TSE output dimension (GPU 1024, small 128)")
     p.add_argument("--embeddings", nargs="+", default=["bge", "tse"])
     p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
     p.add_argument("--chunk_size", type=int, default=1024, help="rank_metrics query chunk")
@@ -93,7 +93,7 @@ def build_model_for_eval(args):
 
     cfg = resolve({"pretrain_choice": "random", "clip_arch": args.clip_arch, "img_size": list(args.img_size),
                    "text_length": args.text_length, "embeddings": list(args.embeddings),
-                   "embed_dim": args.embed_dim, "seed": args.seed}, {})
+                   "tse_dim": args.tse_dim, "seed": args.seed}, {})
     torch.manual_seed(args.seed)
     return build_model(cfg, 1).to(args.device).eval(), cfg
 

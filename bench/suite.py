@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the tiny CLIP of the small runs (as tests/test_bench.py)
 TINY_CLIP = ("{embed_dim: 32, vision_width: 32, vision_layers: 1, vision_heads: 1, text_width: 32, text_heads: 1, "
              "text_layers: 1}")
-TINY_SHAPES = ["--img_size", "32", "16", "--text_length", "16", "--embed_dim", "32", "--clip_arch", TINY_CLIP]
+TINY_SHAPES = ["--img_size", "32", "16", "--text_length", "16", "--tse_dim", "32", "--clip_arch", TINY_CLIP]
 GRACE_S = 5.0        # SIGTERM -> SIGKILL
 SMALL_LIMIT_S = 180  # each part of a --small run (2 busy CPU cores take ~15-30 s a part)
 
@@ -73,7 +73,7 @@ PARTS = [
          30,
          ["bench/division.py", "--num_pairs", "68126", "--models", "1", "2", "--noisy_rate", "0.2", "0.5"],
          ["bench/division.py", "--num_pairs", "512", "--models", "1", "2", "--noisy_rate", "0.2", "--bge_dim", "32",
-          "--embed_dim", "32"]),
+          "--tse_dim", "32"]),
     Part("eval", "evaluation, ViT-B/16: CUHK-PEDES (3,074 x 6,156) and ICFG-PEDES (19,848 x 19,848) sized", 40,
          ["bench/eval.py", "--sets", "cuhk", "icfg", "--max_pairs", "0"],
          ["bench/eval.py", "--sets", "cuhk", "icfg", "--max_pairs", "40000", "--batch_size", "64", *TINY_SHAPES]),

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text_length", type=int, default=None, help="GPU 77, small 32")
     p.add_argument("--clip_arch", type=str, default=None,
                    help="CLIPConfig fields as YAML, e.g. '{vision_layers: 2}' (GPU: ViT-B/16, small: a tiny CLIP)")
-    p.add_argument("--embed_dim", type=int, default=None, help="TSE output dimension (GPU 1024, small 128)")
+    p.add_argument("--tse_dim", type=int, default=None, help="TSE output dimension (GPU 1024, small 128)")
     p.add_argument("--num_classes", type=int, default=11003, help="identities (the ID loss's classifier): CUHK 11003")
     p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
     p.add_argument("--peak_tflops", type=float, default=None, help="the device's dense bf16 peak, TFLOP/s (overrides the table)")
@@ -68,7 +68,7 @@ def model_size_defaults(args):
     small = args.small
     args.img_size = args.img_size or ([128, 64] if small else [384, 128])
     args.text_length = args.text_length or (32 if small else 77)
-    args.embed_dim = args.embed_dim or (128 if small else 1024)
+    args.tse_dim = args.tse_dim or (128 if small else 1024)
     if args.clip_arch is None:
         args.clip_arch = dict(SMALL_ARCH) if small else {}
     elif isinstance(args.clip_arch, str):
@@ -82,7 +82,7 @@ def make_cfg(args, batch_size: int, num_models: int):
     from configs import resolve
 
     return resolve({"pretrain_choice": "random", "clip_arch": args.clip_arch, "img_size": list(args.img_size),
-                    "text_length": args.text_length, "embeddings": list(args.embeddings), "embed_dim": args.embed_dim,
+                    "text_length": args.text_length, "embeddings": list(args.embeddings), "tse_dim": args.tse_dim,
                     "loss_names": args.loss_names, "batch_size": batch_size, "twin": num_models == 2,
                     "compile": args.compile, "device": str(args.device), "precision": args.precision,
                     "seed": args.seed}, {})

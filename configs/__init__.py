@@ -3,12 +3,12 @@
 
     table.py     the options: CORE_GROUPS (the engine's and the run's), the parts' declared options collected into
                  their --help groups (GROUPS, OPTIONS, read when used), the rules that check values against the
-                 registries, RUNTIME_OPTIONS (what a resumed run may change)
+                 registries, RENAMED (old option names still read), RUNTIME_OPTIONS (what a resumed run may change)
     parts.py     the registries themselves (Parts), given by solver/build.py (`give`): configs/ imports only utils/
     reading.py   a config from them: parse_args (main.py's command line, --config, --resume), build_parser,
                  load_yaml (a YAML file or a run's configs.yaml, checked), resolve (defaults < the method's
                  defaults < file < command line), defaults, check_all, cross_problems, primary_loss,
-                 config_conflicts
+                 config_conflicts, current_names
 
 The machinery these use and parts declare their options with (Option, OneOf, Range, ..., save_config) is
 utils/options.py, which imports nothing of the project; `Option` is re-exported here for convenience.
@@ -16,13 +16,13 @@ utils/options.py, which imports nothing of the project; `Option` is re-exported 
 from utils.options import Option
 
 from .parts import Parts, give
-from .reading import (LISTING, build_parser, check_all, config_conflicts, cross_problems, defaults, load_yaml,
-                      parse_args, primary_loss, resolve)
-from .table import CLIP_SET_ELSEWHERE, CORE_GROUPS, RUNTIME_OPTIONS, all_groups, all_options
+from .reading import (LISTING, build_parser, check_all, config_conflicts, cross_problems, current_names, defaults,
+                      load_yaml, parse_args, primary_loss, resolve)
+from .table import CLIP_SET_ELSEWHERE, CORE_GROUPS, RENAMED, RUNTIME_OPTIONS, all_groups, all_options
 
 __all__ = ["CLIP_SET_ELSEWHERE", "CORE_GROUPS", "GROUPS", "LISTING", "OPTIONS", "Option", "Parts",
-           "RUNTIME_OPTIONS", "all_groups", "all_options", "build_parser", "check_all", "config_conflicts",
-           "cross_problems", "defaults", "give", "load_yaml", "parse_args", "primary_loss", "resolve"]
+           "RENAMED", "RUNTIME_OPTIONS", "all_groups", "all_options", "build_parser", "check_all", "config_conflicts",
+           "cross_problems", "current_names", "defaults", "give", "load_yaml", "parse_args", "primary_loss", "resolve"]
 
 
 def __getattr__(name: str):

@@ -24,7 +24,7 @@ from easydict import EasyDict
 from utils import options as machinery
 
 from .parts import parts
-from .table import RUNTIME_OPTIONS, all_groups, all_options, methods
+from .table import RENAMED, RUNTIME_OPTIONS, all_groups, all_options, methods
 
 # the command that lists every option, named in messages
 LISTING = "python main.py --help"
@@ -32,17 +32,24 @@ LISTING = "python main.py --help"
 
 def check_all(values: dict, source: str) -> dict:
     """Every value typed and checked; SystemExit naming each bad one with `source` (a file, the command line)."""
-    return machinery.check_all(values, source, all_options(), LISTING)
+    return machinery.check_all(values, source, all_options(), LISTING, RENAMED)
 
 
 def load_yaml(path: str) -> dict:
     """The options of a YAML file (a --config or a run's configs.yaml, with its _BASE_), typed and checked."""
-    return machinery.load_yaml(path, all_options(), LISTING)
+    return machinery.load_yaml(path, all_options(), LISTING, RENAMED)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """main.py's command line: --config and every option, in its --help group."""
-    return machinery.build_parser(all_groups(), "Train a text-to-image person re-identification model.", LISTING)
+    return machinery.build_parser(all_groups(), "Train a text-to-image person re-identification model.", LISTING,
+                                  RENAMED)
+
+
+def current_names(values: dict, source: str | None = None) -> dict:
+    """`values` with options renamed since (RENAMED) under their current names; a warning line names them when
+    `source` (where the values were read) is given."""
+    return machinery.rename(values, RENAMED, source)
 
 
 def defaults() -> dict:
@@ -82,6 +89,7 @@ def cross_problems(cfg: dict) -> list[str]:
 def resolve(cli: dict, file_values: dict, source: str = "options") -> EasyDict:
     """defaults < the method's defaults < file_values < cli, every value checked, and the options checked against
     each other; `source` says where they came from in messages."""
+    cli, file_values = current_names(cli, source), current_names(file_values, source)
     cfg = defaults()
     method = cli.get("method", file_values.get("method", cfg["method"]))
     if method in methods():        # a method's own defaults, under the file and the command line
@@ -107,7 +115,7 @@ def config_conflicts(saved: dict, given: dict) -> list[str]:
 def parse_args(argv=None) -> EasyDict:
     """Options for main.py.  With --resume RUN_DIR the run's saved configs.yaml is the configuration: options
     that would change it are refused, by name."""
-    args = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
+    args = current_names(vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv)), "the command line")
     config_file = args.pop("config")
     if not args.get("resume"):
         return resolve(args, load_yaml(config_file) if config_file else {},

@@ -213,6 +213,12 @@ def all_options() -> dict[str, Option]:
     return {k: option for group in all_groups().values() for k, option in group.items()}
 
 
+# options renamed since runs and configs were written, {old name: new name}: a config file, a run's configs.yaml,
+# a checkpoint or the command line that says the old name is read as the new one, with a warning line
+RENAMED = {
+    "embed_dim": "tse_dim",     # TSE's output size, which beside clip_arch's embed_dim (CLIP's own) read as the same
+}
+
 # what may change when a run is resumed: where the data is and how fast it is read, not what is trained
 RUNTIME_OPTIONS = ("resume", "run_dir", "overwrite", "root_dir", "device", "num_workers", "log_period", "output_dir",
                    "image_cache", "image_cache_dir")

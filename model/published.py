@@ -75,7 +75,7 @@ _KEPT = {
 }
 # What to change when a tensor's shape differs from the one the config builds.
 _SHAPE_HINTS = {
-    r"embeddings\.tse\..+": "embed_dim (TSE output size)",
+    r"embeddings\.tse\..+": "tse_dim (TSE output size)",
     r"embeddings\.fused\..+": "fused_dim",
     r"backbone\.visual\.positional_embedding": "img_size / stride_size (image patch grid)",
     r"backbone\.positional_embedding": "text_length",

@@ -14,7 +14,7 @@ def tiny_args(data_root, run_dir, *extra):
     """main.py's arguments for a 2-epoch tiny random CLIP on CPU; `extra` (later values win) changes them."""
     return ["--dataset_name", "CUHK-PEDES", "--root_dir", str(data_root), "--run_dir", str(run_dir),
             "--pretrain_choice", "random", "--clip_arch", json.dumps(TINY_ARCH),
-            "--img_size", "64", "32", "--text_length", "40", "--embed_dim", "48",
+            "--img_size", "64", "32", "--text_length", "40", "--tse_dim", "48",
             "--batch_size", "8", "--test_batch_size", "32", "--num_workers", "0",
             "--num_epoch", "2", "--warmup_epochs", "1", "--lr", "1e-4", *extra]
 
@@ -35,7 +35,7 @@ def train_tiny_run(root, run_dir, *extra):
     import main as train_main
     train_main.main(["--dataset_name", "CUHK-PEDES", "--root_dir", str(root), "--run_dir", str(run_dir),
                      "--pretrain_choice", "random", "--clip_arch", json.dumps(THI_CLIP), "--img_size", "64", "32",
-                     "--text_length", "40", "--embed_dim", "48", "--batch_size", "8", "--test_batch_size", "32",
+                     "--text_length", "40", "--tse_dim", "48", "--batch_size", "8", "--test_batch_size", "32",
                      "--num_workers", "0", "--num_epoch", "1", "--warmup_epochs", "1", "--division", "false", *extra])
     return str(run_dir)
 

@@ -38,7 +38,7 @@ def run_bench(name, tmp_path, *argv):
 
 def test_train(tmp_path):
     data = run_bench("train", tmp_path, "--batch_size", "4", "--models", "1", "2", "--steps", "1", "--warmup", "1",
-                     "--img_size", "32", "16", "--text_length", "16", "--embed_dim", "32",
+                     "--img_size", "32", "16", "--text_length", "16", "--tse_dim", "32",
                      "--clip_arch", "{embed_dim: 32, vision_width: 32, vision_layers: 1, vision_heads: 1, "
                                     "text_width: 32, text_heads: 1, text_layers: 1, vocab_size: 1000}")
     rows = data["rows"]
@@ -55,7 +55,7 @@ def test_train(tmp_path):
 
 def test_eval(tmp_path):
     data = run_bench("eval", tmp_path, "--sets", "cuhk", "icfg", "--max_pairs", "40000", "--batch_size", "64",
-                     "--img_size", "32", "16", "--text_length", "16", "--embed_dim", "32",
+                     "--img_size", "32", "16", "--text_length", "16", "--tse_dim", "32",
                      "--clip_arch", "{embed_dim: 32, vision_width: 32, vision_layers: 1, vision_heads: 1, "
                                     "text_width: 32, text_heads: 1, text_layers: 1}")
     rows = data["rows"]
@@ -77,7 +77,7 @@ def test_eval_set_scaling():
 
 def test_division(tmp_path):
     data = run_bench("division", tmp_path, "--num_pairs", "512", "--models", "1", "2", "--noisy_rate", "0.2",
-                     "--bge_dim", "32", "--embed_dim", "32")
+                     "--bge_dim", "32", "--tse_dim", "32")
     rows = data["rows"]
     assert [(r["models"], r["signals"]) for r in rows] == [(1, 2), (2, 4)]
     for r in rows:
@@ -134,7 +134,7 @@ def test_runs_as_a_command(tmp_path):
     out = tmp_path / "division.json"
     proc = subprocess.run([sys.executable, "bench/division.py", "--small", "--device", "cpu", "--threads", "1",
                            "--num_pairs", "256", "--models", "1", "--noisy_rate", "0.5", "--bge_dim", "16",
-                           "--embed_dim", "16", "--json", str(out)],
+                           "--tse_dim", "16", "--json", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "loss pass s" in proc.stdout and json.loads(out.read_text())["rows"][0]["pairs"] == 256

@@ -1,4 +1,5 @@
 import glob
+import logging
 import os
 import re
 import subprocess
@@ -24,7 +25,7 @@ def test_every_config_resolves(path):
 
 def test_published_recipes_keep_the_published_defaults():
     rde = parse_args(["--config", os.path.join(REPO, "configs/rde/cuhk.yaml")])
-    assert (rde.tau, rde.margin, rde.select_ratio, rde.embed_dim, rde.batch_size, rde.num_epoch) == \
+    assert (rde.tau, rde.margin, rde.select_ratio, rde.tse_dim, rde.batch_size, rde.num_epoch) == \
         (0.015, 0.1, 0.3, 1024, 64, 60)
     assert (rde.lr, rde.head_lr, rde.weight_decay, rde.warmup_epochs) == (1e-5, 1e-3, 4e-5, 5)
     twins = parse_args(["--config", os.path.join(REPO, "configs/3rtpr/cuhk.yaml")])
@@ -188,3 +189,44 @@ def test_the_machinery_reads_any_table_of_options(tmp_path):
     assert machinery.load_yaml(str(tmp_path / "child.yaml"), options, "tool --help") == {"n": 5, "mode": "b"}
     machinery.save_config({"n": 5, "names": ("x",)}, str(tmp_path / "saved.yaml"))
     assert machinery.load_yaml(str(tmp_path / "saved.yaml"), options, "tool --help") == {"n": 5, "names": ["x"]}
+
+
+class _Lines(logging.Handler):
+    """The messages the project's logger gets while it is attached."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        logging.getLogger("reid").addHandler(self)
+        return self.lines
+
+    def __exit__(self, *exc):
+        logging.getLogger("reid").removeHandler(self)
+
+
+def test_the_old_name_of_tse_dim_is_still_read_with_one_warning_line(tmp_path):
+    """TSE's size was `embed_dim`, the name of CLIP's own output size in clip_arch: it is tse_dim now, and a
+    config file, a run's configs.yaml (the same reader) or the command line that says embed_dim still works."""
+    from configs import load_yaml, resolve
+    old = tmp_path / "old.yaml"
+    old.write_text("clip_arch: {embed_dim: 32}\nembed_dim: 64\nlr: 0.5\n")
+    with _Lines() as lines:
+        values = load_yaml(str(old))
+    assert values == {"clip_arch": {"embed_dim": 32}, "tse_dim": 64, "lr": 0.5}    # in its place; clip_arch's kept
+    assert lines == [f"config file {old}: option embed_dim is now called tse_dim, read as tse_dim"]
+    with _Lines() as lines:
+        cfg = parse_args(["--config", str(old), "--embed_dim", "96"])
+    assert cfg.tse_dim == 96 and "embed_dim" not in cfg and cfg.clip_arch == {"embed_dim": 32}
+    assert lines == ["the command line: option embed_dim is now called tse_dim, read as tse_dim",     # one per source
+                     f"config file {old}: option embed_dim is now called tse_dim, read as tse_dim"]
+    assert "--embed_dim" not in build_parser().format_help()                            # not listed
+    assert resolve({"embed_dim": 80}, {}).tse_dim == 80                                  # code calling resolve
+    both = tmp_path / "both.yaml"
+    both.write_text("embed_dim: 64\ntse_dim: 64\n")
+    with pytest.raises(SystemExit, match="embed_dim and tse_dim are one option"):
+        load_yaml(str(both))

@@ -35,7 +35,7 @@ def test_text_selection_skips_sot_eot_padding_and_masks_short_captions():
 
 
 def test_tse_pools_only_kept_tokens_and_has_the_configured_size():
-    cfg = EasyDict(select_ratio=0.3, embed_dim=24)
+    cfg = EasyDict(select_ratio=0.3, tse_dim=24)
     tse = build_embedding("tse", cfg, width=8).eval()
     ids = torch.tensor([[49406, 5, 49407] + [0] * 9, [49406, 5, 6, 7, 8, 9, 10, 49407] + [0] * 4])
     tokens, attn = torch.randn(2, 12, 8), torch.rand(2, 12, 12)

@@ -24,13 +24,13 @@ def test_there_are_examples_of_each_kind_of_plug_in():
 def test_an_example_trains_from_its_yaml(path, data_root, tmp_path):
     # the example's own options (its _BASE_, the demo, included) with the tiny data, model and one epoch
     train_main.main(["--config", path, *tiny_args(data_root, tmp_path / "run", "--num_epoch", "1",
-                                                  "--embed_dim", "48")])
+                                                  "--tse_dim", "48")])
     row, = read_metrics(tmp_path / "run")
     assert row["R1"] >= 0 and all(k.split("/")[0] in ("loss", "division", "epoch", "lr", "train_time") or k in
                                   ("R1", "R5", "R10", "mAP", "mINP", "eval_row") for k in row)
     saved = load_yaml(str(tmp_path / "run" / "configs.yaml"))
     for key, value in load_yaml(path).items():
         if key not in ("dataset_name", "root_dir", "clip_arch", "img_size", "text_length", "batch_size",
-                       "test_batch_size", "num_workers", "num_epoch", "warmup_epochs", "lr", "embed_dim",
+                       "test_batch_size", "num_workers", "num_epoch", "warmup_epochs", "lr", "tse_dim",
                        "pretrain_choice"):
             assert saved[key] == value, key        # the example's choices are what trained

@@ -218,7 +218,7 @@ def test_the_published_division_read_scores_each_twin_on_the_other_models_view(r
     from configs import parse_args
     cfg = parse_args(["--dataset_name", "CUHK-PEDES", "--root_dir", rda_root, "--pretrain_choice", "random",
                       "--clip_arch", json.dumps(TINY), "--img_size", "64", "32", "--text_length", "40",
-                      "--embed_dim", "48", "--batch_size", "5", "--num_workers", "0", "--twin", "--use_rda", "false"])
+                      "--tse_dim", "48", "--batch_size", "5", "--num_workers", "0", "--twin", "--use_rda", "false"])
     assert cfg.division_read == "augmented"
     trainer = build_engine(cfg, str(tmp_path))
     seen, real = [], trainer.view_images

@@ -168,7 +168,7 @@ def published_embeddings(model, images, ids, ratio=RATIO):
 # ---------------------------------------------------------------- our side
 def tiny_cfg(**over):
     values = {"dataset_name": "CUHK-PEDES", "pretrain_choice": "random", "img_size": list(IMG),
-              "text_length": TEXT_LEN, "embed_dim": TSE_DIM, "select_ratio": RATIO, "embeddings": ["bge", "tse"],
+              "text_length": TEXT_LEN, "tse_dim": TSE_DIM, "select_ratio": RATIO, "embeddings": ["bge", "tse"],
               "test_batch_size": 32, "num_workers": 0, "precision": "fp32", "device": "cpu", **over}
     return resolve({}, values)
 
@@ -305,8 +305,8 @@ def test_bge_only_config_names_the_tse_head_unused(rde):
 # ---------------------------------------------------------------- mismatches stop with the fix
 def test_tse_dimension_mismatch_names_the_option(rde):
     _, path = rde
-    with pytest.raises(CheckpointMismatch, match=r"embed_dim") as e:
-        load([path], tiny_cfg(embed_dim=2 * TSE_DIM))
+    with pytest.raises(CheckpointMismatch, match=r"tse_dim") as e:
+        load([path], tiny_cfg(tse_dim=2 * TSE_DIM))
     assert str(path) in str(e.value) and "visul_emb_layer.fc.weight (64, 32)" in str(e.value)
 
 
@@ -385,7 +385,7 @@ DATA_SIZES = dict(num_train_ids=5, num_test_ids=6, num_val_ids=2, seed=9)   # da
 
 def write_config(path, data_root, **over):
     values = {k: v for k, v in tiny_cfg(**over).items() if k in ("dataset_name", "pretrain_choice", "img_size",
-                                                                 "text_length", "embed_dim", "select_ratio", "embeddings",
+                                                                 "text_length", "tse_dim", "select_ratio", "embeddings",
                                                                  "test_batch_size", "num_workers", "precision",
                                                                  "device", "twin")}
     path.write_text(yaml.safe_dump({**values, "root_dir": data_root}))

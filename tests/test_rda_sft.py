@@ -109,7 +109,7 @@ def rda_run(rda_out, data_root, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "run"
     train_main.main(["--dataset_name", "CUHK-PEDES", "--root_dir", data_root, "--anno_path", str(out),
                      "--run_dir", str(run_dir), "--pretrain_choice", "random", "--clip_arch", json.dumps(TINY_CLIP),
-                     "--img_size", "64", "32", "--text_length", "40", "--embed_dim", "48", "--batch_size", "8",
+                     "--img_size", "64", "32", "--text_length", "40", "--tse_dim", "48", "--batch_size", "8",
                      "--test_batch_size", "32", "--num_workers", "0", "--num_epoch", "1", "--warmup_epochs", "1",
                      "--division", "false"])
     return str(run_dir)

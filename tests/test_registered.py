@@ -38,7 +38,7 @@ def one_thread():
 
 def tiny_cfg(**over):
     return resolve({"pretrain_choice": "random", "clip_arch": TINY_CLIP, "img_size": [32, 16], "text_length": 16,
-                    "embed_dim": 24, "fused_dim": 24, **over}, {})
+                    "tse_dim": 24, "fused_dim": 24, **over}, {})
 
 
 def caption_ids(length=16, seed=0):

@@ -161,7 +161,7 @@ def test_run_seeds_script_trains_each_seed_in_its_own_folder(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "name": "tiny", "dataset_name": "CUHK-PEDES", "root_dir": str(data), "pretrain_choice": "random",
-        "clip_arch": TINY_CLIP, "img_size": [64, 32], "text_length": 40, "embed_dim": 48, "batch_size": 8,
+        "clip_arch": TINY_CLIP, "img_size": [64, 32], "text_length": 40, "tse_dim": 48, "batch_size": 8,
         "test_batch_size": 32, "num_workers": 0, "num_epoch": 1, "warmup_epochs": 1, "division": False,
         "precision": "fp32", "device": "cpu"}))
     env = {**os.environ, "CONFIG": str(config), "SEEDS": "1 2", "NOISE_RATES": "0.0", "OUTPUT": str(tmp_path / "out"),

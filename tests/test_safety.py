@@ -49,7 +49,7 @@ def write_pickle(path, marker):
 
 def eval_config(path, data_root):
     path.write_text(yaml.safe_dump({"dataset_name": "CUHK-PEDES", "root_dir": data_root, "pretrain_choice": "random",
-                                    "img_size": [64, 32], "text_length": 40, "embed_dim": 48, "num_workers": 0,
+                                    "img_size": [64, 32], "text_length": 40, "tse_dim": 48, "num_workers": 0,
                                     "test_batch_size": 32, "device": "cpu"}))
     return str(path)
 

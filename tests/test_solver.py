@@ -66,7 +66,7 @@ def test_the_training_step_never_waits_for_the_gpu():
     arch = {"embed_dim": 64, "vision_width": 64, "vision_layers": 1, "vision_heads": 1,
             "text_width": 64, "text_heads": 1, "text_layers": 1}
     cfg = resolve({"pretrain_choice": "random", "clip_arch": arch, "img_size": [64, 32], "text_length": 16,
-                   "embed_dim": 32, "loss_names": "TAL+ID", "twin": True, "device": "cuda"}, {})
+                   "tse_dim": 32, "loss_names": "TAL+ID", "twin": True, "device": "cuda"}, {})
     trainer = build_engine(cfg, num_classes=10)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 400, (8, 2, 16), generator=g)

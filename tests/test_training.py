@@ -131,8 +131,8 @@ def test_a_run_folder_has_one_writer_and_keeps_its_run(data_root, tmp_path):
         train_main.main(["--resume", str(run), "--lr", "0.5", "--num_workers", "0"])
     # an edited configs.yaml that no longer matches the checkpoint
     saved = yaml.safe_load((run / "configs.yaml").read_text())
-    (run / "configs.yaml").write_text(yaml.safe_dump({**saved, "embed_dim": 64}))
-    with pytest.raises(SystemExit, match=r"embed_dim \(run: 48, given: 64\)"):
+    (run / "configs.yaml").write_text(yaml.safe_dump({**saved, "tse_dim": 64}))
+    with pytest.raises(SystemExit, match=r"tse_dim \(run: 48, given: 64\)"):
         train_main.main(["--resume", str(run)])
     (run / "configs.yaml").write_text(yaml.safe_dump(saved))
     train_main.main(tiny_args(data_root, run, "--num_epoch", "1", "--overwrite"))
@@ -141,6 +141,25 @@ def test_a_run_folder_has_one_writer_and_keeps_its_run(data_root, tmp_path):
     with pytest.raises(SystemExit):
         train_main.main(tiny_args(str(tmp_path / "no_data"), tmp_path / "failed"))
     assert not (tmp_path / "failed").exists()
+
+
+def test_a_run_folder_from_before_tse_dim_evaluates_and_resumes(data_root, tmp_path):
+    """A run written when TSE's size was called embed_dim (in configs.yaml and in its checkpoints' config): test.py
+    evaluates it as before, --resume continues it, and an edited size is still caught."""
+    run = tmp_path / "run"
+    train_main.main(tiny_args(data_root, run, "--num_epoch", "1"))
+    expected = test_main.main(["--run", str(run)])
+    old = lambda cfg: {("embed_dim" if k == "tse_dim" else k): v for k, v in cfg.items()}    # noqa: E731
+    saved = old(yaml.safe_load((run / "configs.yaml").read_text()))
+    (run / "configs.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    for path in run.glob("*.pth"):
+        checkpoint = torch.load(path, weights_only=True)
+        torch.save({**checkpoint, "config": old(checkpoint["config"])}, path)
+    assert test_main.main(["--run", str(run)]) == expected
+    train_main.main(["--resume", str(run)])                   # nothing left to train: the config matched
+    (run / "configs.yaml").write_text(yaml.safe_dump({**saved, "embed_dim": 64}, sort_keys=False))
+    with pytest.raises(SystemExit, match=r"tse_dim \(run: 48, given: 64\)"):
+        train_main.main(["--resume", str(run)])
 
 
 def test_pretrained_clip_file_twins_and_other_losses(data_root, clip_file, tmp_path):

@@ -29,12 +29,13 @@ class TokenSelectionEmbedding(nn.Module):
     out_dim: int
 
     options = {"select_ratio": Option(0.3, "TSE: fraction of tokens selected", FRACTION),
-               "embed_dim": Option(1024, "TSE output dimension", AT_LEAST_1)}
+               "tse_dim": Option(1024, "TSE output dimension (RDE's embed_dim; not clip_arch's embed_dim, CLIP's "
+                                       "own output size, which BGE has)", AT_LEAST_1)}
 
-    def __init__(self, width: int, select_ratio: float, embed_dim: int):
+    def __init__(self, width: int, select_ratio: float, tse_dim: int):
         super().__init__()
         self.ratio = select_ratio
-        self.out_dim = embed_dim
+        self.out_dim = tse_dim
         # separate heads for the two towers, as in RDE
         self.image_mlp = TokenMLP(width, width, self.out_dim)
         self.text_mlp = TokenMLP(width, width, self.out_dim)
