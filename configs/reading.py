@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -30,26 +31,50 @@ from .table import RENAMED, RUNTIME_OPTIONS, all_groups, all_options, methods
 LISTING = "python main.py --help"
 
 
+def current_names(values: dict, source: str | None = None) -> dict:
+    """`values` with the options renamed since (RENAMED) under their current names, in their place.  With `source`
+    (where the values were read), one warning line names them; both names at once is an error."""
+    old = [k for k in values if k in RENAMED]
+    if not old:
+        return values
+    both = [k for k in old if RENAMED[k] in values]
+    if both:
+        raise SystemExit(f"{source}: " + "; ".join(f"{k} and {RENAMED[k]} are one option ({k} is its old name): give "
+                                                   f"{RENAMED[k]} only" for k in both))
+    if source is not None:
+        logging.getLogger("reid").warning("%s: %s", source, "; ".join(
+            f"option {k} is now called {RENAMED[k]}, read as {RENAMED[k]}" for k in old))
+    return {RENAMED.get(k, k): v for k, v in values.items()}
+
+
 def check_all(values: dict, source: str) -> dict:
     """Every value typed and checked; SystemExit naming each bad one with `source` (a file, the command line)."""
-    return machinery.check_all(values, source, all_options(), LISTING, RENAMED)
+    return machinery.check_all(current_names(values, source), source, all_options(), LISTING)
 
 
 def load_yaml(path: str) -> dict:
     """The options of a YAML file (a --config or a run's configs.yaml, with its _BASE_), typed and checked."""
-    return machinery.load_yaml(path, all_options(), LISTING, RENAMED)
+    return machinery.load_yaml(path, all_options(), LISTING, current_names)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """main.py's command line: --config and every option, in its --help group."""
-    return machinery.build_parser(all_groups(), "Train a text-to-image person re-identification model.", LISTING,
-                                  RENAMED)
+    """main.py's command line: --config and every option, in its --help group; an old name (RENAMED) is still
+    taken, unlisted, typed as the new one (parse_args reads it as the new one, with a warning)."""
+    parser = machinery.build_parser(all_groups(), "Train a text-to-image person re-identification model.", LISTING)
+    options = all_options()
+    for old, new in RENAMED.items():     # scalar options so far: one value, typed and checked by the new option
+        parser.add_argument(f"--{old}", type=_checked_by(options[new]), default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
+    return parser
 
 
-def current_names(values: dict, source: str | None = None) -> dict:
-    """`values` with options renamed since (RENAMED) under their current names; a warning line names them when
-    `source` (where the values were read) is given."""
-    return machinery.rename(values, RENAMED, source)
+def _checked_by(option: machinery.Option):
+    def convert(text: str):
+        try:
+            return machinery.check(text, option)
+        except machinery.OptionError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
 
 
 def defaults() -> dict:

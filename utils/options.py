@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 from collections.abc import Callable
@@ -233,28 +232,9 @@ def check(value, option: Option):
     return option.allowed(value) if option.allowed is not None else value
 
 
-def rename(values: dict, renamed: dict[str, str], source: str | None) -> dict:
-    """`values` with the options renamed since ({old name: new name}) under their new names, in their place.  With
-    `source` (where the values were read), one warning line names them; both names at once is an error."""
-    old = [k for k in values if k in renamed]
-    if not old:
-        return values
-    both = [k for k in old if renamed[k] in values]
-    if both:
-        raise SystemExit(f"{source}: " + "; ".join(f"{k} and {renamed[k]} are one option ({k} is its old name): give "
-                                                   f"{renamed[k]} only" for k in both))
-    if source is not None:
-        logging.getLogger("reid").warning("%s: %s", source, "; ".join(
-            f"option {k} is now called {renamed[k]}, read as {renamed[k]}" for k in old))
-    return {renamed.get(k, k): v for k, v in values.items()}
-
-
-def check_all(values: dict, source: str, options: dict[str, Option], listing: str,
-              renamed: dict[str, str] | None = None) -> dict:
+def check_all(values: dict, source: str, options: dict[str, Option], listing: str) -> dict:
     """Every value typed and checked against `options` ({name: Option}); SystemExit naming each bad one with
-    `source` (a file, the command line) and pointing to `listing` (the command that lists the options).  Options
-    renamed since ({old: new}) are read under their new names (`rename`)."""
-    values = rename(values, renamed or {}, source)
+    `source` (a file, the command line) and pointing to `listing` (the command that lists the options)."""
     unknown = sorted(set(values) - set(options))
     problems = [f"unknown option {k!r}{did_you_mean(k, options)}" for k in unknown]
     checked = {}
@@ -309,50 +289,40 @@ def _help(option: Option) -> str:
     return text.replace("%", "%%")
 
 
-def _add_option(g, name: str, option: Option, help: str) -> None:
-    # default=SUPPRESS: only values actually typed appear, so they can override the YAML file
-    kw = dict(default=argparse.SUPPRESS, help=help)
-    if isinstance(option.allowed, OneOf):
-        kw["choices"] = option.allowed.values
-    if isinstance(option.default, bool):
-        # `--img_aug` as in RDE's scripts, `--img_aug false` or `--no-img_aug` to switch off
-        g.add_argument(f"--{name}", nargs="?", const=True, type=_cli(option), **kw)
-        g.add_argument(f"--no-{name}", dest=name, action="store_false", default=argparse.SUPPRESS,
-                       help=argparse.SUPPRESS)
-    elif isinstance(option.default, list):
-        if isinstance(option.allowed, NameList):
-            kw["choices"] = option.allowed.names()
-        g.add_argument(f"--{name}", nargs=_fixed_length(option) or "+", type=_cli(option, item=True), **kw)
-    else:
-        g.add_argument(f"--{name}", type=_cli(option), **kw)
-
-
-def build_parser(groups: dict[str, dict[str, Option]], description: str, listing: str,
-                 renamed: dict[str, str] | None = None) -> argparse.ArgumentParser:
+def build_parser(groups: dict[str, dict[str, Option]], description: str, listing: str) -> argparse.ArgumentParser:
     """`--config FILE` and one `--NAME` per option of `groups` ({--help group title: {name: Option}}), in their
     order; a boolean also takes `--no-NAME`.  Only the options given appear in the parsed namespace (so that they
-    can override a file's).  `listing` (the command that lists the options) is named when an option is unknown.
-    The old names of options renamed since ({old: new}) are still taken, unlisted, under the old name (`rename`
-    then reads them under the new one, with a warning)."""
+    can override a file's).  `listing` (the command that lists the options) is named when an option is unknown."""
     p = _Parser(description=description, allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.listing = listing
     p.add_argument("--config", default="", help="YAML file of options (command-line values override it)")
     for title, group in groups.items():
         g = p.add_argument_group(title)
         for name, option in group.items():
-            _add_option(g, name, option, _help(option))
-    options = {name: option for group in groups.values() for name, option in group.items()}
-    for old, new in (renamed or {}).items():
-        _add_option(p, old, options[new], argparse.SUPPRESS)
+            # default=SUPPRESS: only values actually typed appear, so they can override the YAML file
+            kw = dict(default=argparse.SUPPRESS, help=_help(option))
+            if isinstance(option.allowed, OneOf):
+                kw["choices"] = option.allowed.values
+            if isinstance(option.default, bool):
+                # `--img_aug` as in RDE's scripts, `--img_aug false` or `--no-img_aug` to switch off
+                g.add_argument(f"--{name}", nargs="?", const=True, type=_cli(option), **kw)
+                g.add_argument(f"--no-{name}", dest=name, action="store_false", default=argparse.SUPPRESS,
+                               help=argparse.SUPPRESS)
+            elif isinstance(option.default, list):
+                if isinstance(option.allowed, NameList):
+                    kw["choices"] = option.allowed.names()
+                g.add_argument(f"--{name}", nargs=_fixed_length(option) or "+", type=_cli(option, item=True), **kw)
+            else:
+                g.add_argument(f"--{name}", type=_cli(option), **kw)
     return p
 
 
 # ------------------------------------------------------------------ files
-def load_yaml(path: str, options: dict[str, Option], listing: str, renamed: dict[str, str] | None = None,
+def load_yaml(path: str, options: dict[str, Option], listing: str, prepare: Callable | None = None,
               _seen: tuple = ()) -> dict:
-    """The options of a YAML file, typed and checked against `options` (`listing`, `renamed`: as check_all's).  A
-    file may start from another one, as fast-reid's do: ``_BASE_: ../demo.yaml`` (relative to the file) is read
-    first and the file's own options override it."""
+    """The options of a YAML file, typed and checked against `options` (`listing`: as check_all's; `prepare(values,
+    source)`, if given, sees each file's values first).  A file may start from another one, as fast-reid's do:
+    ``_BASE_: ../demo.yaml`` (relative to the file) is read first and the file's own options override it."""
     if not os.path.isfile(path):
         raise SystemExit(f"config file not found: {path}" + (f" (the _BASE_ of {_seen[-1]})" if _seen else ""))
     if os.path.abspath(path) in _seen:
@@ -365,10 +335,11 @@ def load_yaml(path: str, options: dict[str, Option], listing: str, renamed: dict
     if not isinstance(data, dict):
         raise SystemExit(f"config file {path} must hold a mapping of option: value")
     base = data.pop("_BASE_", None)
-    own = check_all(data, f"config file {path}", options, listing, renamed)
+    source = f"config file {path}"
+    own = check_all(prepare(data, source) if prepare else data, source, options, listing)
     if base is None:
         return own
-    return {**load_yaml(os.path.join(os.path.dirname(path), str(base)), options, listing, renamed,
+    return {**load_yaml(os.path.join(os.path.dirname(path), str(base)), options, listing, prepare,
                         (*_seen, os.path.abspath(path))), **own}
 
 

@@ -29,8 +29,8 @@ class TokenSelectionEmbedding(nn.Module):
     out_dim: int
 
     options = {"select_ratio": Option(0.3, "TSE: fraction of tokens selected", FRACTION),
-               "tse_dim": Option(1024, "TSE output dimension (RDE's embed_dim; not clip_arch's embed_dim, CLIP's "
-                                       "own output size, which BGE has)", AT_LEAST_1)}
+               "tse_dim": Option(1024, "TSE output dimension (not clip_arch's embed_dim: that is CLIP's own output "
+                                       "size, BGE's)", AT_LEAST_1)}
 
     def __init__(self, width: int, select_ratio: float, tse_dim: int):
         super().__init__()
