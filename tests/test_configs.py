@@ -226,6 +226,9 @@ def test_the_old_name_of_tse_dim_is_still_read_with_one_warning_line(tmp_path):
                      f"config file {old}: option embed_dim is now called tse_dim, read as tse_dim"]
     assert "--embed_dim" not in build_parser().format_help()                            # not listed
     assert resolve({"embed_dim": 80}, {}).tse_dim == 80                                  # code calling resolve
+    child = tmp_path / "child.yaml"                  # an old base file under a new one: the child's value wins
+    child.write_text("_BASE_: old.yaml\ntse_dim: 32\n")
+    assert load_yaml(str(child))["tse_dim"] == 32
     both = tmp_path / "both.yaml"
     both.write_text("embed_dim: 64\ntse_dim: 64\n")
     with pytest.raises(SystemExit, match="embed_dim and tse_dim are one option"):
