@@ -7,12 +7,12 @@
                              checked against are given to it by solver/build.py)
     evaluation/              evaluation and reading runs back: utils/, datasets/, model/, configs/
     solver/                  training, and assembling a run (solver/build.py): the packages above and evaluation/
-    thi/, rda/               on mllm/ and the packages above; rda/ no thi/
+    thi/, rda/               on mllm/ and the packages above; neither imports the other
     webapp/, bench/, main.py, test.py, retrieve.py, app.py: anything
 
 Every import counts, those inside functions too (a lazy import is still a dependency), relative ones resolved
-against their package.  A failure names the file, the line and the import.  There is no exception: and no loop
-between packages (an arrow that runs back up) anywhere in the project, which the last test checks on all of it.
+against their package.  A failure names the file, the line and the import; there is no exception.  Over the whole
+project, `test_no_import_runs_back_up` checks that no import between packages closes a loop (an arrow back up).
 """
 from __future__ import annotations
 

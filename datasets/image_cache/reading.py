@@ -17,7 +17,6 @@ from .location import cache_folder, user_cache_folder
 log = logging.getLogger("reid")
 
 
-# ------------------------------------------------------------------ what the loaders read
 class ImageSource:
     """Resized uint8 images of a list of paths: `read(indices)` -> uint8 tensor [n, 3, H, W].  `prepare()` (in
     the main process, before loader workers start) does any one-off work."""
