@@ -108,7 +108,7 @@ class Engine:
 
     # ---------------------------------------------------------------- training
     def train_mode(self) -> bool:
-        # published RDE / ICL left the models in eval mode after the division pass (see METHOD.md 4)
+        # published RDE / ICL left the models in eval mode after the division pass (see docs/METHOD.md §4.7)
         return not (self.cfg.published_eval_mode and self.cfg.division)
 
     def train_step(self, batch: dict, weights: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

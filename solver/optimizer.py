@@ -1,4 +1,4 @@
-"""Adam with the published learning-rate rules (METHOD.md section 5), in a handful of parameter groups.
+"""Adam with the published learning-rate rules (docs/METHOD.md §5.1), in a handful of parameter groups.
 
 The published `build_optimizer` (IRRA, RDE, ICL) walks the parameters by name, one group per tensor:
   1. every parameter: lr, weight_decay;

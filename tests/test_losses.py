@@ -18,7 +18,7 @@ def batch(seed=0, b=6, d=8):
 
 
 def tal_reference(img, txt, pids, tau, m):
-    """METHOD.md section 3, element by element."""
+    """docs/METHOD.md §3.1, element by element."""
     img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
     S = (txt @ img.t()).tolist()
     n = len(S)
