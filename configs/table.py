@@ -181,8 +181,10 @@ CORE_GROUPS: dict[str, dict[str, Option]] = {
         "optimizer": Option("Adam", "optimiser", OneOf(names=_optimizers)),
         "lr": Option(1e-5, "learning rate of the CLIP backbone", AT_LEAST_0),
         "head_lr": Option(1e-3, "learning rate of RDE-style new heads (TSE, fused), biases included", AT_LEAST_0),
-        "lr_factor": Option(5.0, "IRRA-style new modules (ID classifier) train at lr x this; so does the text "
-                                 "position embedding when text_length is not 77 (ICL)", AT_LEAST_0),
+        "lr_factor": Option(5.0, "IRRA-style new modules (ID classifier) train at lr x this", AT_LEAST_0),
+        "icl_text_position_lr": Option(False, "ICL's rule: the text position embedding trains at lr x lr_factor "
+                                              "when text_length is not 77 (RDE's and 3RTPR's code have no such "
+                                              "rule; configs/icl/* switch it on)"),
         "bias_lr_factor": Option(2.0, "parameters whose name contains 'bias' train at lr x this, without weight "
                                       "decay", AT_LEAST_0),
         "weight_decay": Option(4e-5, "weight decay (none for biases)", AT_LEAST_0),
