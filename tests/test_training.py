@@ -155,6 +155,24 @@ def test_pretrained_clip_file_twins_and_other_losses(data_root, clip_file, tmp_p
     assert {"model1/BGE", "model2/TSE", "model1", "model2"} <= set(results["last"])
 
 
+def test_twin_model_1_trains_as_the_single_model(data_root, tmp_path):
+    """The twin path gives model 1 what a single model gets (its initialisation, view 0's images and captions, the
+    division's weights) and model 2 its own view: with the division off, model 1's losses and evaluation rows are
+    the single model's, and model 2's are not (issue 20 looked here first when twins stopped learning)."""
+    args = ["--num_epoch", "2", "--noisy_rate", "0.5", "--division", "false"]
+    train_main.main(tiny_args(data_root, tmp_path / "single", *args))
+    train_main.main(tiny_args(data_root, tmp_path / "twin", *args, "--twin"))
+    single, twin = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "twin")
+    for s, t in zip(single, twin):
+        for name in ("bge_TAL", "tse_TAL"):
+            assert t[f"loss/model1/{name}"] == pytest.approx(s[f"loss/{name}"], rel=1e-5)
+            assert t[f"loss/model2/{name}"] != pytest.approx(s[f"loss/{name}"], rel=1e-3)
+    one = torch.load(tmp_path / "single" / "last.pth", weights_only=True)["models"][0]
+    two = torch.load(tmp_path / "twin" / "last.pth", weights_only=True)["models"]
+    assert all(torch.allclose(one[k], two[0][k], atol=1e-5) for k in one)
+    assert not all(torch.allclose(one[k], two[1][k], atol=1e-3) for k in one)
+
+
 def test_bad_checkpoint_and_bad_config_are_reported(data_root, tmp_path):
     run = tmp_path / "run"
     train_main.main(tiny_args(data_root, run, "--num_epoch", "1"))
