@@ -24,8 +24,7 @@ def test_there_are_examples_of_each_kind_of_plug_in():
 @pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES])
 def test_an_example_trains_from_its_yaml(path, data_root, tmp_path):
     # the example's own options (its _BASE_, the demo, included) with the tiny data, model and one epoch
-    train_main.main(["--config", path, *tiny_args(data_root, tmp_path / "run", "--num_epoch", "1",
-                                                  "--embed_dim", "48")])
+    train_main.main(tiny_args(data_root, tmp_path / "run", "--config", path, "--num_epoch", "1"))
     row, = read_metrics(tmp_path / "run")
     if load_yaml(path).get("method") == "co_teaching":    # each model trains on its own division: logged per model
         assert {"division/model1/kept", "division/model2/kept", "division/model2/noise_recall"} <= set(row)

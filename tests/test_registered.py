@@ -37,8 +37,10 @@ def one_thread():
 
 
 def tiny_cfg(**over):
+    heads = over.get("embeddings", ["bge", "tse"])   # the sizes of the heads trained (others' options are refused)
+    sizes = {size: 24 for size, head in (("embed_dim", "tse"), ("fused_dim", "fused")) if head in heads}
     return resolve({"pretrain_choice": "random", "clip_arch": TINY_CLIP, "img_size": [32, 16], "text_length": 16,
-                    "embed_dim": 24, "fused_dim": 24, **over}, {})
+                    **sizes, **over}, {})
 
 
 def caption_ids(length=16, seed=0):
