@@ -5,8 +5,9 @@
                  their --help groups (GROUPS, OPTIONS, read when used), the registries values are checked
                  against, RUNTIME_OPTIONS (what a resumed run may change)
     reading.py   a config from them: parse_args (main.py's command line, --config, --resume), build_parser,
-                 load_yaml (a YAML file or a run's configs.yaml, checked), resolve (defaults < the method's
-                 defaults < file < command line), defaults, check_all, cross_problems, primary_loss,
+                 load_yaml (a YAML file, checked), load_run_config (a run folder's configs.yaml, as earlier
+                 versions wrote it too), resolve (defaults < the method's defaults < file < command line; options
+                 of parts the run does not use refused), defaults, check_all, cross_problems, primary_loss,
                  config_conflicts
 
 The machinery these use and parts declare their options with (Option, OneOf, Range, ..., save_config) is
@@ -14,13 +15,13 @@ utils/options.py, which imports nothing of the project; `Option` is re-exported 
 """
 from utils.options import Option
 
-from .reading import (LISTING, build_parser, check_all, config_conflicts, cross_problems, defaults, load_yaml,
-                      parse_args, primary_loss, resolve)
+from .reading import (LISTING, build_parser, check_all, config_conflicts, cross_problems, defaults, load_run_config,
+                      load_yaml, parse_args, primary_loss, resolve)
 from .table import CLIP_SET_ELSEWHERE, CORE_GROUPS, RUNTIME_OPTIONS, all_groups, all_options
 
 __all__ = ["CLIP_SET_ELSEWHERE", "CORE_GROUPS", "GROUPS", "LISTING", "OPTIONS", "RUNTIME_OPTIONS", "Option",
            "all_groups", "all_options", "build_parser", "check_all", "config_conflicts", "cross_problems",
-           "defaults", "load_yaml", "parse_args", "primary_loss", "resolve"]
+           "defaults", "load_run_config", "load_yaml", "parse_args", "primary_loss", "resolve"]
 
 
 def __getattr__(name: str):

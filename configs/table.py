@@ -82,12 +82,49 @@ def methods():
     return METHODS
 
 
-def _declaring_registries() -> dict[str, list]:
-    """Where options are declared next to the code that reads them: {--help group: registries whose entries
-    carry `options = {name: Option}`} (a loss's temperature, a head's size, a weighting rule's constants)."""
+def _declaring_registries() -> dict[str, dict]:
+    """Where options are declared next to the code that reads them: {--help group: {the option that chooses the
+    parts: their registry, whose entries carry `options = {name: Option}`}} (a loss's temperature, a head's size,
+    a weighting rule's constants, a method's own)."""
     from model.embeddings import EMBEDDINGS
     from model.losses import LOSSES
-    return {"model": [EMBEDDINGS, LOSSES], "robust training (RDE)": [_weightings(), methods()]}
+    return {"model": {"embeddings": EMBEDDINGS, "loss_names": LOSSES},
+            "robust training (RDE)": {"weighting": _weightings(), "method": methods()}}
+
+
+def chosen_parts(cfg: dict) -> dict[str, list[str]]:
+    """{option that chooses parts: the parts it chooses in `cfg`}: the heads, the losses trained, the weighting
+    rule (while the division runs) and the method."""
+    from model.losses import parse_loss_names
+    return {"embeddings": list(cfg["embeddings"]), "loss_names": parse_loss_names(cfg["loss_names"]),
+            "weighting": [cfg["weighting"]] if cfg["division"] else [], "method": [cfg["method"]]}
+
+
+def unused_options(cfg: dict, names) -> dict[str, str]:
+    """{name: why} for each of `names` that only parts `cfg` does not use declare: 'is read only by weighting rule
+    'alr' (solver/weighting.py), which this run does not use (weighting: ccd)'."""
+    chosen, readers = chosen_parts(cfg), {}
+    for registries in _declaring_registries().values():
+        for chooser, registry in registries.items():
+            for entry, cls in registry.items():
+                for name in getattr(cls, "options", None) or {}:
+                    readers.setdefault(name, []).append((chooser, registry, entry))
+    unused = {}
+    for name in names:
+        parts = readers.get(name, [])
+        if parts and not any(entry in chosen[chooser] for chooser, _, entry in parts):
+            choosers = dict.fromkeys(chooser for chooser, _, _ in parts)
+            unused[name] = (f"is read only by {', '.join(f'{r.kind} {e!r}' for _, r, e in parts)} "
+                            f"({', '.join(dict.fromkeys(r.folder for _, r, _ in parts))}), which this run does not "
+                            f"use ({', '.join(_choice(cfg, c) for c in choosers)})")
+    return unused
+
+
+def _choice(cfg: dict, chooser: str) -> str:
+    if chooser == "weighting" and not cfg["division"]:
+        return f"weighting: {cfg['weighting']} with division: false"
+    value = cfg[chooser]
+    return f"{chooser}: {' '.join(value) if isinstance(value, list) else value}"
 
 
 # CLIPConfig fields that other options set (model/clip.py build_clip)
@@ -205,7 +242,7 @@ def all_groups() -> dict[str, dict[str, Option]]:
     groups = {title: dict(group) for title, group in CORE_GROUPS.items()}
     declared_by: dict[str, str] = {}
     for title, registries in _declaring_registries().items():
-        for registry in registries:
+        for registry in registries.values():
             for entry, cls in registry.items():
                 for name, option in getattr(cls, "options", {}).items():
                     where = f"{registry.kind} {entry!r} ({registry.folder})"

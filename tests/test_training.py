@@ -147,7 +147,7 @@ def test_pretrained_clip_file_twins_and_other_losses(data_root, clip_file, tmp_p
     """The real CLIP loading path (OpenAI layout, resized to 64 x 32 stride 16), twin models, SDM + ID."""
     run = tmp_path / "twin"
     train_main.main(tiny_args(data_root, run, "--pretrain_choice", clip_file, "--twin", "--num_epoch", "1",
-                              "--loss_names", "SDM+ID+free_text", "--division", "false"))
+                              "--loss_names", "SDM+ID+free-text", "--division", "false"))
     record = read_metrics(run)[0]
     assert {"loss/model1/bge_SDM", "loss/model2/tse_ID"} <= set(record)
     results = test_main.main(["--run", str(run), "--checkpoint", "last"])

@@ -77,4 +77,4 @@ def build_engine(cfg, run_dir: str | None = None, resume_from: tuple[dict, str] 
     return engine
 
 
-from . import rde, recommended, soft_clean, twins  # noqa: E402,F401  (registration)
+from . import co_teaching, rde, recommended, soft_clean, twins  # noqa: E402,F401  (registration)
