@@ -165,7 +165,7 @@ def ensure_synthetic_clip(config, folder: str | None = None, device: str = "cpu"
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.isfile(path) and _recipe_of(path) == RECIPE:     # built by another process meanwhile
             return path
-        log.info("pretraining a CLIP on synthetic people for %s (once per architecture; about a minute on two CPU "
+        log.info("pretraining a CLIP on synthetic people for %s (once per architecture; minutes on two CPU "
                  "cores at the demo's size)", path)
         state, summary = train_synthetic_clip(config, device=device)
         write_json(_summary_file(path), summary)
