@@ -6,7 +6,7 @@ noisy_rate=0.0                # 0.0 0.2 0.5 0.8
 tau=0.015
 margin=0.1
 select_ratio=0.3
-loss=TAL                      # TAL TRL InfoNCE SDM (anything after a '+' is a free-text label)
+loss=TAL                      # TAL TRL InfoNCE SDM (a '+' part with one of . = - is a label, as the run tag below)
 pretrain_choice=ViT-B/16      # ~/.cache/clip/ViT-B-16.pt, or a path to a checkpoint
 noisy_file=${root_dir}/noiseindex/${DATASET_NAME}_${noisy_rate}.npy
 anno_path=                    # e.g. RDA annotations; empty: the dataset's default file

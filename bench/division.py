@@ -79,7 +79,8 @@ def build_trainer(args, num_models: int, noisy_rate: float):
 
     cfg = resolve({"pretrain_choice": "random", "clip_arch": {**TINY_BACKBONE, "embed_dim": args.bge_dim},
                    "img_size": [32, 16], "text_length": 8, "embeddings": list(args.embeddings),
-                   "tse_dim": args.tse_dim, "loss_names": args.loss_names, "batch_size": args.batch_size,
+                   **({"tse_dim": args.tse_dim} if "tse" in args.embeddings else {}),  # TSE's: else refused
+                   "loss_names": args.loss_names, "batch_size": args.batch_size,
                    "seed": args.seed, "weighting": args.weighting, "twin": num_models == 2,
                    "dataset_name": "CUHK-PEDES", "noisy_rate": noisy_rate, "device": str(args.device)}, {})
     trainer = build_engine(cfg, num_classes=args.num_ids)

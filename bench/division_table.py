@@ -30,13 +30,15 @@ VARIANTS = {
     "ccd-augmented": ["--division_read", "augmented", "--weighting", "ccd"],
     "ccd-clean": ["--division_read", "clean", "--weighting", "ccd"],
     "alr-clean": ["--division_read", "clean", "--weighting", "alr"],
+    "soft_clean": ["--method", "soft_clean", "--division_read", "clean"],
+    "recommended": ["--method", "recommended"],                        # twins, CCD, clean read
     "twins-ccd-augmented": ["--twin", "--division_read", "augmented", "--weighting", "ccd"],
-    "twins-ccd-clean": ["--twin", "--division_read", "clean", "--weighting", "ccd"],
-    "twins-alr-augmented": ["--twin", "--division_read", "augmented", "--weighting", "alr"],
-    "twins-alr-clean": ["--twin", "--division_read", "clean", "--weighting", "alr"],
+    "twins-alr-clean": ["--method", "twins", "--division_read", "clean"],   # 3RTPR's twins (ALR)
+    "twins-alr-augmented": ["--method", "twins", "--division_read", "augmented"],
 }
 # the learning tests' synthetic set (tests/test_learning.py): seed 0, so none of its people is a pretraining one
 DATA = dict(num_train_ids=150, num_test_ids=50, num_val_ids=10, seed=0)
+LEARNING_EPOCHS = 5          # epochs of the learning tests and of this table's default
 
 
 def make_data(root: str, train_ids: int) -> str:
@@ -106,7 +108,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--noise", type=float, nargs="+", default=[0.2, 0.5, 0.8])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=LEARNING_EPOCHS)
     p.add_argument("--train_ids", type=int, default=DATA["num_train_ids"])
     p.add_argument("--root_dir", default="", help="a dataset root to train on (default: a synthetic set under --out)")
     p.add_argument("--out", default="logs/division_table")

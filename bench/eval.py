@@ -93,7 +93,8 @@ def build_model_for_eval(args):
 
     cfg = resolve({"pretrain_choice": "random", "clip_arch": args.clip_arch, "img_size": list(args.img_size),
                    "text_length": args.text_length, "embeddings": list(args.embeddings),
-                   "tse_dim": args.tse_dim, "seed": args.seed}, {})
+                   **({"tse_dim": args.tse_dim} if "tse" in args.embeddings else {}),  # TSE's: else refused
+                   "seed": args.seed}, {})
     torch.manual_seed(args.seed)
     return build_model(cfg, 1).to(args.device).eval(), cfg
 

@@ -82,7 +82,8 @@ def make_cfg(args, batch_size: int, num_models: int):
     from configs import resolve
 
     return resolve({"pretrain_choice": "random", "clip_arch": args.clip_arch, "img_size": list(args.img_size),
-                    "text_length": args.text_length, "embeddings": list(args.embeddings), "tse_dim": args.tse_dim,
+                    "text_length": args.text_length, "embeddings": list(args.embeddings),
+                    **({"tse_dim": args.tse_dim} if "tse" in args.embeddings else {}),   # TSE's: else refused
                     "loss_names": args.loss_names, "batch_size": batch_size, "twin": num_models == 2,
                     "compile": args.compile, "device": str(args.device), "precision": args.precision,
                     "seed": args.seed}, {})

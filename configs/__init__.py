@@ -6,9 +6,10 @@
                  registries, RENAMED (old option names still read), RUNTIME_OPTIONS (what a resumed run may change)
     parts.py     the registries themselves (Parts), given by solver/build.py (`give`): configs/ imports only utils/
     reading.py   a config from them: parse_args (main.py's command line, --config, --resume), build_parser,
-                 load_yaml (a YAML file or a run's configs.yaml, checked), resolve (defaults < the method's
-                 defaults < file < command line), defaults, check_all, cross_problems, primary_loss,
-                 config_conflicts, current_names
+                 load_yaml (a YAML file, checked, old option names read as their current ones), load_run_config (a
+                 run folder's configs.yaml, as earlier versions wrote it too), resolve (defaults < the method's
+                 defaults < file < command line; options of parts the run does not use refused), defaults,
+                 check_all, cross_problems, primary_loss, config_conflicts, current_names
 
 The machinery these use and parts declare their options with (Option, OneOf, Range, ..., save_config) is
 utils/options.py, which imports nothing of the project; `Option` is re-exported here for convenience.
@@ -17,12 +18,13 @@ from utils.options import Option
 
 from .parts import Parts, give
 from .reading import (LISTING, build_parser, check_all, config_conflicts, cross_problems, current_names, defaults,
-                      load_yaml, parse_args, primary_loss, resolve)
+                      load_run_config, load_yaml, parse_args, primary_loss, resolve)
 from .table import CLIP_SET_ELSEWHERE, CORE_GROUPS, RENAMED, RUNTIME_OPTIONS, all_groups, all_options
 
 __all__ = ["CLIP_SET_ELSEWHERE", "CORE_GROUPS", "GROUPS", "LISTING", "OPTIONS", "Option", "Parts",
            "RENAMED", "RUNTIME_OPTIONS", "all_groups", "all_options", "build_parser", "check_all", "config_conflicts",
-           "cross_problems", "current_names", "defaults", "give", "load_yaml", "parse_args", "primary_loss", "resolve"]
+           "cross_problems", "current_names", "defaults", "give", "load_run_config", "load_yaml", "parse_args",
+           "primary_loss", "resolve"]
 
 
 def __getattr__(name: str):

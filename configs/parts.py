@@ -19,6 +19,7 @@ class Parts:
     losses: Mapping                   # loss_names, loss_weights' keys, the losses' options (model.losses.LOSSES)
     parse_loss_names: Callable        # loss_names -> the losses it trains, labels skipped (ValueError: not one)
     label_rule: str                   # what a label in loss_names may be, for --help
+    drop_old_labels: Callable         # loss_names -> (it without the parts earlier versions took for labels, them)
     embeddings: Mapping               # embeddings and the heads' options (model.embeddings.EMBEDDINGS)
     clip_config: type                 # clip_arch's keys and a random CLIP's shape check (model.clip.CLIPConfig)
     gmm_settings: Callable            # gmm's keys: gmm_settings(noisy_rate, dataset_name) (solver/division.py)

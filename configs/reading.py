@@ -10,7 +10,9 @@ Values are checked when read, wherever they come from (the command line, a YAML 
 code calling `resolve`): a value of the wrong type, outside the allowed ones, an unknown key inside
 ``clip_arch`` / ``gmm`` / ``loss_weights``, or a loss or head that is not registered stops the run before any data
 is read, naming the option, the value and what is allowed; so do options that do not fit together
-(`cross_problems`).  Options are spelled out in full (no abbreviations).
+(`cross_problems`) and options that only parts the run does not use read (`--alr_k` with ``weighting: ccd``;
+`unused_given`).  Options are spelled out in full (no abbreviations).  A run folder written by an earlier version
+is read with what this one would refuse named in one warning line (`load_run_config`).
 """
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ from easydict import EasyDict
 from utils import options as machinery
 
 from .parts import parts
-from .table import RENAMED, RUNTIME_OPTIONS, all_groups, all_options, methods
+from .table import RENAMED, RUNTIME_OPTIONS, all_groups, all_options, methods, unused_options
+
+log = logging.getLogger("reid")
 
 # the command that lists every option, named in messages
 LISTING = "python main.py --help"
@@ -42,7 +46,7 @@ def current_names(values: dict, source: str | None = None) -> dict:
         raise SystemExit(f"{source}: " + "; ".join(f"{k} and {RENAMED[k]} are one option ({k} is its old name): give "
                                                    f"{RENAMED[k]} only" for k in both))
     if source is not None:
-        logging.getLogger("reid").warning("%s: %s", source, "; ".join(
+        log.warning("%s: %s", source, "; ".join(
             f"option {k} is now called {RENAMED[k]}, read as {RENAMED[k]}" for k in old))
     return {RENAMED.get(k, k): v for k, v in values.items()}
 
@@ -52,9 +56,43 @@ def check_all(values: dict, source: str) -> dict:
     return machinery.check_all(current_names(values, source), source, all_options(), LISTING)
 
 
-def load_yaml(path: str) -> dict:
-    """The options of a YAML file (a --config or a run's configs.yaml, with its _BASE_), typed and checked."""
-    return machinery.load_yaml(path, all_options(), LISTING, current_names)
+def load_yaml(path: str, layers: list | None = None) -> dict:
+    """The options of a YAML file (a --config, with its _BASE_; a run folder's configs.yaml is load_run_config's),
+    typed and checked, old option names read as their current ones (current_names).  `layers`, when given, receives
+    (file, its own options) of each file, base first (for `resolve`)."""
+    return machinery.load_yaml(path, all_options(), LISTING, current_names, layers=layers)
+
+
+def upgrade_saved(values: dict) -> tuple[dict, list[str]]:
+    """A saved config (a run folder's configs.yaml, a checkpoint's) as this version reads it, and what that changed:
+    loss-name parts that earlier versions read as labels and this one refuses are dropped (labels train nothing)."""
+    if not isinstance(values.get("loss_names"), str):
+        return values, []
+    kept, dropped = parts().drop_old_labels(values["loss_names"])
+    if not dropped:
+        return values, []
+    return {**values, "loss_names": kept}, [
+        f"loss_names {values['loss_names']!r} is read as {kept!r}: {', '.join(map(repr, dropped))} were labels "
+        "(earlier versions took any part with a digit or _ for one; now a label holds one of . = -)"]
+
+
+def load_run_config(path: str) -> dict:
+    """A run folder's configs.yaml (every option, as main.py resolved it), typed and checked as load_yaml does (old
+    option names read as their current ones, with their own warning line: current_names).  What
+    `resolve` refuses in a new config is named in one warning line here, not refused: old loss-name labels (an
+    earlier version's; dropped, upgrade_saved) and options of parts the run does not use, set off their defaults
+    (an earlier version's, or a recipe's that a later choice left unused; kept: they change nothing).  Give
+    `resolve` what this returns with layers=[] (it is not checked for unused options again)."""
+    values, notes = upgrade_saved(machinery.read_mapping(path))
+    values = check_all(values, f"config file {path}")
+    cfg, base = _layered(values, f"config file {path}")
+    unused = unused_options(cfg, [k for k, v in values.items() if v != base.get(k)])
+    if unused:
+        notes.append("options of parts this run does not use (they change nothing): "
+                     + "; ".join(f"{k} {values[k]!r} {why}" for k, why in unused.items()))
+    if notes:
+        log.warning("%s: %s", path, "; ".join(notes))
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,27 +149,56 @@ def cross_problems(cfg: dict) -> list[str]:
     return problems
 
 
-def resolve(cli: dict, file_values: dict, source: str = "options") -> EasyDict:
-    """defaults < the method's defaults < file_values < cli, every value checked, and the options checked against
-    each other; `source` says where they came from in messages."""
-    cli, file_values = current_names(cli, source), current_names(file_values, source)
-    cfg = defaults()
-    method = cli.get("method", file_values.get("method", cfg["method"]))
+def _layered(values: dict, source: str = "options") -> tuple[dict, dict]:
+    """(defaults < the method's defaults < values, checked; the first two: what `values` does not give)."""
+    base = defaults()
+    method = values.get("method", base["method"])
     if method in methods():        # a method's own defaults, under the file and the command line
-        cfg.update(methods()[method].defaults)
-    cfg.update(file_values)
-    cfg.update(cli)
-    cfg = check_all(json.loads(json.dumps(cfg)), source)       # deep copy; plain types only
+        base.update(methods()[method].defaults)
+    return check_all(json.loads(json.dumps({**base, **values})), source), base     # deep copy; plain types only
+
+
+def unused_given(cfg: dict, cli: dict, layers: list) -> tuple[list[str], list[str]]:
+    """(refused, noted): options given on the command line or in a file layer that only parts `cfg` does not use
+    read, each with why.  The command line's are refused, and a file's where its own layer (with its bases) does
+    not use that part either (weighting: ccd beside alr_k: 9); a file's option that a later layer or the command
+    line left unused (configs/rde/cuhk.yaml's tau under --loss_names InfoNCE) is noted instead."""
+    unused = unused_options(cfg, {*cli, *(k for _, own in layers for k in own)})
+    refused = [f"--{k} {why}" for k, why in unused.items() if k in cli]
+    noted, so_far = [], {}
+    for i, (path, own) in enumerate(layers):
+        so_far.update(own)
+        last = [k for k in own if k in unused and k not in cli and not any(k in o for _, o in layers[i + 1:])]
+        unused_here = unused_options(_layered(so_far)[0], last) if last else {}
+        for k in last:
+            (refused if k in unused_here else noted).append(f"{k} ({path}) {unused[k]}")
+    return refused, noted
+
+
+def resolve(cli: dict, file_values: dict, source: str = "options", layers: list | None = None) -> EasyDict:
+    """defaults < the method's defaults < file_values < cli, every value checked, the options checked against each
+    other and against the parts that read them (`unused_given`); `source` says where they came from in messages.
+
+    layers: the files file_values was read from, [(file, its own options)] base first, as load_yaml(path, layers)
+    gives them; None: file_values is one layer; []: file_values is a resolved config (a run folder's, read by
+    load_run_config), whose options are not checked for use again.  Old option names (RENAMED) are read as their
+    current ones (current_names)."""
+    cli, file_values = current_names(cli, source), current_names(file_values, source)
+    cfg, _ = _layered({**file_values, **cli}, source)
     problems = cross_problems(cfg)
+    refused, noted = unused_given(cfg, cli, [(source, file_values)] if layers is None else layers)
+    problems += [f"{p}: drop it, or choose that part" for p in refused]
     if problems:
         raise SystemExit(f"{source}: " + "\n  ".join(problems))
+    if noted:
+        log.warning("%s: left unused by a later choice of parts (they change nothing): %s", source, "; ".join(noted))
     return EasyDict(cfg)
 
 
 def config_conflicts(saved: dict, given: dict) -> list[str]:
     """'name (run: a, given: b)' for every option of `given` whose value differs from `saved` (or from the
     default where `saved` lacks it), runtime options aside."""
-    options = all_options()
+    options, saved = all_options(), upgrade_saved(saved)[0]   # read as load_run_config reads it
     plain = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples vs lists, int vs float 1 vs 1.0 stay apart)
     return [f"{k} (run: {saved.get(k, options[k].default)!r}, given: {v!r})" for k, v in given.items()
             if k in options and k not in RUNTIME_OPTIONS and plain(v) != plain(saved.get(k, options[k].default))]
@@ -143,8 +210,9 @@ def parse_args(argv=None) -> EasyDict:
     args = current_names(vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv)), "the command line")
     config_file = args.pop("config")
     if not args.get("resume"):
-        return resolve(args, load_yaml(config_file) if config_file else {},
-                       f"options of {config_file} and the command line" if config_file else "options")
+        layers = []
+        return resolve(args, load_yaml(config_file, layers) if config_file else {},
+                       f"options of {config_file} and the command line" if config_file else "options", layers)
     run = args["resume"]
     saved_file = os.path.join(run, "configs.yaml")
     if not os.path.isfile(saved_file):
@@ -152,10 +220,10 @@ def parse_args(argv=None) -> EasyDict:
     if config_file:
         raise SystemExit(f"--resume {run} continues the run with its own configs.yaml; drop --config {config_file} "
                          "(to train with other options, start a new run)")
-    saved = load_yaml(saved_file)
+    saved = load_run_config(saved_file)
     conflicts = config_conflicts(saved, args)
     if conflicts:
         raise SystemExit(f"--resume {run}: these options differ from the run's configs.yaml: {'; '.join(conflicts)}. "
                          f"A resumed run keeps its configuration; only {', '.join(RUNTIME_OPTIONS[3:])} may change")
     args["run_dir"] = run
-    return resolve(args, saved, f"options of {saved_file}")
+    return resolve(args, saved, f"options of {saved_file}", layers=[])

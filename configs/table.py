@@ -76,10 +76,46 @@ def methods():
     return parts().methods
 
 
-def _declaring_registries() -> dict[str, list]:
-    """Where options are declared next to the code that reads them: {--help group: registries whose entries
-    carry `options = {name: Option}`} (a loss's temperature, a head's size, a weighting rule's constants)."""
-    return {"model": [parts().embeddings, parts().losses], "robust training (RDE)": [_weightings(), methods()]}
+def _declaring_registries() -> dict[str, dict]:
+    """Where options are declared next to the code that reads them: {--help group: {the option that chooses the
+    parts: their registry, whose entries carry `options = {name: Option}`}} (a loss's temperature, a head's size,
+    a weighting rule's constants, a method's own)."""
+    return {"model": {"embeddings": parts().embeddings, "loss_names": parts().losses},
+            "robust training (RDE)": {"weighting": _weightings(), "method": methods()}}
+
+
+def chosen_parts(cfg: dict) -> dict[str, list[str]]:
+    """{option that chooses parts: the parts it chooses in `cfg`}: the heads, the losses trained, the weighting
+    rule (while the division runs) and the method."""
+    return {"embeddings": list(cfg["embeddings"]), "loss_names": parts().parse_loss_names(cfg["loss_names"]),
+            "weighting": [cfg["weighting"]] if cfg["division"] else [], "method": [cfg["method"]]}
+
+
+def unused_options(cfg: dict, names) -> dict[str, str]:
+    """{name: why} for each of `names` that only parts `cfg` does not use declare: 'is read only by weighting rule
+    'alr' (solver/weighting.py), which this run does not use (weighting: ccd)'."""
+    chosen, readers = chosen_parts(cfg), {}
+    for registries in _declaring_registries().values():
+        for chooser, registry in registries.items():
+            for entry, cls in registry.items():
+                for name in getattr(cls, "options", None) or {}:
+                    readers.setdefault(name, []).append((chooser, registry, entry))
+    unused = {}
+    for name in names:
+        by = readers.get(name, [])
+        if by and not any(entry in chosen[chooser] for chooser, _, entry in by):
+            choosers = dict.fromkeys(chooser for chooser, _, _ in by)
+            unused[name] = (f"is read only by {', '.join(f'{r.kind} {e!r}' for _, r, e in by)} "
+                            f"({', '.join(dict.fromkeys(r.folder for _, r, _ in by))}), which this run does not "
+                            f"use ({', '.join(_choice(cfg, c) for c in choosers)})")
+    return unused
+
+
+def _choice(cfg: dict, chooser: str) -> str:
+    if chooser == "weighting" and not cfg["division"]:
+        return f"weighting: {cfg['weighting']} with division: false"
+    value = cfg[chooser]
+    return f"{chooser}: {' '.join(value) if isinstance(value, list) else value}"
 
 
 # CLIPConfig fields that other options set (model/clip.py build_clip)
@@ -173,8 +209,10 @@ CORE_GROUPS: dict[str, dict[str, Option]] = {
         "optimizer": Option("Adam", "optimiser", OneOf(names=_optimizers)),
         "lr": Option(1e-5, "learning rate of the CLIP backbone", AT_LEAST_0),
         "head_lr": Option(1e-3, "learning rate of RDE-style new heads (TSE, fused), biases included", AT_LEAST_0),
-        "lr_factor": Option(5.0, "IRRA-style new modules (ID classifier) train at lr x this; so does the text "
-                                 "position embedding when text_length is not 77 (ICL)", AT_LEAST_0),
+        "lr_factor": Option(5.0, "IRRA-style new modules (ID classifier) train at lr x this", AT_LEAST_0),
+        "icl_text_position_lr": Option(False, "ICL's rule: the text position embedding trains at lr x lr_factor "
+                                              "when text_length is not 77 (RDE's and 3RTPR's code have no such "
+                                              "rule; configs/icl/* switch it on)"),
         "bias_lr_factor": Option(2.0, "parameters whose name contains 'bias' train at lr x this, without weight "
                                       "decay", AT_LEAST_0),
         "weight_decay": Option(4e-5, "weight decay (none for biases)", AT_LEAST_0),
@@ -195,7 +233,7 @@ def all_groups() -> dict[str, dict[str, Option]]:
     groups = {title: dict(group) for title, group in CORE_GROUPS.items()}
     declared_by: dict[str, str] = {}
     for title, registries in _declaring_registries().items():
-        for registry in registries:
+        for registry in registries.values():
             for entry, cls in registry.items():
                 for name, option in getattr(cls, "options", {}).items():
                     where = f"{registry.kind} {entry!r} ({registry.folder})"

@@ -1,4 +1,4 @@
-"""Person re-id datasets (METHOD.md section 1).
+"""Person re-id datasets (docs/METHOD.md §1).
 
 Kept light on purpose: this package is named `datasets`, which shadows Hugging Face's
 library when the repo root is on sys.path, so nothing heavy is imported here.

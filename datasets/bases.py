@@ -1,4 +1,4 @@
-"""Annotation parsing shared by every person re-id dataset (METHOD.md section 1).
+"""Annotation parsing shared by every person re-id dataset (docs/METHOD.md §1.1-§1.2).
 
 All four public datasets are a JSON list of records with an id, an image path, a
 list of captions and a split name; they differ only in file name, image folder,

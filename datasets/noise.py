@@ -1,4 +1,4 @@
-"""Noisy image-text correspondence, RDE's convention (METHOD.md section 1).
+"""Noisy image-text correspondence, RDE's convention (docs/METHOD.md §1.4).
 
 A fraction `rate` of training captions is permuted among themselves; image, pid and image_id
 stay put. The permutation is saved as .npy (RDE names them `<DATASET>_<rate>.npy`) so that

@@ -218,7 +218,7 @@ def make_caption(ident: dict, rng: random.Random) -> str:
 
 
 def make_diversity_groups(ident: dict, rng: random.Random) -> list[list[str]]:
-    """RDA groups (METHOD.md section 1): one group per attribute sub-sentence, 2-3 paraphrases each."""
+    """RDA groups (docs/METHOD.md §1.3): one group per attribute sub-sentence, 2-3 paraphrases each."""
     p = _Phrases(ident, rng)
     groups = []
     for attr in ATTRIBUTES:

@@ -1,4 +1,4 @@
-"""Caption-side augmentations: RDE's token-level txt_aug and ICL's RDA composition (METHOD.md section 1)."""
+"""Caption-side augmentations: RDE's token-level txt_aug and ICL's RDA composition (docs/METHOD.md §1.3, §1.7)."""
 from __future__ import annotations
 
 import random

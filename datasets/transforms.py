@@ -1,4 +1,4 @@
-"""Image transforms (METHOD.md section 1), the published IRRA/RDE pipeline, split between the CPU and the device.
+"""Image transforms (docs/METHOD.md §1.6), the published IRRA/RDE pipeline, split between the CPU and the device.
 
 The published order is resize, flip, pad + crop, to tensor, normalise, random erasing with value = mean, so an
 erased pixel reads (0.481, 0.458, 0.408) in *normalised* units.  Here the resize is done once per dataset

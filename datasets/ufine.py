@@ -1,6 +1,6 @@
 """UFine6926: `id` 1-based, `file_path` relative to the dataset folder itself, train/test.
 
-Its captions are long: use text_length 168 (METHOD.md section 1).
+Its captions are long: use text_length 168 (docs/METHOD.md §1.5).
 """
 from .bases import PersonDataset
 

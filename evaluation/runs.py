@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from configs import load_yaml, resolve
+from configs import load_run_config, load_yaml, resolve
 from datasets import DatasetError, PersonDataset, build_dataset
 from datasets.loaders import build_eval_loaders
 from model import build_model
@@ -93,7 +93,7 @@ def random_model(cfg, clip_arch: dict | None, num_classes: int):
     """A model with random weights and the given CLIP architecture: no CLIP file (nor ReID-pretrained file) read."""
     loss_names = "+".join(p for p in cfg.loss_names.split("+") if p != "pre") or "TAL"
     cfg = resolve({"pretrain_choice": "random", "pretrain_path": "", "clip_arch": clip_arch or {},
-                   "loss_names": loss_names}, dict(cfg))
+                   "loss_names": loss_names}, dict(cfg), layers=[])
     return build_model(cfg, num_classes)
 
 
@@ -115,8 +115,9 @@ def load_checkpoint_files(files: list[str], config_file: str, out_dir: str = "",
     twins) with the options of `config_file` and `overrides`: no run folder needed.  Models load on load_weights."""
     if not 1 <= len(files) <= 2:
         raise SystemExit(f"give one checkpoint file, or two for twins; got {len(files)}")
-    cfg = resolve({k: v for k, v in overrides.items() if v is not None}, load_yaml(config_file),
-                  f"options of {config_file}")
+    layers = []
+    cfg = resolve({k: v for k, v in overrides.items() if v is not None}, load_yaml(config_file, layers),
+                  f"options of {config_file}", layers)
     cfg.run_dir = out_dir
     device = resolve_device(cfg.device)
     dataset = _read_dataset(cfg, "pass --root_dir / --anno_path to point at the data")
@@ -131,8 +132,8 @@ def load_run(run_dir: str, with_data: bool = True, **overrides) -> Run:
     config_file = os.path.join(run_dir, "configs.yaml")
     if not os.path.isfile(config_file):
         raise SystemExit(f"{config_file} not found: expected a run folder written by main.py")
-    cfg = resolve({k: v for k, v in overrides.items() if v is not None}, load_yaml(config_file),
-                  f"options of {config_file}")
+    cfg = resolve({k: v for k, v in overrides.items() if v is not None}, load_run_config(config_file),
+                  f"options of {config_file}", layers=[])
     cfg.run_dir = run_dir
     device = resolve_device(cfg.device)
     dataset = _read_dataset(cfg, "the run's data is read with its saved config; pass --root_dir / --anno_path "

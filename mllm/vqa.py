@@ -1,6 +1,6 @@
 """Human-centred VQA on a person image and the aggregation of its answers with a caption: the step THI runs on
-its accepted anchor (METHOD.md section 7, steps 3-4) and RDA on each training pair's own image (its enrichment,
-METHOD.md section 8, step i).  Both apps build on this one module, so that THI's refined queries and RDA's
+its accepted anchor (docs/METHOD.md §7.1, steps 3-4) and RDA on each training pair's own image (its enrichment,
+docs/METHOD.md §8, step i).  Both apps build on this one module, so that THI's refined queries and RDA's
 enriched captions are asked and read the same way.
 
 The prompts (the questions, the aggregation), the reading of the MLLM's free text (numbered VQA answers, the

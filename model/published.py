@@ -337,8 +337,8 @@ def load_into(model: nn.Module, ours: dict[str, torch.Tensor], report: LoadRepor
         have = sorted({"bge"} | {e for e, prefixes in _HEAD_PREFIX.items()
                                  if any(s.startswith(prefixes) for s in report.loaded)})
         asked = [e for e in embeddings if e not in have]
-        hint = ("no published code saves 3RTPR's fused head (their code was lost; METHOD.md); only files written "
-                "by main.py hold it" if "fused" in asked else f"evaluate with --embeddings {' '.join(have)}")
+        hint = ("no published code saves 3RTPR's fused head (their code was lost; docs/METHOD.md §2.4); only files "
+                "written by main.py hold it" if "fused" in asked else f"evaluate with --embeddings {' '.join(have)}")
         raise CheckpointMismatch(f"{report.path} ({report.layout}) holds weights for the embeddings {have}, but the "
                                  f"config asks for {list(embeddings)}: {hint}")
     for k in missing:

@@ -1,4 +1,4 @@
-"""RDA: reorganisation data augmentation of the training captions with a multimodal LLM (METHOD.md section 8).
+"""RDA: reorganisation data augmentation of the training captions with a multimodal LLM (docs/METHOD.md §8).
 
     python -m rda --config configs/demo.yaml --model_dir QWEN2_VL_DIR --out reid_raw_rda.json
     python main.py --config configs/demo.yaml --anno_path reid_raw_rda.json     # trains with ICL's RDA TAL term

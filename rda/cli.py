@@ -1,6 +1,6 @@
 """RDA captions for a dataset: python -m rda --config CONFIG.yaml --model_dir QWEN2_VL_DIR --out OUT.json
 
-Runs METHOD.md section 8 on every training caption (enrichment with THI's VQA + aggregation on its own image,
+Runs docs/METHOD.md §8 on every training caption (enrichment with THI's VQA + aggregation on its own image,
 decomposition, rewriting into --m paraphrases) and writes the dataset's annotation file again, every record of
 every split, with `diversity_captions` added to the training records: train with it by
 `python main.py --config CONFIG.yaml --anno_path OUT.json`.

@@ -1,4 +1,4 @@
-"""RDA's steps (METHOD.md section 8) over a list of training pairs, each step batched over every pair.
+"""RDA's steps (docs/METHOD.md §8) over a list of training pairs, each step batched over every pair.
 
     (i)   enrichment: THI's human-centred VQA on the pair's own image + aggregation with its caption
           (mllm.vqa.describe, the code THI itself runs on its anchor: here the anchor is the pair's own image)

@@ -1,4 +1,4 @@
-"""Every text RDA sends to the MLLM beyond the enrichment's (METHOD.md section 8), in one place.
+"""Every text RDA sends to the MLLM beyond the enrichment's (docs/METHOD.md §8), in one place.
 
 The enrichment (step i) is THI's human-centred VQA and aggregation: those prompts live in mllm/vqa.py, shared
 by both apps, so that RDA's enriched captions and THI's refined queries are written the same way.  The

@@ -16,7 +16,7 @@ from evaluation.evaluator import Evaluator
 from model import build_model
 from model.clip import CLIPConfig
 from model.embeddings import EMBEDDINGS
-from model.losses import LABEL_RULE, LOSSES, parse_loss_names
+from model.losses import LABEL_RULE, LOSSES, drop_old_labels, parse_loss_names
 from utils import distributed as dist
 from utils.device import resolve_device, resolve_precision
 from utils.seed import set_seed
@@ -33,8 +33,8 @@ from .weighting import WEIGHTINGS
 log = logging.getLogger("reid")
 
 configs.give(configs.Parts(datasets=DATASETS, losses=LOSSES, parse_loss_names=parse_loss_names, label_rule=LABEL_RULE,
-                           embeddings=EMBEDDINGS, clip_config=CLIPConfig, gmm_settings=gmm_settings,
-                           optimizers=OPTIMIZERS, weightings=WEIGHTINGS, methods=METHODS))
+                           drop_old_labels=drop_old_labels, embeddings=EMBEDDINGS, clip_config=CLIPConfig,
+                           gmm_settings=gmm_settings, optimizers=OPTIMIZERS, weightings=WEIGHTINGS, methods=METHODS))
 
 
 def build_models(cfg, num_classes: int, device: torch.device) -> list:

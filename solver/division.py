@@ -1,4 +1,4 @@
-"""Per-epoch clean/noisy division (RDE's consensus clean division, METHOD.md section 4).
+"""Per-epoch clean/noisy division (RDE's consensus clean division, docs/METHOD.md §4.1-§4.3).
 
 Each division signal (a per-sample loss vector: one per embedding per model) is min-max normalised and
 split by a two-component Gaussian mixture; the signals then vote.

@@ -1,8 +1,8 @@
 """What the per-epoch division listens to: every training pair's primary loss under each embedding of each
 model, read one of two ways (``division_read``), and the mean positive-pair cosine (ALR's s).
 
-Each read returns ({signal name: [N] losses}, [N] positive cosine); a signal is 'EMB' for one model and
-'modelK/EMB' for twins.
+Each read returns ({signal name: [N] losses}, [N] positive cosine); a signal's name says whose it is:
+`model_prefix` + EMB ('EMB' for one model, 'modelK/EMB' for twins), and `signals_by_model` groups them back.
 """
 from __future__ import annotations
 
@@ -14,6 +14,17 @@ from utils import distributed as dist
 from utils.device import autocast
 from evaluation.evaluator import extract_features
 from utils.progress import progress
+
+
+def model_prefix(k: int, num_models: int) -> str:
+    """What names model k's signals and loss parts (k from 0): '' for one model, 'modelK/' (K = k + 1) for twins."""
+    return f"model{k + 1}/" if num_models > 1 else ""
+
+
+def signals_by_model(signals: dict[str, np.ndarray], num_models: int) -> list[dict[str, np.ndarray]]:
+    """Each model's signals (names kept), in model order: what a method that divides per model reads."""
+    prefixes = [model_prefix(k, num_models) for k in range(num_models)]
+    return [{name: v for name, v in signals.items() if name.startswith(p)} for p in prefixes]
 
 
 @torch.no_grad()
@@ -38,12 +49,12 @@ def division_signals(models, features, image_ids, pids, order, batch_size: int):
     features[k] = ({emb: [images, D]}, {emb: [pairs, D]}) of model k; image_ids[i] is pair i's image.
     """
     signals, positive_sim = {}, torch.zeros(len(pids), device=pids.device)
-    for k, (model, (image_feats, text_feats)) in enumerate(zip(models, features), 1):
+    for k, (model, (image_feats, text_feats)) in enumerate(zip(models, features)):
         image_feats = {e: f[image_ids] for e, f in image_feats.items()}     # pair i's image
         losses = division_losses(model, image_feats, text_feats, pids, order, batch_size)
         for emb in image_feats:
             positive_sim += F.cosine_similarity(image_feats[emb], text_feats[emb], dim=-1)
-        prefix = f"model{k}/" if len(models) > 1 else ""
+        prefix = model_prefix(k, len(models))
         signals.update({prefix + emb: v.cpu().numpy() for emb, v in losses.items()})
     return signals, (positive_sim / len(signals)).cpu().numpy()
 
@@ -80,7 +91,7 @@ def read_augmented(engine, epoch: int) -> tuple[dict[str, np.ndarray], np.ndarra
             text_feats = {e: dist.gather_batch(f) for e, f in text_feats.items()}
             per = model.per_sample_losses(image_feats, text_feats, pids)
             for emb in image_feats:
-                name = f"model{k + 1}/{emb}" if num_models > 1 else emb
+                name = model_prefix(k, num_models) + emb
                 losses.setdefault(name, torch.zeros(n, device=device))[index] = per[(emb, model.primary_loss)].float()
                 positive_sim[index] += F.cosine_similarity(image_feats[emb].float(), text_feats[emb].float(), dim=-1)
     signals = {name: v.cpu().numpy() for name, v in losses.items()}

@@ -7,7 +7,8 @@ subclass that overrides one of these points:
 
     train_step(batch, weights, epoch)               what a batch costs
     division_signals(epoch)                         what the clean/noisy division listens to
-    sample_weights(signals, positive_sim, epoch)    how the division becomes per-sample weights
+    sample_weights(signals, positive_sim, epoch)    how the division becomes per-sample weights: [N], the same
+                                                    for every model, or [models, N], one row per model
     train_mode()                                    whether the models train in train or eval mode
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from utils.seed import rng_state, set_rng_state
 from utils.stop import StopSignals
 
 from .division import clean_probability, division_quality, gmm_settings, votes_from_probability
-from .division_reads import READS
+from .division_reads import READS, model_prefix
 from .faults import FiniteCheck, Interrupted, poisoned
 from .objective import rda_weight, weighted_loss
 from .optimizer import build_optimizer
@@ -92,38 +93,56 @@ class Engine:
         return np.stack([clean_probability(v, settings, seed=self.cfg.seed + epoch) for v in signals.values()])
 
     def sample_weights(self, signals: dict[str, np.ndarray], positive_sim: np.ndarray, epoch: int) -> torch.Tensor:
-        """Every signal votes clean/noisy; the weighting rule (CCD, ALR) turns the votes into weights [N]."""
+        """Every signal votes clean/noisy; the weighting rule (CCD, ALR) turns the votes into weights [N], which
+        every model trains with.  A method may return [models, N] instead: row k is what model k trains with
+        (signals_by_model in solver/division_reads.py says whose each signal is)."""
         votes = np.stack([votes_from_probability(p) for p in self.clean_probabilities(signals, epoch)])
         return self.weighting(votes, positive_sim, epoch)
 
     def divide(self, epoch: int) -> dict:
         start = time.time()
-        self.weights = self.sample_weights(*self.division_signals(epoch), epoch)
-        stats = {**division_quality(self.weights, self.data.is_clean), "time": time.time() - start}
-        log.info("epoch %d division: kept %d of %d pairs%s (%.1fs)", epoch, stats["kept"], stats["total"],
-                 "" if self.data.is_clean is None else
-                 f", noise precision {stats['noise_precision']:.1f}% recall {stats['noise_recall']:.1f}%",
-                 stats["time"])
+        self.weights = self.checked_weights(self.sample_weights(*self.division_signals(epoch), epoch))
+        rows = [self.weights] if self.weights.dim() == 1 else list(self.weights)
+        stats, said = {}, []
+        for k, row in enumerate(rows):      # one row: every model's; several: each model's own, named as its
+            prefix = model_prefix(k, len(rows))
+            quality = division_quality(row, self.data.is_clean)
+            stats.update({prefix + name: v for name, v in quality.items()})
+            said.append(f"{prefix.replace('/', ' ')}kept {quality['kept']} of {quality['total']} pairs" + (
+                "" if self.data.is_clean is None else f", noise precision {quality['noise_precision']:.1f}% "
+                                                      f"recall {quality['noise_recall']:.1f}%"))
+        stats["time"] = time.time() - start
+        log.info("epoch %d division: %s (%.1fs)", epoch, "; ".join(said), stats["time"])
         return {f"division/{k}": v for k, v in stats.items()}
+
+    def checked_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """sample_weights' result if it is [N] or [models, N]; a method's mistake is named here, not at a batch."""
+        n, m = len(self.data.records), len(self.models)
+        if tuple(weights.shape) not in ((n,), (m, n)):
+            raise ValueError(f"{type(self).__name__}.sample_weights returned weights of shape {tuple(weights.shape)}: "
+                             f"expected [{n}] (one weight per pair, every model's) or [{m}, {n}] (one row per model)")
+        return weights
 
     # ---------------------------------------------------------------- training
     def train_mode(self) -> bool:
-        # published RDE / ICL left the models in eval mode after the division pass (see METHOD.md 4)
+        # published RDE / ICL left the models in eval mode after the division pass (see docs/METHOD.md §4.7)
         return not (self.cfg.published_eval_mode and self.cfg.division)
 
     def train_step(self, batch: dict, weights: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one batch for every model (twins: each on its own augmented view) and its parts.
 
-        `weights` are the division's per-sample weights of the global batch (all processes, rank order).
+        `weights` are the division's per-sample weights of the global batch (all processes, rank order): [B] for
+        every model, or [models, B] with row k for model k.
         """
         rda_factor = rda_weight(epoch) if "rda_ids" in batch else 0.0
         total, parts = 0.0, {}
         for k, (model, runner) in enumerate(zip(self.models, self.runners)):
-            prefix = f"model{k + 1}/" if len(self.models) > 1 else ""
+            prefix = model_prefix(k, len(self.models))
             with autocast(self.device, self.dtype):
                 per_sample, rda = runner(self.view_images(model, batch, k), batch["caption_ids"][:, k], batch["pid"],
                                          batch["rda_ids"][:, k] if rda_factor else None)
-            loss, model_parts = weighted_loss(model, per_sample, weights, self.cfg.loss_weights, rda, rda_factor)
+            own = weights[k] if weights.dim() == 2 else weights
+            loss, model_parts = weighted_loss(model, per_sample, own, self.cfg.loss_weights, rda, rda_factor)
             total = total + loss
             parts.update({prefix + name: v for name, v in model_parts.items()})
         return total, parts
@@ -153,7 +172,7 @@ class Engine:
         bar = progress(loader, dist.is_main(), desc=f"epoch {epoch}/{self.cfg.num_epoch}", leave=False)
         for batch in bar:
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            loss, parts = self.train_step(batch, weights_on_device[dist.gather_batch(batch["index"])], epoch)
+            loss, parts = self.train_step(batch, weights_on_device[..., dist.gather_batch(batch["index"])], epoch)
             if injected("REID_NAN_AT", f"epoch{epoch}:step{steps + 1}"):
                 loss, parts = poisoned(loss, parts)
             self.optimizer_step(loss)

@@ -1,10 +1,11 @@
-"""Adam with the published learning-rate rules (METHOD.md section 5), in a handful of parameter groups.
+"""Adam with the published learning-rate rules (docs/METHOD.md §5.1), in a handful of parameter groups.
 
 The published `build_optimizer` (IRRA, RDE, ICL) walks the parameters by name, one group per tensor:
   1. every parameter: lr, weight_decay;
   2. a name that *contains* "bias" (attention in_proj_bias included): lr x bias_lr_factor, no weight decay;
   3. IRRA-style new modules (ID classifier, MLM / cross-modal heads): lr x lr_factor, set after rule 2, so
-     their biases too; ICL also gives the text position embedding lr x lr_factor when text_length != 77;
+     their biases too; ICL's code (only ICL's: icl_text_position_lr) also gives the text position embedding
+     lr x lr_factor when text_length != 77;
   4. RDE's heads (TSE): head_lr, set last, so their biases train at head_lr too.
 Each later rule overrides the learning rate only; the weight decay stays as rule 2 left it.  Parameters that
 end up with the same (lr, weight_decay) share a group, so the fused / foreach Adam kernels update many
@@ -19,7 +20,7 @@ def parameter_settings(model, cfg) -> dict[str, tuple[float, float]]:
     """{parameter name: (lr, weight_decay)} by the published rules above."""
     heads = {id(p) for m in model.new_modules() for p in m.parameters()}
     lr_factor = {id(p) for m in model.irra_modules() for p in m.parameters()}
-    if cfg.text_length != 77:
+    if cfg.icl_text_position_lr and cfg.text_length != 77:
         lr_factor.add(id(model.backbone.positional_embedding))
     settings = {}
     for name, p in model.named_parameters():

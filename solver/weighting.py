@@ -1,4 +1,4 @@
-"""How the division's verdicts become per-sample loss weights (METHOD.md section 4), chosen with ``weighting``.
+"""How the division's verdicts become per-sample loss weights (docs/METHOD.md §4.3-§4.4), chosen with ``weighting``.
 
 A rule is a class registered here: built with the run's seed and the options it declares, called once per epoch
 with every signal's clean / noisy votes and the positive-pair cosine of every training pair.

@@ -11,12 +11,25 @@ SMALL_IMAGES = ["--min_pixels", "3136", "--max_pixels", "3136"]   # THI: 56 x 56
 
 
 def tiny_args(data_root, run_dir, *extra):
-    """main.py's arguments for a 2-epoch tiny random CLIP on CPU; `extra` (later values win) changes them."""
+    """main.py's arguments for a 2-epoch tiny random CLIP on CPU; `extra` (later values win) changes them.  TSE's
+    size (--tse_dim 48) only when the run trains TSE: an option of a head the run does not use is refused."""
     return ["--dataset_name", "CUHK-PEDES", "--root_dir", str(data_root), "--run_dir", str(run_dir),
             "--pretrain_choice", "random", "--clip_arch", json.dumps(TINY_ARCH),
-            "--img_size", "64", "32", "--text_length", "40", "--tse_dim", "48",
+            "--img_size", "64", "32", "--text_length", "40", *(["--tse_dim", "48"] if "tse" in heads(extra) else []),
             "--batch_size", "8", "--test_batch_size", "32", "--num_workers", "0",
             "--num_epoch", "2", "--warmup_epochs", "1", "--lr", "1e-4", *extra]
+
+
+def heads(argv) -> list:
+    """The embedding heads main.py's arguments `argv` train: --embeddings, else --config's, else the default."""
+    from configs import OPTIONS, load_yaml
+    argv = list(argv)
+    if "--embeddings" in argv:
+        rest = argv[argv.index("--embeddings") + 1:]
+        return rest[:next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))]
+    if "--config" in argv:
+        return load_yaml(argv[argv.index("--config") + 1]).get("embeddings", OPTIONS["embeddings"].default)
+    return OPTIONS["embeddings"].default
 
 
 def read_metrics(run_dir):

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from configs import GROUPS, OPTIONS, build_parser, defaults, parse_args
+from configs import GROUPS, OPTIONS, build_parser, config_conflicts, defaults, parse_args
 from model.embeddings import EMBEDDINGS
 from model.losses import LOSSES
 
@@ -47,7 +47,18 @@ LOSS_LIST, HEAD_LIST = ", ".join(LOSSES), ", ".join(EMBEDDINGS)
 BAD = {
     "unknown loss": (["--loss_names", "TAL+SDMM"],
                      r"--loss_names: 'SDMM' in 'TAL\+SDMM' is neither a registered loss \(did you mean SDM\?\) nor a "
-                     rf"label; losses: {LOSS_LIST} \(model/losses/\); a label holds a digit"),
+                     rf"label; losses: {LOSS_LIST} \(model/losses/\); a label holds one of \. = -"),
+    "a loss's typo is no label": (["--loss_names", "TAL+InfoNCE2"],
+                                  r"--loss_names: 'InfoNCE2' in 'TAL\+InfoNCE2' is neither a registered loss \(did you "
+                                  r"mean InfoNCE\?\) nor a label"),
+    "option of a part not used": (["--alr_k", "9"],
+                                  r"--alr_k is read only by weighting 'alr' \(solver/weighting.py\), which this run "
+                                  r"does not use \(weighting: ccd\): drop it, or choose that part"),
+    "option of a method not used": (["--soft_clean_floor", "0.2"],
+                                    r"--soft_clean_floor is read only by training method 'soft_clean' "
+                                    r"\(solver/methods/\), which this run does not use \(method: rde\)"),
+    "option of a part the file does not use": ("weighting: ccd\nalr_k: 9",
+                                               r"alr_k \(.*bad.yaml\) is read only by weighting 'alr'"),
     "unknown loss weight": ("loss_weights: {TAll: 2}",
                             rf"loss_weights: key 'TAll' is not a registered loss.*\(did you mean TAL\?\); keys: "
                             rf"{next(iter(LOSSES))}, "),
@@ -110,12 +121,49 @@ def test_labels_follow_an_explicit_rule_and_the_registry_drives_the_check(monkey
 
 
 def test_yaml_values_are_typed(tmp_path):
-    (tmp_path / "c.yaml").write_text("lr: 1e-4\nalr_k: 5\ngmm: {tol: 1e-2, max_iter: 10}\nembeddings: bge\n"
-                                     "anno_path:\n")
+    (tmp_path / "c.yaml").write_text("lr: 1e-4\nweighting: alr\nalr_k: 5\ngmm: {tol: 1e-2, max_iter: 10}\n"
+                                     "embeddings: bge\nanno_path:\n")
     cfg = parse_args(["--config", str(tmp_path / "c.yaml")])
     # YAML reads 1e-4 (no dot) as text: it is a number here, as on the command line
     assert cfg.lr == 1e-4 and cfg.gmm == {"tol": 0.01, "max_iter": 10} and isinstance(cfg.alr_k, float)
     assert cfg.embeddings == ["bge"] and cfg.anno_path == ""
+
+
+@pytest.fixture
+def warnings_said(caplog):
+    """The "reid" logger's warnings (caught at the root, unless a run has set the logger up not to propagate)."""
+    import logging
+    logger, propagate = logging.getLogger("reid"), logging.getLogger("reid").propagate
+    logger.propagate = True
+    yield lambda: [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    logger.propagate = propagate
+
+
+def test_options_a_later_choice_leaves_unused_are_named_not_refused(warnings_said):
+    """A recipe's option whose part a later layer (the command line, a file on its _BASE_) replaced: one warning."""
+    cfg = parse_args(["--config", os.path.join(REPO, "configs/3rtpr/cuhk.yaml"), "--weighting", "ccd"])
+    assert cfg.weighting == "ccd"
+    said, = warnings_said()
+    assert re.search(r"alr_k \(.*3rtpr/cuhk.yaml\) is read only by weighting 'alr'.*\(weighting: ccd\); alr_mu", said)
+    parse_args(["--config", os.path.join(REPO, "configs/examples/avgpool.yaml")])
+    assert re.search(r"tse_dim \(.*demo.yaml\) is read only by embedding head 'tse'", warnings_said()[-1])
+    parse_args(["--config", os.path.join(REPO, "configs/3rtpr/cuhk.yaml")])       # its own parts: nothing to say
+    assert len(warnings_said()) == 2
+
+
+def test_an_old_run_folder_loads_with_one_warning_line(tmp_path, warnings_said):
+    """What earlier versions accepted and this one refuses: a loss-name label of the old rule (dropped, also from
+    the checkpoint's config when --resume compares them) and an option of a part the run did not use (kept)."""
+    old = {**defaults(), "loss_names": "TAL+free_text", "alr_k": 9.0}
+    (tmp_path / "configs.yaml").write_text(yaml.safe_dump(old))
+    cfg = parse_args(["--resume", str(tmp_path)])
+    assert (cfg.loss_names, cfg.alr_k, cfg.weighting) == ("TAL", 9.0, "ccd")
+    said, = warnings_said()
+    assert "'TAL+free_text' is read as 'TAL': 'free_text' were labels" in said
+    assert "alr_k 9.0 is read only by weighting 'alr'" in said
+    assert config_conflicts(old, {k: v for k, v in cfg.items() if k in old}) == []
+    with pytest.raises(SystemExit):                             # a new run may not write it
+        parse_args(["--loss_names", "TAL+free_text"])
 
 
 def test_a_saved_config_without_newer_options_resumes_with_their_defaults(tmp_path):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from easydict import EasyDict
 
-from model.losses import LOSSES, build_loss, parse_loss_names
+from model.losses import LOSSES, build_loss, drop_old_labels, parse_loss_names, register_loss
 
 CFG = EasyDict(tau=0.015, margin=0.1, logit_scale=50.0)
 
@@ -18,7 +18,7 @@ def batch(seed=0, b=6, d=8):
 
 
 def tal_reference(img, txt, pids, tau, m):
-    """METHOD.md section 3, element by element."""
+    """docs/METHOD.md §3.1, element by element."""
     img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
     S = (txt @ img.t()).tolist()
     n = len(S)
@@ -81,15 +81,34 @@ def test_infonce_and_id_shapes_and_gradients():
 
 def test_loss_names_follow_rde_convention():
     assert parse_loss_names("TAL+sr0.3_tau0.015_margin0.1_n0.5") == ["TAL"]
-    assert parse_loss_names("SDM+ID+free_text") == ["SDM", "ID"]
+    assert parse_loss_names("SDM+ID+free-text+a=b") == ["SDM", "ID"]
     assert parse_loss_names("TAL+pre") == ["TAL"]                      # ICL's flag
     assert set(LOSSES) >= {"TAL", "TRL", "InfoNCE", "SDM", "ID"}
-    # a part of letters only is a loss or a flag: a mistyped loss is not taken for a label
+    # a part without . = - is a loss or a flag: a mistyped or unregistered loss is not taken for a label
     with pytest.raises(ValueError, match=r"'SDMM' in 'TAL\+SDMM' is neither a registered loss \(did you mean SDM\?\)"):
         parse_loss_names("TAL+SDMM")
-    with pytest.raises(ValueError, match="registered loss.*label holds a digit"):
+    for typo in ("InfoNCE2", "Smooth_InfoNCE", "infonce"):
+        with pytest.raises(ValueError, match=rf"'{typo}' in 'TAL\+{typo}' is neither a registered loss \(did you mean "
+                                             r"InfoNCE\?\) nor a label"):
+            parse_loss_names(f"TAL+{typo}")
+    with pytest.raises(ValueError, match="free_text.*nor a label.*a label holds one of . = -"):
+        parse_loss_names("TAL+free_text")
+    # written as a label, but a loss's typo
+    with pytest.raises(ValueError, match=r"'SDM\.' in 'TAL\+SDM\.' is written as a label but is a typo of the loss "
+                                         r"SDM: did you mean SDM\?"):
+        parse_loss_names("TAL+SDM.")
+    with pytest.raises(ValueError, match="registered loss.*label holds one of"):
         parse_loss_names("MLM")
     with pytest.raises(ValueError, match="names no loss"):
         parse_loss_names("sr0.3")
     with pytest.raises(ValueError, match="empty part"):
         parse_loss_names("TAL+")
+
+
+def test_old_labels_are_dropped_from_run_folders_and_loss_names_are_identifiers():
+    """Parts the earlier rule read as labels (a digit or _) and this one refuses; nothing else is dropped."""
+    assert drop_old_labels("SDM+ID+free_text+sr0.3") == ("SDM+ID+sr0.3", ["free_text"])
+    assert drop_old_labels("TAL+InfoNCE2") == ("TAL", ["InfoNCE2"])
+    assert drop_old_labels("TAL+SDMM+pre") == ("TAL+SDMM+pre", [])       # an error then too: refused, not dropped
+    with pytest.raises(ValueError, match=r"loss name 'my\.loss': use letters, digits and _"):
+        register_loss("my.loss")

@@ -6,7 +6,7 @@ from utils.metrics import rank_metrics
 
 
 def reference_metrics(sim, qp, gp):
-    """Straight from METHOD.md section 6, one query at a time."""
+    """Straight from docs/METHOD.md §6, one query at a time."""
     r = {1: 0, 5: 0, 10: 0}
     aps, inps = [], []
     for q in range(sim.shape[0]):

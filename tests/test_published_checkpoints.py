@@ -168,8 +168,10 @@ def published_embeddings(model, images, ids, ratio=RATIO):
 # ---------------------------------------------------------------- our side
 def tiny_cfg(**over):
     values = {"dataset_name": "CUHK-PEDES", "pretrain_choice": "random", "img_size": list(IMG),
-              "text_length": TEXT_LEN, "tse_dim": TSE_DIM, "select_ratio": RATIO, "embeddings": ["bge", "tse"],
-              "test_batch_size": 32, "num_workers": 0, "precision": "fp32", "device": "cpu", **over}
+              "text_length": TEXT_LEN, "embeddings": ["bge", "tse"], "test_batch_size": 32, "num_workers": 0,
+              "precision": "fp32", "device": "cpu", **over}
+    if "tse" in values["embeddings"]:       # TSE's options only where it is trained (others' are refused)
+        values = {"tse_dim": TSE_DIM, "select_ratio": RATIO, **values}
     return resolve({}, values)
 
 

@@ -13,6 +13,7 @@ from model import build_model
 from model.embeddings import EMBEDDINGS, build_embedding
 from model.losses import LOSSES, REDUCTIONS, build_loss
 from solver.build import build_engine
+from solver.division_reads import model_prefix
 from solver.methods import METHODS
 from solver.weighting import WEIGHTINGS, build_weighting
 from solver.objective import weighted_loss
@@ -37,8 +38,10 @@ def one_thread():
 
 
 def tiny_cfg(**over):
+    heads = over.get("embeddings", ["bge", "tse"])   # the sizes of the heads trained (others' options are refused)
+    sizes = {size: 24 for size, head in (("tse_dim", "tse"), ("fused_dim", "fused")) if head in heads}
     return resolve({"pretrain_choice": "random", "clip_arch": TINY_CLIP, "img_size": [32, 16], "text_length": 16,
-                    "tse_dim": 24, "fused_dim": 24, **over}, {})
+                    **sizes, **over}, {})
 
 
 def caption_ids(length=16, seed=0):
@@ -203,7 +206,8 @@ def test_weighting_rule_gives_one_weight_in_0_1_per_pair(name):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_trains_a_step_and_its_weights_follow_the_division(name):
     """Every registered method, on a tiny model without data: its defaults resolve, a training step lowers
-    nothing to NaN, and its sample_weights turn division signals into one weight in [0, 1] per pair."""
+    nothing to NaN, and its sample_weights turn division signals (named as the division names them) into one
+    weight in [0, 1] per pair, for every model or for each ([models, N])."""
     cfg = tiny_cfg(method=name, division_read="clean")
     engine = build_engine(cfg, num_classes=CLASSES)
     assert isinstance(engine, METHODS[name])
@@ -215,12 +219,19 @@ def test_method_trains_a_step_and_its_weights_follow_the_division(name):
     loss, parts = engine.train_step(batch, torch.ones(B), epoch=1)
     engine.optimizer_step(loss)
     assert math.isfinite(float(loss.detach())) and parts
+    if views == 2:      # [models, B]: each model trains with its own row
+        _, parts = engine.train_step(batch, torch.stack([torch.ones(B), torch.zeros(B)]), epoch=1)
+        assert all(float(v) != 0 for k, v in parts.items() if k.startswith("model1/"))
+        assert all(float(v) == 0 for k, v in parts.items() if k.startswith("model2/"))
     rng = np.random.default_rng(1)
-    signals = {f"s{i}": np.concatenate([rng.normal(0.2, 0.05, 40), rng.normal(1.0, 0.05, 10)]) for i in range(2)}
+    signals = {model_prefix(k, views) + emb: np.concatenate([rng.normal(0.2, 0.05, 40), rng.normal(1.0, 0.05, 10)])
+               for k in range(views) for emb in cfg.embeddings}
     positive_sim = np.concatenate([rng.normal(0.8, 0.02, 40), rng.normal(0.2, 0.02, 10)])   # noisy pairs disagree
     weights = engine.sample_weights(signals, positive_sim, epoch=1)
-    assert weights.shape == (50,) and ((weights >= 0) & (weights <= 1)).all()
-    assert float(weights[:40].mean()) > float(weights[40:].mean())      # low-loss pairs weigh more
+    assert tuple(weights.shape) in ((50,), (views, 50))
+    for row in weights.reshape(-1, 50):
+        assert ((row >= 0) & (row <= 1)).all()
+        assert float(row[:40].mean()) > float(row[40:].mean())      # low-loss pairs weigh more
 
 
 def test_an_option_is_declared_once(monkeypatch):

@@ -244,7 +244,7 @@ def test_thi_end_to_end_then_resumes_from_the_cache(run_dir, yes_model, monkeypa
     assert sum(calls["yes_probability"]) == 6 and sum(calls["generate"]) == len({s.anchor for s in states}) + 6
     assert list(metrics) == ["base (BGE+TSE)"] + [f"THI round {r}" for r in range(1, 6)]
 
-    # S_final is METHOD.md's formula over the run's own fused similarity of the refined texts
+    # S_final is the formula of docs/METHOD.md §7.1 (step 5) over the run's own fused similarity of the refined texts
     sims = RunSimilarity(load_run_weights(run_dir))
     s_base = sims.base[:6]
     torch.testing.assert_close(result["base"], s_base)

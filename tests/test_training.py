@@ -166,12 +166,30 @@ def test_pretrained_clip_file_twins_and_other_losses(data_root, clip_file, tmp_p
     """The real CLIP loading path (OpenAI layout, resized to 64 x 32 stride 16), twin models, SDM + ID."""
     run = tmp_path / "twin"
     train_main.main(tiny_args(data_root, run, "--pretrain_choice", clip_file, "--twin", "--num_epoch", "1",
-                              "--loss_names", "SDM+ID+free_text", "--division", "false"))
+                              "--loss_names", "SDM+ID+free-text", "--division", "false"))
     record = read_metrics(run)[0]
     assert {"loss/model1/bge_SDM", "loss/model2/tse_ID"} <= set(record)
     results = test_main.main(["--run", str(run), "--checkpoint", "last"])
     assert list(results["last"])[-1] == "ensemble"
     assert {"model1/BGE", "model2/TSE", "model1", "model2"} <= set(results["last"])
+
+
+def test_twin_model_1_trains_as_the_single_model(data_root, tmp_path):
+    """The twin path gives model 1 what a single model gets (its initialisation, view 0's images and captions, the
+    division's weights) and model 2 its own view: with the division off, model 1's losses and evaluation rows are
+    the single model's, and model 2's are not (issue 20 looked here first when twins stopped learning)."""
+    args = ["--num_epoch", "2", "--noisy_rate", "0.5", "--division", "false"]
+    train_main.main(tiny_args(data_root, tmp_path / "single", *args))
+    train_main.main(tiny_args(data_root, tmp_path / "twin", *args, "--twin"))
+    single, twin = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "twin")
+    for s, t in zip(single, twin):
+        for name in ("bge_TAL", "tse_TAL"):
+            assert t[f"loss/model1/{name}"] == pytest.approx(s[f"loss/{name}"], rel=1e-5)
+            assert t[f"loss/model2/{name}"] != pytest.approx(s[f"loss/{name}"], rel=1e-3)
+    one = torch.load(tmp_path / "single" / "last.pth", weights_only=True)["models"][0]
+    two = torch.load(tmp_path / "twin" / "last.pth", weights_only=True)["models"]
+    assert all(torch.allclose(one[k], two[0][k], atol=1e-5) for k in one)
+    assert not all(torch.allclose(one[k], two[1][k], atol=1e-3) for k in one)
 
 
 def test_bad_checkpoint_and_bad_config_are_reported(data_root, tmp_path):

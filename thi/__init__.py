@@ -1,4 +1,4 @@
-"""THI: test-time human-centred interaction (METHOD.md section 7), re-ranking a trained run with a multimodal LLM.
+"""THI: test-time human-centred interaction (docs/METHOD.md §7), re-ranking a trained run with a multimodal LLM.
 
     python -m thi --run RUN_DIR --model_dir QWEN2_VL_DIR          # see thi/cli.py for the options
     python -m thi.merge_lora --base QWEN2_VL_DIR --lora LORA_DIR --out MERGED_DIR

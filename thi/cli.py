@@ -32,7 +32,7 @@ from utils.safe_load import add_trust_flag, command
 from .interaction import localise, new_states, refine
 from .rerank import RunSimilarity, reranked
 
-# METHOD.md section 7 (ref): xi per dataset, K, lambda
+# docs/METHOD.md §7.2 (ref): xi per dataset, K, lambda
 DEFAULT_XI = {"ICFG-PEDES": 0.55}
 FALLBACK_XI = 0.5
 

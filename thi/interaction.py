@@ -1,4 +1,4 @@
-"""THI's rounds (METHOD.md section 7, steps 1-4): localisation with gating, then VQA on the anchor and
+"""THI's rounds (docs/METHOD.md §7.1, steps 1-4): localisation with gating, then VQA on the anchor and
 aggregation (mllm.vqa.describe, the step RDA shares).
 
 The gate is a pure function of the round, the yes/no answers so far, s1 and xi.  The rounds take the MLLM as

@@ -1,6 +1,6 @@
-"""The question THI asks the MLLM about each candidate (METHOD.md section 7, localisation).
+"""The question THI asks the MLLM about each candidate (docs/METHOD.md §7.1, step 1).
 
-The LoRA SFT data (METHOD.md section 7, "LoRA SFT") must use LOCALISATION_PROMPT as written here: the adapter
+The LoRA SFT data (docs/METHOD.md §7.3) must use LOCALISATION_PROMPT as written here: the adapter
 learns to answer this exact question.  The human-centred VQA and aggregation prompts, which RDA asks too, are in
 mllm/vqa.py; the system prompt is mllm.backends.SYSTEM_PROMPT.
 """

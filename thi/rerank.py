@@ -1,4 +1,4 @@
-"""THI's re-ranking (METHOD.md section 7, step 5), and the trained model's similarities it needs.
+"""THI's re-ranking (docs/METHOD.md §7.1, step 5), and the trained model's similarities it needs.
 
 `RunSimilarity` scores any captions against the run's gallery exactly as test.py fuses its headline row (the
 last entry of evaluation.evaluator.similarity_rows: BGE+TSE, or the twins' ensemble), with the gallery encoded once.

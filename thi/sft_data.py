@@ -1,4 +1,4 @@
-"""LoRA SFT data for THI's localisation question (METHOD.md section 7, "LoRA SFT"), built from a trained run:
+"""LoRA SFT data for THI's localisation question (docs/METHOD.md §7.3), built from a trained run:
 
     python -m thi.sft_data --run RUN_DIR --out DIR [--negatives_per_positive 1] [--limit N]
 
@@ -38,7 +38,7 @@ from utils.files import write_json
 from utils.logger import setup_logger
 from .prompts import localisation_prompt
 
-HARD_POOL = 10          # METHOD.md section 7 (ref): negatives are drawn among the 10 most similar images
+HARD_POOL = 10          # docs/METHOD.md §7.2 (ref): negatives are drawn among the 10 most similar images
 DATA_FILE, INFO_FILE, META_FILE = "thi_sft.json", "dataset_info.json", "thi_sft_meta.json"
 DATASET_NAME = "thi_sft"
 IMAGE_TOKEN = "<image>"  # LLaMA-Factory's placeholder; THI shows the image before the prompt, so it leads

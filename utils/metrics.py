@@ -1,4 +1,4 @@
-"""Retrieval metrics of METHOD.md section 6 (text to image: rows are queries, columns gallery images)."""
+"""Retrieval metrics of docs/METHOD.md §6 (text to image: rows are queries, columns gallery images)."""
 from __future__ import annotations
 
 import numpy as np

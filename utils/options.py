@@ -318,15 +318,11 @@ def build_parser(groups: dict[str, dict[str, Option]], description: str, listing
 
 
 # ------------------------------------------------------------------ files
-def load_yaml(path: str, options: dict[str, Option], listing: str, prepare: Callable | None = None,
-              _seen: tuple = ()) -> dict:
-    """The options of a YAML file, typed and checked against `options` (`listing`: as check_all's; `prepare(values,
-    source)`, if given, sees each file's values first).  A file may start from another one, as fast-reid's do:
-    ``_BASE_: ../demo.yaml`` (relative to the file) is read first and the file's own options override it."""
+def read_mapping(path: str, hint: str = "") -> dict:
+    """A YAML file's mapping of option: value, unchecked; SystemExit naming the file when it is missing (`hint`
+    says why it was read), is not YAML or holds something else."""
     if not os.path.isfile(path):
-        raise SystemExit(f"config file not found: {path}" + (f" (the _BASE_ of {_seen[-1]})" if _seen else ""))
-    if os.path.abspath(path) in _seen:
-        raise SystemExit(f"config file {path}: its _BASE_ chain comes back to it ({' -> '.join(_seen)})")
+        raise SystemExit(f"config file not found: {path}{hint}")
     with open(path) as f:
         try:
             data = yaml.safe_load(f) or {}
@@ -334,13 +330,26 @@ def load_yaml(path: str, options: dict[str, Option], listing: str, prepare: Call
             raise SystemExit(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise SystemExit(f"config file {path} must hold a mapping of option: value")
+    return data
+
+
+def load_yaml(path: str, options: dict[str, Option], listing: str, prepare: Callable | None = None,
+              _seen: tuple = (), layers: list | None = None) -> dict:
+    """The options of a YAML file, typed and checked against `options` (`listing`: as check_all's; `prepare(values,
+    source)`, if given, sees each file's values first).  A file may start from another one, as fast-reid's do:
+    ``_BASE_: ../demo.yaml`` (relative to the file) is read first and the file's own options override it.
+    `layers`, when given, receives (file, its own options) for each file read, base first."""
+    if os.path.abspath(path) in _seen:
+        raise SystemExit(f"config file {path}: its _BASE_ chain comes back to it ({' -> '.join(_seen)})")
+    data = read_mapping(path, f" (the _BASE_ of {_seen[-1]})" if _seen else "")
     base = data.pop("_BASE_", None)
     source = f"config file {path}"
     own = check_all(prepare(data, source) if prepare else data, source, options, listing)
-    if base is None:
-        return own
-    return {**load_yaml(os.path.join(os.path.dirname(path), str(base)), options, listing, prepare,
-                        (*_seen, os.path.abspath(path))), **own}
+    inherited = {} if base is None else load_yaml(os.path.join(os.path.dirname(path), str(base)), options, listing,
+                                                  prepare, (*_seen, os.path.abspath(path)), layers)
+    if layers is not None:
+        layers.append((path, own))
+    return {**inherited, **own}
 
 
 def save_config(cfg: dict, path: str) -> None:

@@ -21,6 +21,16 @@ def closest(word: str, choices) -> str | None:
     return lowered[close[0]] if close else None
 
 
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest insertions, deletions and substitutions that turn `a` into `b`."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        diagonal, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (x != y))
+    return row[-1]
+
+
 def did_you_mean(word: str, choices) -> str:
     """' (did you mean X?)' for the closest of `choices`, or ''."""
     match = closest(word, choices)

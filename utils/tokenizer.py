@@ -1,4 +1,4 @@
-"""CLIP byte-level BPE tokenizer (METHOD.md section 1).
+"""CLIP byte-level BPE tokenizer (docs/METHOD.md §1.5).
 
 Same text cleaning and merges as OpenAI CLIP, so ordinary words get exactly
 CLIP's ids. The vocabulary differs only at the very end: the last BPE merge is

@@ -9,6 +9,8 @@ import logging
 import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Optional, Sequence
 
 import numpy as np
@@ -153,8 +155,11 @@ class ImageCache:
             pool = None
             try:
                 if workers > 1:
-                    pool = multiprocessing.get_context().Pool(workers)
-                    results = pool.imap(_decode_chunk, tasks)
+                    # forkserver, not fork: a forked copy of this process (torch's threads, the TensorBoard
+                    # writer's) can inherit a held lock and hang, and a Pool waits forever for a worker that died;
+                    # the executor raises BrokenProcessPool instead
+                    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+                    results = pool.map(_decode_chunk, tasks)
                 else:
                     results = map(_decode_chunk, tasks)
                 for chunk, errors in zip(chunks, results):
@@ -168,11 +173,13 @@ class ImageCache:
                     if time.monotonic() - last_save > SAVE_EVERY_S:
                         self.write_index(entries)
                         last_save = time.monotonic()
+            except BrokenProcessPool as e:
+                raise RuntimeError(f"image cache: a process decoding images into {self.folder} died ({e}); the "
+                                   f"images cached so far are kept: run again, or train with --image_cache false") from e
             finally:
                 bar.close()
                 if pool is not None:
-                    pool.terminate()
-                    pool.join()
+                    pool.shutdown(cancel_futures=True)
                 self.write_index(entries)
         finally:
             os.close(fd)

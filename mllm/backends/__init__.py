@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 # Qwen2-VL's own default system prompt: every request's unless it says otherwise
 SYSTEM_PROMPT = "You are a helpful assistant."
-# Qwen2-VL's image size in THI (METHOD.md section 7): 224 x 224
+# Qwen2-VL's image size in THI (docs/METHOD.md §7.2): 224 x 224
 DEFAULT_PIXELS = 50_176
 BACKENDS = ("transformers", "vllm")
 # requests per call: what fits one padded forward pass, and for vLLM enough to keep its scheduler full (it

@@ -1,4 +1,4 @@
-"""The CLIP network: OpenAI CLIP (ViT image tower + causal text transformer), METHOD.md section 2.
+"""The CLIP network: OpenAI CLIP (ViT image tower + causal text transformer), docs/METHOD.md §2.1.
 
 Parameter names follow OpenAI's state-dict layout exactly, so OpenAI's
 `ViT-B-16.pt` and IRRA/RDE-style fine-tuned checkpoints load with strict key

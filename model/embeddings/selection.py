@@ -1,4 +1,4 @@
-"""Attention-guided token selection shared by the TSE and fused heads (RDE section 3.2, METHOD.md 2)."""
+"""Attention-guided token selection shared by the TSE and fused heads (RDE section 3.2, docs/METHOD.md §2.3-§2.4)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""TAL, the triplet alignment loss of RDE (METHOD.md section 3)."""
+"""TAL, the triplet alignment loss of RDE (docs/METHOD.md §3.1)."""
 import torch
 import torch.nn as nn
 

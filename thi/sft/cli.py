@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of the MLLM on THI's localisation question (METHOD.md section 7, "LoRA SFT"), in the project:
+"""LoRA fine-tuning of the MLLM on THI's localisation question (docs/METHOD.md §7.3), in the project:
 
     python -m thi.sft_data --run RUN_DIR --out SFT_DATA
     python -m thi.sft --data SFT_DATA --model_dir Qwen2-VL-7B-Instruct --out LORA_DIR
