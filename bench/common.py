@@ -169,6 +169,26 @@ def random_caption_ids(n: int, length: int, generator: torch.Generator, vocab_si
     return ids
 
 
+# ---------------------------------------------------------------------------- model
+
+
+def clip_summary(model) -> dict:
+    """The architecture a RetrievalModel was built with, and the shapes of the tensors that fix its sizes (in the
+    JSON: bench.suite --rehearse checks them against ViT-B/16 at 384x128)."""
+    import dataclasses
+
+    clip = model.backbone
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(clip.config).items()}
+    return {"clip": cfg, "params": sum(p.numel() for p in model.parameters()),
+            "shapes": {"patch_embedding": list(clip.visual.conv1.weight.shape),
+                       "vision_positions": list(clip.visual.positional_embedding.shape),
+                       "vision_blocks": len(clip.visual.transformer.resblocks),
+                       "token_embedding": list(clip.token_embedding.weight.shape),
+                       "text_positions": list(clip.positional_embedding.shape),
+                       "text_blocks": len(clip.transformer.resblocks)},
+            "embeddings": {name: head.out_dim for name, head in model.embeddings.items()}}
+
+
 # ---------------------------------------------------------------------------- output
 
 

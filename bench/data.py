@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time more batches than --batches until this long (fast pipelines), up to --max_batches "
                         "(GPU 3, small 1)")
     p.add_argument("--max_batches", type=int, default=150, help="cap of the timed batches per setting")
+    p.add_argument("--aug_repeat", type=int, default=5, help="timed runs of the device augmentation per setting")
     p.add_argument("--img_aug", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--txt_aug", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--rda", action="store_true", help="also RDA captions (ICL): diversity captions in the annotations")
@@ -215,7 +216,7 @@ def device_aug_ms(args, batch: dict, views: int) -> float:
     run()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    reps = 5
+    reps = args.aug_repeat
     start = time.perf_counter()
     for _ in range(reps):
         out = run()

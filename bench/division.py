@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="picks RDE's mixture settings: <= 0.4 mild (max_iter 10), > 0.4 heavy (max_iter 100)")
     p.add_argument("--weighting", default="ccd", choices=("ccd", "alr"))
     p.add_argument("--repeat", type=int, default=1, help="timed repetitions (the mean is reported)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed loss passes and mixture fits before the timed ones (0: the first is timed, as in "
+                        "bench.suite --rehearse, where a pass over 68k pairs takes seconds on a CPU)")
     p.add_argument("--read_images", type=int, default=0, metavar="N",
                    help="also time the division's data read (clean: the training images once through the eval "
                         "loader; augmented: one training-loader pass, one view per model) over N synthetic JPEGs "
@@ -136,9 +139,11 @@ def bench_models(args, num_models: int) -> list[dict]:
         def loss_pass():
             return division_signals(trainer.models, features, image_ids, pids, order, args.batch_size)
 
-        loss_pass()                                                 # warm-up
+        for _ in range(args.warmup):
+            loss_pass()                                             # warm-up
         loss_s, (signals, positive_sim) = timed(loss_pass, device, args.repeat)
-        trainer.sample_weights(signals, positive_sim, 0)            # warm-up
+        for _ in range(args.warmup):
+            trainer.sample_weights(signals, positive_sim, 0)        # warm-up
         fit_s, weights = timed(lambda: trainer.sample_weights(signals, positive_sim, 1), device, args.repeat)
         settings = gmm_settings(noisy_rate, trainer.cfg.dataset_name, trainer.cfg.gmm)
         rows.append({

@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bench.common import (add_common_args, finish_args, free_memory, peak_memory_gib, random_caption_ids,  # noqa: E402
-                          report, reset_peak_memory, timed)
+from bench.common import (add_common_args, clip_summary, finish_args, free_memory, peak_memory_gib,  # noqa: E402
+                          random_caption_ids, report, reset_peak_memory, timed)
 from bench.train import model_size_defaults  # noqa: E402
 
 # name: (gallery images, query captions, identities)
@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_pairs", type=float, default=None,
                    help="cap on images x captions: a larger set is scaled down on both axes (GPU: none; small: 25e6, "
                         "i.e. 5k x 5k, since a 20k x 20k rank_metrics takes ~2 min on 2 CPU cores)")
+    p.add_argument("--max_captions", type=int, default=0,
+                   help="cap on each set's captions (queries), the gallery kept whole (0: none); e.g. 1416 = one "
+                        "rank_metrics chunk of 1024 and a last one of 392, as ICFG-PEDES's 19,848 queries end")
+    p.add_argument("--encode_max", type=int, default=0,
+                   help="encode at most this many images and captions of each set with the model and fill the "
+                        "rest of the features with random ones of the same size, so that similarity and metrics "
+                        "still run at the set's size (0: encode everything; bench.suite --rehearse on a CPU)")
     p.add_argument("--batch_size", type=int, default=512, help="encoding batch (the test_batch_size default)")
     p.add_argument("--img_size", type=int, nargs=2, default=None, metavar=("H", "W"))
     p.add_argument("--text_length", type=int, default=None)
@@ -62,11 +69,13 @@ def resolve_defaults(args):
     return model_size_defaults(args)
 
 
-def set_size(name: str, max_pairs: float) -> tuple[int, int, int]:
+def set_size(name: str, max_pairs: float, max_captions: int = 0) -> tuple[int, int, int]:
     images, captions, ids = SETS[name]
     if max_pairs and images * captions > max_pairs:
         f = math.sqrt(max_pairs / (images * captions))
         images, captions, ids = max(1, int(images * f)), max(1, int(captions * f)), max(1, min(ids, int(images * f)))
+    if max_captions:
+        captions = min(captions, max_captions)
     return images, captions, ids
 
 
@@ -99,13 +108,29 @@ def build_model_for_eval(args):
     return build_model(cfg, 1).to(args.device).eval(), cfg
 
 
+def encode(args, model, loader: RepeatedBatches, tower: str, dtype) -> dict[str, torch.Tensor]:
+    """encode_loader over the loader's items; with --encode_max, over the first encode_max of them, the rest of
+    the rows random features of the same size (the similarity and ranking still see the whole set)."""
+    from evaluation.evaluator import encode_loader
+
+    total = loader.total
+    if args.encode_max and total > args.encode_max:
+        loader = RepeatedBatches(loader.data, args.encode_max, loader.batch_size)
+    feats = encode_loader(model, loader, tower, args.device, dtype, progress=False)
+    if loader.total < total:
+        g = torch.Generator().manual_seed(args.seed + (tower == "image"))
+        feats = {k: torch.cat([v, torch.randn(total - len(v), *v.shape[1:], generator=g).to(v)])
+                 for k, v in feats.items()}
+    return feats
+
+
 def bench_set(args, model, name: str, dtype) -> dict:
     from model import similarities
     from evaluation.evaluator import encode_loader, similarity_rows
     from utils.metrics import rank_metrics
 
     device = args.device
-    num_images, num_captions, num_ids = set_size(name, args.max_pairs)
+    num_images, num_captions, num_ids = set_size(name, args.max_pairs, args.max_captions)
     g = torch.Generator().manual_seed(args.seed)
     b = args.batch_size
     images = torch.randint(0, 256, (min(b, num_images), 3, *args.img_size), generator=g, dtype=torch.uint8).to(device)
@@ -120,9 +145,14 @@ def bench_set(args, model, name: str, dtype) -> dict:
     encode_loader(model, RepeatedBatches(ids, min(b, num_captions), b), "caption", device, dtype, progress=False)
     reset_peak_memory(device)
 
-    image_s, image_feats = timed(lambda: encode_loader(model, image_loader, "image", device, dtype, progress=False), device)
-    text_s, text_feats = timed(lambda: encode_loader(model, text_loader, "caption", device, dtype, progress=False), device)
+    image_s, image_feats = timed(lambda: encode(args, model, image_loader, "image", dtype), device)
+    text_s, text_feats = timed(lambda: encode(args, model, text_loader, "caption", dtype), device)
+    encoded_images = min(num_images, args.encode_max or num_images)
+    encoded_captions = min(num_captions, args.encode_max or num_captions)
     sim_s, rows = timed(lambda: similarity_rows([similarities(image_feats, text_feats)]), device)
+    shapes = {"image_features": {k: list(v.shape) for k, v in image_feats.items()},
+              "text_features": {k: list(v.shape) for k, v in text_feats.items()},
+              "similarity": {k: list(v.shape) for k, v in rows.items()}}
     fused_name = list(rows)[-1]
     metric_device = device
     metrics_s, metrics = timed(lambda: rank_metrics(rows[fused_name], caption_pids, image_pids,
@@ -135,13 +165,14 @@ def bench_set(args, model, name: str, dtype) -> dict:
     row = {
         "set": TITLES[name] + ("" if (num_images, num_captions) == SETS[name][:2] else " (scaled)"),
         "images": num_images, "captions": num_captions,
+        "encoded_images": encoded_images, "encoded_captions": encoded_captions,
         "image_s": image_s, "text_s": text_s,
-        "images_per_s": num_images / image_s, "captions_per_s": num_captions / text_s,
+        "images_per_s": encoded_images / image_s, "captions_per_s": encoded_captions / text_s,
         "similarity_s": sim_s, "fused_row": fused_name, "metrics_s": metrics_s, "metrics_all_rows_s": all_rows_s,
         "total_s": features_s + sim_s + metrics_s,
         "total_all_rows_s": features_s + sim_s + all_rows_s if all_rows_s is not None else None,
         "peak_mem_gib": peak_memory_gib(device),
-        "R1_random": metrics["R1"],
+        "R1_random": metrics["R1"], "shapes": shapes,
     }
     del image_feats, text_feats, rows
     free_memory(device)
@@ -161,12 +192,15 @@ def main(argv=None) -> dict:
     model, cfg = build_model_for_eval(args)
     dtype = resolve_precision(args.precision, args.device)
     rows = [bench_set(args, model, name, dtype) for name in args.sets]
-    arch = "ViT-B/16" if not args.clip_arch else "tiny CLIP"
+    depth = {"vision_layers", "text_layers"}
+    arch = ("ViT-B/16" if not args.clip_arch else
+            "ViT-B/16, {vision_layers}+{text_layers} layers".format(**{**{k: 12 for k in depth}, **args.clip_arch})
+            if set(args.clip_arch) <= depth else "tiny CLIP")
     reads = read_galleries(args, rows) if args.read_images else None
     return report("eval", args, rows, COLUMNS,
                   title=f"bench/eval.py: {arch} at {args.img_size[0]}x{args.img_size[1]}, "
                         f"{'+'.join(args.embeddings).upper()}, {dtype or torch.float32}, batch {args.batch_size}",
-                  extra={"reference": {"target_cuhk_total_s": 5.0}, "reads": reads})
+                  extra={"model": clip_summary(model), "reference": {"target_cuhk_total_s": 5.0}, "reads": reads})
 
 
 def read_galleries(args, rows: list[dict]) -> list[dict]:

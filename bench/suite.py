@@ -3,6 +3,9 @@ time limit, every figure in one JSON file and one markdown table.
 
     python -m bench.suite                        # a CUDA machine: real sizes, ~8 min on an H100 (limits add up to it)
     python -m bench.suite --small                # any machine: tiny shapes on the CPU (what tests/ run)
+    python -m bench.suite --rehearse             # any machine: the real-size commands on the CPU, depth cut to one
+                                                 # layer and counts cut (real widths, image size, vocabulary,
+                                                 # sequence lengths): everything but the GPU's speed is checked
     python -m bench.suite --only train eval      # some parts
     python -m bench.suite --limit thi=120        # another time limit for a part (seconds)
     python -m bench.suite --budget 900           # scale every default limit to add up to 900 s (a slower GPU)
@@ -24,6 +27,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -39,6 +43,17 @@ TINY_CLIP = ("{embed_dim: 32, vision_width: 32, vision_layers: 1, vision_heads: 
 TINY_SHAPES = ["--img_size", "32", "16", "--text_length", "16", "--tse_dim", "32", "--clip_arch", TINY_CLIP]
 GRACE_S = 5.0        # SIGTERM -> SIGKILL
 SMALL_LIMIT_S = 180  # each part of a --small run (2 busy CPU cores take ~15-30 s a part)
+REHEARSE_LIMIT_S = 300   # each part of a --rehearse run but train_compiled (2 busy CPU cores: 9-30 s a part)
+
+# --rehearse: the real-size command of each part with these arguments appended (argparse keeps the last value of
+# an option), on the CPU.  Only depths and counts are cut: one transformer layer per tower, a few items or steps;
+# widths, image size (384x128, patch 16), vocabularies (49,408; 152,064), text length 77, THI's prompts and
+# 224x224 images, the training batch's per-sample shapes, CUHK-PEDES's 68,126 division pairs and every gallery
+# stay real.  bf16 autocast / bf16 weights as on the GPU (the CPU has bf16 kernels; it also halves the 7B-width
+# model's memory: 1.39 B parameters, 2.8 GB).
+ONE_LAYER_CLIP = ["--clip_arch", "{vision_layers: 1, text_layers: 1}", "--precision", "bf16"]
+ONE_LAYER_QWEN = ["--text_layers", "1", "--vision_depth", "1", "--dtype", "bfloat16", "--init", "fast",
+                  "--batch_size", "2", "--batches", "1", "--vqa_batches", "1", "--max_new_tokens", "8"]
 
 
 @dataclass
@@ -49,43 +64,57 @@ class Part:
     full: list[str]                 # the script (or "pytest") and its real-size arguments
     small: list[str] | None         # tiny arguments; None: not run with --small (small_skip says why)
     small_skip: str = ""
-    needs_cuda: bool = False        # skipped (at every size) where torch sees no CUDA device
+    needs_cuda: bool = False        # skipped where torch sees no CUDA device (but run by --rehearse: see there)
     needs_vllm: bool = False        # skipped where the interpreter cannot find vllm
+    rehearse: list[str] = field(default_factory=list)   # --rehearse: appended to `full` (the cuts), on the CPU
+    rehearse_limit_s: float = REHEARSE_LIMIT_S
 
 
 PARTS = [
     Part("cuda_tests", "the CUDA-only tests (pytest -m cuda)", 30, ["pytest"], ["pytest"], needs_cuda=True),
+    # (--rehearse runs the same pytest command without CUDA: the tests skip themselves, the JUnit report is read)
     Part("train", "training step, ViT-B/16 384x128 BGE+TSE bf16: single and twin, batch 64 and 128, eager", 60,
          ["bench/train.py", "--models", "1", "2", "--batch_size", "64", "128", "--steps", "20", "--warmup", "5"],
-         ["bench/train.py", "--models", "1", "2", "--batch_size", "4", "--steps", "1", "--warmup", "1", *TINY_SHAPES]),
+         ["bench/train.py", "--models", "1", "2", "--batch_size", "4", "--steps", "1", "--warmup", "1", *TINY_SHAPES],
+         rehearse=[*ONE_LAYER_CLIP, "--batch_size", "2", "--steps", "1", "--warmup", "1"]),
     Part("train_compiled", "the same four settings under torch.compile (each compiled afresh)", 100,
          ["bench/train.py", "--models", "1", "2", "--batch_size", "64", "128", "--compile", "--steps", "20",
           "--warmup", "5"],
          None, "torch.compile takes minutes on a CPU (inductor's C++ build; 70-110 s for the tiny model): real size "
-               "only"),
+               "only",
+         # inductor's compilations on 2 CPU cores: ~2 min for both settings with an empty cache (1 model 80 s, twins
+         # then 21 s): not in the default rehearsal test (pytest -m real_size runs it)
+         rehearse=[*ONE_LAYER_CLIP, "--batch_size", "2", "--steps", "1", "--warmup", "1"], rehearse_limit_s=900),
     Part("data", "data pipeline, 2,000 JPEGs 384x128, batch 64, 8 and 16 workers, one view and twins: the "
                  "published-style float pipeline vs the image cache + device augmentation", 60,
          ["bench/data.py", "--num_workers", "8", "16", "--num_images", "2000", "--batch_size", "64",
           "--pipelines", "a", "c", "--views", "1", "2"],
          ["bench/data.py", "--num_images", "8", "--batch_size", "4", "--batches", "2", "--num_workers", "0",
-          "--img_size", "64", "32", "--image_size", "64", "32"]),
+          "--img_size", "64", "32", "--image_size", "64", "32"],
+         rehearse=["--num_images", "128", "--batches", "1", "--warmup", "1", "--min_seconds", "0", "--max_batches",
+                   "1", "--aug_repeat", "1"]),
     Part("division", "division over 68,126 pairs (CUHK-PEDES train): loss pass + GMMs + consensus, single and twin",
          30,
          ["bench/division.py", "--num_pairs", "68126", "--models", "1", "2", "--noisy_rate", "0.2", "0.5"],
          ["bench/division.py", "--num_pairs", "512", "--models", "1", "2", "--noisy_rate", "0.2", "--bge_dim", "32",
-          "--tse_dim", "32"]),
+          "--tse_dim", "32"],
+         rehearse=["--noisy_rate", "0.5", "--warmup", "0"]),
     Part("eval", "evaluation, ViT-B/16: CUHK-PEDES (3,074 x 6,156) and ICFG-PEDES (19,848 x 19,848) sized", 40,
          ["bench/eval.py", "--sets", "cuhk", "icfg", "--max_pairs", "0"],
-         ["bench/eval.py", "--sets", "cuhk", "icfg", "--max_pairs", "40000", "--batch_size", "64", *TINY_SHAPES]),
+         ["bench/eval.py", "--sets", "cuhk", "icfg", "--max_pairs", "40000", "--batch_size", "64", *TINY_SHAPES],
+         # every gallery whole; 1,416 queries = a rank_metrics chunk of 1,024 and the last one of ICFG's 392
+         rehearse=[*ONE_LAYER_CLIP, "--batch_size", "8", "--encode_max", "16", "--max_captions", "1416",
+                   "--no-all_rows"]),
     Part("thi", "THI yes/no + VQA (128 tokens), Qwen2-VL-7B architecture (random bf16), transformers, batch 64", 60,
          ["bench/thi.py", "--arch", "7b", "--backend", "transformers", "--batch_size", "64"],
          ["bench/thi.py", "--arch", "tiny", "--backend", "transformers", "--batch_size", "2", "--batches", "1",
-          "--vqa_batches", "1", "--max_new_tokens", "3", "--image_size", "56"]),
+          "--vqa_batches", "1", "--max_new_tokens", "3", "--image_size", "56"],
+         rehearse=ONE_LAYER_QWEN),
     Part("thi_vllm", "the same through vLLM (its random 'dummy' weights), batch 64", 100,
          ["bench/thi.py", "--arch", "7b", "--backend", "vllm", "--batch_size", "64"],
          ["bench/thi.py", "--arch", "tiny", "--backend", "vllm", "--batch_size", "2", "--batches", "1",
           "--vqa_batches", "1", "--max_new_tokens", "3", "--image_size", "56"],
-         needs_vllm=True),
+         needs_vllm=True, rehearse=ONE_LAYER_QWEN),
 ]
 DEFAULT_BUDGET_S = sum(p.limit_s for p in PARTS)       # 480 s: 8 minutes
 NAMES = [p.name for p in PARTS]
@@ -102,6 +131,7 @@ class Result:
     log: str = ""
     json: str = ""
     pid: int | None = None
+    max_rss_gib: float | None = None  # the part's largest process (its own or a reaped child's peak RSS)
     bench: dict | None = None       # the script's own JSON (every row, full precision)
     figures: list[dict] = field(default_factory=list)
 
@@ -124,16 +154,25 @@ def parse_limits(items: list[str]) -> dict[str, float]:
     return limits
 
 
-def part_limits(small: bool, budget: float | None, overrides: dict[str, float]) -> dict[str, float]:
-    """Each part's limit: --limit, else (real size) its default scaled by --budget / 480 s, else (small) 180 s."""
+def part_limits(small: bool, budget: float | None, overrides: dict[str, float],
+                rehearse: bool = False) -> dict[str, float]:
+    """Each part's limit: --limit, else (real size) its default scaled by --budget / 480 s, else (small) 180 s,
+    else (rehearsal) its rehearse_limit_s."""
     scale = (budget / DEFAULT_BUDGET_S) if budget else 1.0
-    return {p.name: overrides.get(p.name, SMALL_LIMIT_S if small else p.limit_s * scale) for p in PARTS}
+    return {p.name: overrides.get(p.name, p.rehearse_limit_s if rehearse else SMALL_LIMIT_S if small
+                                  else p.limit_s * scale) for p in PARTS}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", action="store_true", help="tiny shapes on the CPU (the test suite's run)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--small", action="store_true", help="tiny shapes on the CPU (the test suite's run)")
+    size.add_argument("--rehearse", action="store_true",
+                      help="the real-size commands on the CPU with depth cut to one layer and fewer items / steps "
+                           "(real widths, image size, vocabularies, sequence lengths): a shape error shows here, "
+                           "before a GPU is lent; 1.5-2 min on 2 busy CPU cores without train_compiled (--skip "
+                           "it), whose compilations add ~2 min with an empty inductor cache")
     p.add_argument("--out", default="", help="output folder (default bench/results/<timestamp>/)")
     p.add_argument("--only", nargs="+", choices=NAMES, metavar="PART", help=f"run these parts: {', '.join(NAMES)}")
     p.add_argument("--skip", nargs="+", choices=NAMES, default=[], metavar="PART", help="leave these parts out")
@@ -155,8 +194,10 @@ def command(part: Part, args, json_path: str, junit_path: str) -> list[str]:
     if part.full == ["pytest"]:
         return [python, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", f"--junitxml={junit_path}",
                 *cuda_test_files()]
-    argv = part.small if args.small else part.full
-    size = ["--small", "--device", "cpu", "--threads", "1"] if args.small else ["--full", "--device", "cuda"]
+    rehearse = getattr(args, "rehearse", False)
+    argv = part.small if args.small else part.full + (part.rehearse if rehearse else [])
+    size = (["--small", "--device", "cpu", "--threads", "1"] if args.small else
+            ["--full", "--device", "cpu" if rehearse else "cuda"])
     return [python, argv[0], *size, "--json", json_path, *argv[1:]]
 
 
@@ -237,8 +278,8 @@ def run_part(part: Part, args, limit: float, out: str) -> Result:
     res = Result(part.name, limit_s=limit, log=os.path.relpath(log_path, out))
     res.command = command(part, args, json_path, junit_path)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if args.small:
-        env.setdefault("OMP_NUM_THREADS", "1")
+    if args.small or getattr(args, "rehearse", False):
+        env.setdefault("OMP_NUM_THREADS", "1")     # 2 threads on 2 busy cores ran the division 10x slower
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(res.command) + "\n")
         log.flush()
@@ -246,10 +287,8 @@ def run_part(part: Part, args, limit: float, out: str) -> Result:
         proc = subprocess.Popen(res.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)       # its own process group: stopped as a whole
         res.pid = proc.pid
-        try:
-            rc = proc.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            rc = None
+        rc, res.max_rss_gib = wait_for(proc, start + limit)
+        if rc is None:
             stop_group(proc.pid, proc)
             proc.wait()
         else:
@@ -272,6 +311,26 @@ def run_part(part: Part, args, limit: float, out: str) -> Result:
     if res.status == "ok" and not res.figures:
         res.status, res.detail = "failed", "exit status 0 but no figures (no JSON written)"
     return res
+
+
+def wait_for(proc: subprocess.Popen, deadline: float) -> tuple[int | None, float | None]:
+    """(exit status, peak RSS in GiB of its largest process) once proc ends, (None, None) at the deadline (time.
+    monotonic()).  os.wait4 reaps it and gives its resource usage (ru_maxrss: KiB on Linux, the largest of the
+    process and its reaped children); where there is no wait4, Popen.wait and no memory figure."""
+    if not hasattr(os, "wait4"):
+        try:
+            return proc.wait(timeout=max(deadline - time.monotonic(), 0)), None
+        except subprocess.TimeoutExpired:
+            return None, None
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            scale = 2**30 if sys.platform == "darwin" else 2**20       # bytes on macOS
+            return proc.returncode, usage.ru_maxrss / scale
+        if time.monotonic() >= deadline:
+            return None, None
+        time.sleep(0.05)
 
 
 def last_line(path: str) -> str:
@@ -390,21 +449,22 @@ def markdown(results: list[Result], title: str) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    limits = part_limits(args.small, args.budget, parse_limits(args.limit))
+    limits = part_limits(args.small, args.budget, parse_limits(args.limit), args.rehearse)
     chosen = [p for p in PARTS if (not args.only or p.name in args.only) and p.name not in args.skip]
     if args.list:
         for p in chosen:
-            if (p.small if args.small else p.full) is None:
+            if args.small and p.small is None:
                 how = "skipped with --small: " + p.small_skip
             else:
-                how = " ".join(command(p, args, f"OUT/{p.name}.json", f"OUT/{p.name}.xml")[1:])
+                how = shlex.join(command(p, args, f"OUT/{p.name}.json", f"OUT/{p.name}.xml")[1:])
             print(f"{p.name:15s} {limits[p.name]:5.0f} s  {p.what}\n{'':23s}{how}")
         print(f"total {sum(limits[p.name] for p in chosen):.0f} s")
         return 0
     cuda = cuda_available()
-    if not cuda and not args.small:
+    if not cuda and not args.small and not args.rehearse:
         print("bench.suite: no CUDA device on this machine. The real-size suite needs a GPU (about 8 minutes on an "
-              "H100); here, `python -m bench.suite --small` runs every part at tiny size on the CPU.", file=sys.stderr)
+              "H100); here, `python -m bench.suite --rehearse` runs every part's real-size command on the CPU with "
+              "depth cut to one layer, and `--small` every part at tiny size.", file=sys.stderr)
         return 2
     out = os.path.abspath(args.out or os.path.join(
         ROOT, "bench", "results", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
@@ -417,7 +477,7 @@ def main(argv=None) -> int:
         skip = ""
         if args.small and part.small is None:
             skip = part.small_skip
-        elif part.needs_cuda and not cuda:
+        elif part.needs_cuda and not cuda and not args.rehearse:    # rehearsal: the tests skip themselves
             skip = "needs CUDA"
         elif part.full == ["pytest"] and not cuda_test_files():
             skip = "no test is marked cuda"
@@ -428,16 +488,20 @@ def main(argv=None) -> int:
         else:
             print(f"bench.suite: {part.name} (limit {limit:g} s) ...", flush=True)
             res = run_part(part, args, limit, out)
-        print(f"bench.suite: {part.name}: {status_text(res)}"
-              f"{f' ({res.elapsed_s:.1f} s)' if res.elapsed_s is not None else ''}", flush=True)
+        took = f"{res.elapsed_s:.1f} s" if res.elapsed_s is not None else ""
+        if res.max_rss_gib is not None:
+            took += f", peak RSS {res.max_rss_gib:.2f} GiB"
+        print(f"bench.suite: {part.name}: {status_text(res)}{f' ({took})' if took else ''}", flush=True)
         results.append(res)
     wall = time.monotonic() - t0
     device = next((r.bench["device"] for r in results if r.bench and "device" in r.bench), None)
-    device_name = device["name"] if device else ("CUDA" if cuda and not args.small else "cpu")
+    device_name = device["name"] if device else ("CUDA" if cuda and not (args.small or args.rehearse) else "cpu")
     budget = sum(r.limit_s for r in results if r.status != "skipped")
-    title = (f"bench.suite{' --small' if args.small else ''} on {device_name}, {started}: "
+    mode = " --small" if args.small else " --rehearse" if args.rehearse else ""
+    title = (f"bench.suite{mode} on {device_name}, {started}: "
              f"{wall:.0f} s wall; the parts run had limits adding up to {budget:g} s")
-    payload = {"suite": "bench.suite", "small": args.small, "started": started, "wall_s": wall,
+    payload = {"suite": "bench.suite", "small": args.small, "rehearse": args.rehearse, "started": started,
+               "wall_s": wall,
                "budget_s": budget, "device": device,
                "parts": [{k: v for k, v in vars(r).items()} for r in results]}
     for part in payload["parts"]:

@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=("7b", "tiny"), default=None, help="GPU: 7b; small: tiny")
     p.add_argument("--text_layers", type=int, default=None, help="7b: fewer decoder layers (e.g. on a smaller GPU)")
     p.add_argument("--vision_depth", type=int, default=None, help="7b: fewer vision blocks")
+    p.add_argument("--init", choices=("random", "fast"), default="random",
+                   help="7b, built directly: random = transformers' own initialisation (a second on a GPU); fast = "
+                        "built without it (transformers' no_init_weights, as from_pretrained builds) and every "
+                        "weight filled by tiling one block of normal draws (norms 1, biases 0): the CPU's normal_ "
+                        "and uniform_ over 1.4 B weights took 20-30 s of bench.suite --rehearse")
     p.add_argument("--load", choices=("direct", "save"), default="direct",
                    help="7b: direct = build on the device and hand it to the backend; save = save_pretrained to a "
                         "temporary folder (~16 GB) and let the backend load it as THI does")
@@ -54,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vqa_batches", type=int, default=None, help="timed VQA batches (GPU 2, small 1; 0: skip VQA)")
     p.add_argument("--max_new_tokens", type=int, default=None, help="VQA answer length in tokens (GPU 128, small 8)")
     p.add_argument("--image_size", type=int, default=224, help="square images; THI's pixel budget is 224x224")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                   help="the MLLM's weights (auto: bf16 on CUDA, float32 on a CPU, the backends' rule); bfloat16 on "
+                        "a CPU runs the GPU's dtype at half of float32's memory (bench.suite --rehearse)")
     p.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
                    help="vllm: its offline engine (its GPU build, or the CPU build's environment); --arch 7b then "
                         "runs on vLLM's own random weights (load_format dummy: nothing is written to disk)")
@@ -71,6 +79,9 @@ def resolve_defaults(args):
     if args.vqa_batches is None:
         args.vqa_batches = 1 if small else 2
     args.max_new_tokens = args.max_new_tokens or (8 if small else 128)
+    if args.dtype == "auto":
+        cuda = str(args.device).startswith("cuda") or (str(args.device) == "auto" and torch.cuda.is_available())
+        args.dtype = "bfloat16" if cuda else "float32"
     return args
 
 
@@ -117,14 +128,43 @@ def english_processor(folder: str, vocab_size: int = 8192, seed: int = 0) -> dic
             "vision_start": ids("<|vision_start|>"), "vision_end": ids("<|vision_end|>")}
 
 
-def build_random_7b(config, device: torch.device):
-    """Random bf16 weights made on the device itself (transformers' own initialisation, on GPU kernels)."""
+def build_random_7b(config, device: torch.device, dtype: torch.dtype, init: str = "random"):
+    """Random weights (bf16 on a GPU) made on the device itself (transformers' own initialisation, on GPU kernels;
+    init="fast": see fill_tiled)."""
     from transformers import Qwen2VLForConditionalGeneration
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    with torch.device(device):
-        model = Qwen2VLForConditionalGeneration._from_config(config, dtype=dtype)
+    if init == "fast":
+        from transformers.initialization import no_init_weights
+
+        with torch.device(device), no_init_weights():
+            model = Qwen2VLForConditionalGeneration._from_config(config, dtype=dtype)
+        fill_tiled(model, config.text_config.initializer_range)
+    else:
+        with torch.device(device):
+            model = Qwen2VLForConditionalGeneration._from_config(config, dtype=dtype)
     return model.eval()
+
+
+@torch.no_grad()
+def fill_tiled(model, std: float, block: int = 1 << 20, seed: int = 0) -> None:
+    """Every parameter of a model built without initialisation: norms' weights 1 and biases 0, other biases 0,
+    every other weight a tiling of one block of N(0, std) draws (a copy: memory speed instead of the random
+    generator's, 0.5 s instead of 20-30 s for the 7B-wide model on a CPU).  Buffers (RoPE's inverse frequencies)
+    are computed at construction, not by the initialisation."""
+    draws = torch.randn(block, generator=torch.Generator().manual_seed(seed)) * std
+    for module in model.modules():
+        norm = "Norm" in type(module).__name__
+        for name, p in module.named_parameters(recurse=False):
+            if norm:
+                p.fill_(1.0 if name == "weight" else 0.0)
+            elif name == "bias":
+                p.zero_()
+            else:
+                flat, b = p.view(-1), draws.to(p.device, p.dtype)
+                whole = flat.numel() // block * block
+                if whole:
+                    flat[:whole].view(-1, block).copy_(b.expand(whole // block, block))
+                flat[whole:].copy_(b[:flat.numel() - whole])
 
 
 def make_requests(args, root: str):
@@ -151,6 +191,33 @@ def prompt_tokens(backend, requests) -> tuple[int, float]:
     return int(inputs["input_ids"].shape[1]), float(inputs["attention_mask"].sum(1).float().mean())
 
 
+def config_fields(config) -> dict:
+    """The widths, depths and vocabulary of a Qwen2VLConfig."""
+    text, vision = config.text_config, config.vision_config
+    return {"text": {k: getattr(text, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                   "num_attention_heads", "num_key_value_heads", "vocab_size")},
+            "vision": {k: getattr(vision, k) for k in ("embed_dim", "hidden_size", "depth", "num_heads",
+                                                       "patch_size", "spatial_merge_size")}}
+
+
+def qwen_summary(model, backend, requests) -> dict:
+    """The sizes the model runs at: its config's widths and vocabulary, the shapes of the tensors that carry them,
+    and the image tokens of one request (bench.suite --rehearse checks them against Qwen2-VL-7B)."""
+    inner = model.model
+    inputs = backend._inputs(requests[:1])
+    image_tokens = int((inputs["input_ids"][0] == model.config.image_token_id).sum())
+    return {"params": sum(p.numel() for p in model.parameters()), "dtype": str(next(model.parameters()).dtype),
+            **config_fields(model.config),
+            "shapes": {"embed_tokens": list(model.get_input_embeddings().weight.shape),
+                       "lm_head": list(model.get_output_embeddings().weight.shape),
+                       "text_layers": len(inner.language_model.layers),
+                       "mlp_up": list(inner.language_model.layers[0].mlp.up_proj.weight.shape),
+                       "patch_embed": list(inner.visual.patch_embed.proj.weight.shape),
+                       "vision_blocks": len(inner.visual.blocks),
+                       "merger_out": list(inner.visual.merger.mlp[-1].weight.shape)},
+            "image_tokens_per_request": image_tokens, "pixel_values": list(inputs["pixel_values"].shape)}
+
+
 def count_params(folder: str) -> int:
     """Parameters of the Qwen2-VL that folder's config.json describes (built on the meta device: no memory)."""
     from transformers import AutoConfig, Qwen2VLForConditionalGeneration
@@ -171,7 +238,7 @@ def vllm_rows(args, folder: str, yes_no, vqa) -> tuple[list[dict], float]:
     from mllm.backends import make_backend
 
     cpu = torch.device("cpu")          # the engine syncs its own device: time on the host clock only
-    opts = dict(dtype="bfloat16" if args.device.type == "cuda" else "float32", max_model_len=args.max_model_len,
+    opts = dict(dtype=args.dtype, max_model_len=args.max_model_len,
                 seed=args.seed)
     if args.device.type != "cuda":
         opts["kv_cache_gib"] = 1
@@ -188,6 +255,8 @@ def vllm_rows(args, folder: str, yes_no, vqa) -> tuple[list[dict], float]:
     backend.load()
     load_s = time.perf_counter() - start
     params = count_params(folder)
+    from transformers import AutoConfig
+    args._model = {"params": params, "dtype": args.dtype, **config_fields(AutoConfig.from_pretrained(folder))}
 
     def lengths(requests):
         outs = backend._run(requests, SamplingParams(max_tokens=1, temperature=0.0))     # also a warm-up
@@ -201,7 +270,7 @@ def vllm_rows(args, folder: str, yes_no, vqa) -> tuple[list[dict], float]:
              "batch_size": args.batch_size, "prompt_tokens_padded": padded, "prompt_tokens_mean": mean_len,
              "new_tokens": 1, "batch_s": yes_s, "per_s": args.batch_size / yes_s, "tokens_per_s": None,
              "peak_mem_gib": None}]
-    write_partial("thi", args, rows, {"load_s": load_s})
+    write_partial("thi", args, rows, {"load_s": load_s, "model": args._model})
     if args.vqa_batches:
         padded, mean_len = lengths(vqa)
         n = args.max_new_tokens
@@ -235,7 +304,7 @@ def main(argv=None) -> dict:
         start = time.perf_counter()
         if args.arch == "7b":
             config = qwen2vl_7b_config(english_processor(folder, seed=args.seed), args.text_layers, args.vision_depth)
-            model = build_random_7b(config, device)
+            model = build_random_7b(config, device, getattr(torch, args.dtype), args.init)
             config.save_pretrained(folder)          # the folder now describes the 7B model (config.json)
             if args.load == "save":
                 for name in os.listdir(folder):
@@ -243,7 +312,7 @@ def main(argv=None) -> dict:
                         os.remove(os.path.join(folder, name))
                 model.save_pretrained(folder)
                 del model
-        backend = make_backend("transformers", folder, device=str(device))
+        backend = make_backend("transformers", folder, device=str(device), dtype=args.dtype)
         if args.arch == "7b" and args.load == "direct":
             backend.use_model(model)
             del model
@@ -252,6 +321,7 @@ def main(argv=None) -> dict:
         load_s = time.perf_counter() - start
         model = backend._model
         params = sum(p.numel() for p in model.parameters())
+        args._model = qwen_summary(model, backend, yes_no)
         padded, mean_len = prompt_tokens(backend, yes_no)
         backend.yes_probability(yes_no)                      # warm-up
         reset_peak_memory(device)
@@ -262,7 +332,7 @@ def main(argv=None) -> dict:
                  "prompt_tokens_mean": mean_len,
                  "new_tokens": 1, "batch_s": yes_s, "per_s": args.batch_size / yes_s, "tokens_per_s": None,
                  "peak_mem_gib": peak_memory_gib(device)}]
-        write_partial("thi", args, rows, {"load_s": load_s})
+        write_partial("thi", args, rows, {"load_s": load_s, "model": args._model})
         if args.vqa_batches:
             padded, mean_len = prompt_tokens(backend, vqa)
             backend.generate(vqa[:2], max_new_tokens=2)       # warm-up
@@ -291,7 +361,7 @@ def finish(args, rows: list[dict], load_s: float) -> dict:
     return report("thi", args, rows, columns,
                   title=f"bench/thi.py: random Qwen2-VL ({args.arch}), {args.backend} backend, "
                         f"{args.image_size}x{args.image_size} images",
-                  extra={"load_s": load_s,
+                  extra={"load_s": load_s, "model": getattr(args, "_model", None),
                          "reference": {"qwen2vl_7b_h100_transformers_yes_no_per_s_at_64": 120}})
 
 

@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from bench.common import (add_common_args, finish_args, free_memory, peak_memory_gib, peak_tflops,  # noqa: E402
-                          random_caption_ids, report, reset_peak_memory, timed, write_partial)
+from bench.common import (add_common_args, clip_summary, finish_args, free_memory, peak_memory_gib,  # noqa: E402
+                          peak_tflops, random_caption_ids, report, reset_peak_memory, timed, write_partial)
 
 # the tiny CLIP of --small (the demo's size class)
 SMALL_ARCH = {"embed_dim": 64, "vision_width": 64, "vision_layers": 2, "vision_heads": 2,
@@ -139,6 +139,7 @@ def bench_one(args, batch_size: int, num_models: int) -> dict:
 
     cfg = make_cfg(args, batch_size, num_models)
     trainer = build_engine(cfg, num_classes=args.num_classes)     # models and optimisers, no data
+    args._model = clip_summary(trainer.models[0])
     batch = random_batch(args, cfg, batch_size, num_models)
     weights = (torch.rand(batch_size, generator=torch.Generator().manual_seed(args.seed)) > 0.1).float().to(device)
     flops = count_flops(trainer, batch, weights)
@@ -182,13 +183,14 @@ def main(argv=None) -> dict:
     for m in args.models:
         for b in args.batch_size:
             rows.append(bench_one(args, b, m))
-            write_partial("train", args, rows)      # kept if the run is stopped (bench.suite's time limits)
+            write_partial("train", args, rows, {"model": args._model})   # kept if stopped (bench.suite's limits)
     single = {r["batch_size"]: r["step_ms"] for r in rows if r["models"] == 1}
     for r in rows:  # the twin's cost relative to one model at the same batch
         r["time_vs_single"] = r["step_ms"] / single[r["batch_size"]] if r["batch_size"] in single else None
     cols = COLUMNS + ([("time_vs_single", "time / single")] if len(set(args.models)) > 1 else [])
     return report("train", args, rows, cols,
-                  extra={"reference": {"rde_published_h100_pairs_per_s": 395, "target_mfu": 0.45,
+                  extra={"model": args._model,
+                         "reference": {"rde_published_h100_pairs_per_s": 395, "target_mfu": 0.45,
                                        "guide_gflop_per_pair": 122}})
 
 

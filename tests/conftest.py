@@ -1,5 +1,6 @@
 """Fixtures shared by the test files, and the `slow` marker (pytest.ini): `python -m pytest -m "not slow"` skips
-the end-to-end tests (subprocess trainings, THI end to end, torch.compile, torchrun, the benchmarks)."""
+the end-to-end tests (subprocess trainings, THI end to end, torch.compile, torchrun, the benchmarks).  Tests
+marked `real_size` (minutes on a CPU) are skipped unless the marker expression names them (`-m real_size`)."""
 import os
 import sys
 
@@ -42,7 +43,12 @@ SLOW_FIXTURES = {"run_dir", "single_run", "twin_run", "rda_run", "yes_model", "n
                  "lora_dir"}
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
+    # a `real_size` test (pytest.ini) takes minutes: it runs only where the marker expression names it
+    run_real_size = "real_size" in (config.getoption("markexpr", "") or "")
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        if "real_size" in item.keywords and not run_real_size:
+            item.add_marker(pytest.mark.skip(reason="a real-size rehearsal of several minutes on a CPU: "
+                                                    "python -m pytest -m real_size runs it"))
