@@ -245,14 +245,14 @@ def test_rehearsal_commands_are_the_real_ones_cut_in_depth_and_count():
         parsed[part.name] = module.resolve_defaults(module.build_parser().parse_args(cmd[2:]))
     for name in ("train", "train_compiled", "eval"):
         a = parsed[name]
-        assert a.img_size == [384, 128] and a.text_length == 77 and a.embed_dim == 1024 and a.precision == "bf16"
+        assert a.img_size == [384, 128] and a.text_length == 77 and a.tse_dim == 1024 and a.precision == "bf16"
         assert a.clip_arch == {"vision_layers": 1, "text_layers": 1}          # widths, patch, vocabulary: ViT-B/16
     assert parsed["train"].models == [1, 2] and not parsed["train"].compile and parsed["train_compiled"].compile
     d = parsed["data"]
     assert d.num_workers == [8, 16] and d.batch_size == 64 and d.img_size == d.image_size == [384, 128]
     assert d.views == [1, 2] and d.pipelines == ["a", "c"] and d.text_length == 77
     assert parsed["division"].num_pairs == 68126 and parsed["division"].models == [1, 2]
-    assert (parsed["division"].bge_dim, parsed["division"].embed_dim) == (512, 1024)
+    assert (parsed["division"].bge_dim, parsed["division"].tse_dim) == (512, 1024)
     from bench.eval import set_size
     ev = parsed["eval"]
     assert ev.sets == ["cuhk", "icfg"] and ev.max_pairs == 0 and ev.encode_max == 16
