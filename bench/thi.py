@@ -96,7 +96,10 @@ def qwen2vl_7b_config(token_ids: dict, text_layers: int | None = None, vision_de
     vision = dict(QWEN2VL_7B_VISION, depth=vision_depth or QWEN2VL_7B_VISION["depth"])
     return Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=token_ids["image"],
                          video_token_id=token_ids["video"], vision_start_token_id=token_ids["vision_start"],
-                         vision_end_token_id=token_ids["vision_end"], tie_word_embeddings=False)
+                         vision_end_token_id=token_ids["vision_end"], tie_word_embeddings=False,
+                         # what a real checkpoint's config.json names: vLLM picks its model class (and that it
+                         # generates) from it; a bare config saved without a model has none
+                         architectures=["Qwen2VLForConditionalGeneration"])
 
 
 def english_processor(folder: str, vocab_size: int = 8192, seed: int = 0) -> dict:

@@ -164,3 +164,26 @@ def test_the_processed_logprobs_fallback_agrees_too(model_dir, requests_, monkey
         close(vl)
     p_hf = make_backend("transformers", model_dir, dtype="float32", **PIXELS).yes_probability(requests_)
     assert p_vl == pytest.approx(p_hf, abs=1e-5, rel=0)
+
+
+def test_the_suites_vllm_part_rehearses_at_7b_width(tmp_path):
+    """`python -m bench.suite --rehearse`'s vLLM part, which the main environment skips: Qwen2-VL-7B's widths at one
+    layer, on vLLM's random weights, THI's real prompts.  It first failed here on a config without
+    `architectures` (vLLM then takes the model for a pooling one and refuses generate): what the GPU run would
+    have met first."""
+    proc = subprocess.run([sys.executable, "-m", "bench.suite", "--rehearse", "--only", "thi_vllm",
+                           "--vllm_python", sys.executable, "--out", str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    (part,) = json.loads((tmp_path / "suite.json").read_text())["parts"]
+    assert part["status"] == "ok", part["detail"]
+    assert part["max_rss_gib"] < 8
+    model = part["bench"]["model"]
+    assert model["params"] == pytest.approx(1.389e9, rel=0.01) and model["dtype"] == "bfloat16"
+    assert model["text"] == {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 1,
+                             "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064}
+    assert model["vision"]["embed_dim"] == 1280 and model["vision"]["depth"] == 1
+    yes_no, vqa = part["bench"]["rows"]
+    assert (yes_no["backend"], yes_no["task"], vqa["task"]) == ("vllm", "yes/no (localisation)", "VQA answer")
+    assert (yes_no["new_tokens"], vqa["new_tokens"]) == (1, 8)
+    assert 100 < yes_no["prompt_tokens_padded"] < vqa["prompt_tokens_padded"] < 500     # 157 and 358 tokens
