@@ -37,8 +37,9 @@ log = logging.getLogger("reid")
 # The pretraining recipe: one place.  A file built with another recipe is rebuilt (its .json says which it had).
 # Short on purpose, as OpenAI's CLIP is weak on person descriptions: its similarities tell permuted pairs from true
 # ones at the first division (66% of the pairs flagged at 50% noise are permuted, chance 50%) and leave fine-tuning
-# much to learn.  Version 1 trained 8 epochs (zero-shot R1 9.8%): on the learning tests' set any fine-tuning then
-# lowered test R1, clean data or not, and the division could only slow the fall (R1 16.3 on, 13.8 off, 3 seeds).
+# much to learn.  Version 1 trained 8 epochs (zero-shot R1 9.8%): at 50% noise on the learning tests' set,
+# fine-tuning lowered test R1 from its first-epoch value with the division on or off, and the division could only
+# slow the fall (R1 16.3 on, 13.8 off, 3 seeds).
 RECIPE = {
     "version": 2,
     "identities": 1200,        # pretraining pool, disjoint from SYNTH-PEDES's identities
