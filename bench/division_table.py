@@ -114,7 +114,8 @@ def table(results: list[dict]) -> str:
             return spread([r[key] for r in runs], digits)
         lines.append(f"| {noise:.0%} | {variant} | {col('precision_first_half')} / {col('recall_first_half')} "
                      f"| {col('precision_last')} / {col('recall_last')} "
-                     f"| {col('weight_clean_last', 2)} / {col('weight_noisy_last', 2)} | {col('R1_last2')} | {col('mAP_last')} | {col('R1_best')} "
+                     f"| {col('weight_clean_last', 2)} / {col('weight_noisy_last', 2)} "
+                     f"| {col('R1_last2')} | {col('mAP_last')} | {col('R1_best')} "
                      f"| {len(runs)} |")
     return "\n".join(lines)
 

@@ -18,6 +18,11 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:           # `python tests/test_golden.py --update` puts tests/ first on the path, not the root
+    sys.path.insert(0, ROOT)
+
+from utils.run_folder import METRICS, read_metrics  # noqa: E402
+
 GOLDEN = os.path.join(ROOT, "tests", "golden", "demo_metrics.json")
 TIMES = ("train_time", "division/time")
 THREADS = "2"           # the float sums depend on the thread count: the file was made with two, as CI has
@@ -34,8 +39,7 @@ def train_demo(root: str) -> list[dict]:
     subprocess.run([sys.executable, "main.py", "--config", "configs/demo.yaml", "--root_dir",
                     os.path.join(root, "data"), "--run_dir", run_dir], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [{k: v for k, v in json.loads(line).items() if k not in TIMES} for line in f]
+    return [{k: v for k, v in row.items() if k not in TIMES} for row in read_metrics(os.path.join(run_dir, METRICS))]
 
 
 def versions() -> dict:
