@@ -9,8 +9,11 @@ RUN_DIR/search_index/ for the test split) and scored by the same code, so the pa
 alike.  The page binds 127.0.0.1 unless --host says otherwise and serves only thumbnails of gallery images.
 """
 import argparse
+import atexit
 import logging
 import os
+import shutil
+import signal
 import sys
 import tempfile
 
@@ -42,13 +45,32 @@ def parse(argv):
     return args
 
 
+TEMP_PREFIX = "reid-search-page-"
+
+
+def private_temp_dir() -> None:
+    """Gradio serves its upload folder: a folder of this process's own holds only the thumbnails it draws, not the
+    files of other Gradio apps sharing /tmp/gradio.  Read by Gradio at import, hence made first; made once per
+    process and removed when it ends (a GRADIO_TEMP_DIR of the user's is used as it is, and kept)."""
+    if "GRADIO_TEMP_DIR" in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
+def stop_on_sigterm(signum, frame):
+    # SIGTERM (a service manager, `kill`) ends the page as Ctrl-C does: the server is closed, atexit runs
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None, block: bool = True):
     args = parse(sys.argv[1:] if argv is None else argv)
+    if block:   # the command line; not a page started inside another program (tests), whose signals are its own
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)   # Gradio's own requests to itself, one line each
-    # Gradio serves its upload folder: a folder of this process's own holds only the thumbnails it draws,
-    # not the files of other Gradio apps sharing /tmp/gradio.  Read by Gradio at import, hence set first.
-    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="reid-search-page-"))
+    private_temp_dir()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # nothing leaves the machine
     from webapp.server import serve
 
