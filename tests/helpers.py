@@ -88,6 +88,7 @@ def write_odd_gallery_files(folder, good_jpeg: str) -> dict[str, str]:
         f.write(jpeg[:len(jpeg) // 2])
     Image.new("1", (8000, 8000)).save(os.path.join(folder, "004_huge.png"))   # 64 megapixels, a few kB on disk
     Image.new("RGB", (10000, 10), (200, 30, 30)).save(os.path.join(folder, "005_odd.png"))
+    os.mkfifo(os.path.join(folder, "006_pipe.jpg"))                         # opening it would wait for a writer
     return {"000_empty.jpg": "empty file", "001_dangling.jpg": "dangling symlink",
             "002_garbage.jpg": "not an image", "003_truncated.jpg": "damaged", "004_huge.png": "too large",
-            "005_odd.png": "too odd"}
+            "005_odd.png": "too odd", "006_pipe.jpg": "not a regular file"}

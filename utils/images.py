@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 from PIL import Image
 
@@ -21,14 +22,16 @@ class ImageDecodeError(RuntimeError):
 
 
 def why_no_bytes(path: str) -> str | None:
-    """Why `path` has no bytes to decode (a dangling symlink, missing, empty), or None."""
+    """Why `path` has no bytes to decode (a dangling symlink, missing, not a file, empty), or None."""
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
     except OSError as e:
         if os.path.islink(path):
             return f"dangling symlink to {os.readlink(path)}"
         return f"cannot open: {e.strerror}"
-    return "empty file, 0 bytes" if size == 0 else None
+    if not stat.S_ISREG(st.st_mode):    # a named pipe would block the reader for ever
+        return "not a regular file"
+    return "empty file, 0 bytes" if st.st_size == 0 else None
 
 
 def read_image(path: str, limits: bool = False) -> Image.Image:
