@@ -74,7 +74,11 @@ def main(argv=None, block: bool = True):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # nothing leaves the machine
     from webapp.server import serve
 
-    return serve(args, block)
+    try:
+        return serve(args, block)   # Ctrl-C once the page is up: Gradio closes it and serve returns
+    except KeyboardInterrupt:       # Ctrl-C while it starts (indexing a large gallery): a line, not a traceback
+        print("stopped (Ctrl-C) before the page was up", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

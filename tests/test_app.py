@@ -277,7 +277,9 @@ def test_the_page_removes_its_temporary_folder_on_exit(run_dir, tmp_path):
             proc.send_signal(getattr(signal, how))
         for how, proc in procs.items():
             out = proc.communicate(timeout=120)[0]
-            assert proc.returncode == {"SIGINT": 0, "SIGTERM": 128 + signal.SIGTERM}[how], (how, out)
+            # Ctrl-C: 0 once Gradio's loop runs, 130 if it came a moment before; SIGTERM: 143
+            expected = {"SIGINT": (0, 128 + signal.SIGINT), "SIGTERM": (128 + signal.SIGTERM,)}[how]
+            assert proc.returncode in expected and "Traceback" not in out, (how, proc.returncode, out)
             assert not list((tmp_path / how).glob("reid-search-page-*")), (how, out)
     finally:
         for w in watchdog:
