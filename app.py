@@ -10,6 +10,7 @@ alike.  The page binds 127.0.0.1 unless --host says otherwise and serves only th
 """
 import argparse
 import atexit
+import glob
 import logging
 import os
 import shutil
@@ -51,12 +52,29 @@ TEMP_PREFIX = "reid-search-page-"
 def private_temp_dir() -> None:
     """Gradio serves its upload folder: a folder of this process's own holds only the thumbnails it draws, not the
     files of other Gradio apps sharing /tmp/gradio.  Read by Gradio at import, hence made first; made once per
-    process and removed when it ends (a GRADIO_TEMP_DIR of the user's is used as it is, and kept)."""
+    process and removed when it ends (a GRADIO_TEMP_DIR of the user's is used as it is, and kept).  Its name holds
+    the process id, so that the folders of pages that could not clean up (kill -9) go at the next start."""
     if "GRADIO_TEMP_DIR" in os.environ:
         return
-    folder = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+    remove_orphans()
+    folder = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
     os.environ["GRADIO_TEMP_DIR"] = folder
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
+def remove_orphans() -> None:
+    """This user's reid-search-page-PID-* folders whose process is gone.  A live process keeps its folder, even
+    one that only reuses the number (its folder then waits for a later start)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{TEMP_PREFIX}*-*")):
+        pid = os.path.basename(path)[len(TEMP_PREFIX):].split("-")[0]
+        try:
+            if not pid.isdigit() or os.stat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:   # another user's process, or the folder went meanwhile
+            continue
 
 
 def stop_on_sigterm(signum, frame):

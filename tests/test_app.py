@@ -242,17 +242,21 @@ def test_a_gallery_of_odd_files_with_loader_workers(run_dir, data_root, tmp_path
 
 def test_the_page_removes_its_temporary_folder_on_exit(run_dir, tmp_path):
     """Real `python app.py` processes stopped by Ctrl-C (SIGINT: the page's normal end, main() returns) and by
-    SIGTERM leave no reid-search-page-* folder behind (an error at start leaves by the same atexit); the running
-    page refuses an upload.  The two start side by side: most of the time is their imports."""
+    SIGTERM leave no reid-search-page-* folder behind (an error at start leaves by the same atexit), and remove
+    the folder of a page killed with -9 when they start; the running page refuses an upload.  The two start side
+    by side: most of the time is their imports."""
     import signal
     import subprocess
     import sys
     import threading
 
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                                  # a process id that no longer runs
     procs = {}
     for how in ("SIGINT", "SIGTERM"):
         tmp = tmp_path / how
         tmp.mkdir()
+        (tmp / f"reid-search-page-{gone.pid}-killed").mkdir()   # left by a page killed with -9
         env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
         env.update(TMPDIR=str(tmp), PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
         procs[how] = subprocess.Popen([sys.executable, "app.py", "--run", run_dir], cwd=ROOT, env=env,
@@ -268,7 +272,8 @@ def test_the_page_removes_its_temporary_folder_on_exit(run_dir, tmp_path):
                     url = line.split()[-1]
                     break
             assert url, f"{how}: the page did not start"
-            assert list((tmp_path / how).glob("reid-search-page-*"))       # the folder the test looks for
+            (mine,) = (tmp_path / how).glob("reid-search-page-*")     # its own; the orphan is gone
+            assert mine.name.startswith(f"reid-search-page-{proc.pid}-")
             request = urllib.request.Request(f"{url}gradio_api/upload", data=b"--x--\r\n", method="POST",
                                              headers={"Content-Type": "multipart/form-data; boundary=x"})
             with pytest.raises(urllib.error.HTTPError) as refused:
