@@ -9,8 +9,12 @@ RUN_DIR/search_index/ for the test split) and scored by the same code, so the pa
 alike.  The page binds 127.0.0.1 unless --host says otherwise and serves only thumbnails of gallery images.
 """
 import argparse
+import atexit
+import glob
 import logging
 import os
+import shutil
+import signal
 import sys
 import tempfile
 
@@ -42,17 +46,57 @@ def parse(argv):
     return args
 
 
+TEMP_PREFIX = "reid-search-page-"
+
+
+def private_temp_dir() -> None:
+    """Gradio serves its upload folder: a folder of this process's own holds only the thumbnails it draws, not the
+    files of other Gradio apps sharing /tmp/gradio.  Read by Gradio at import, hence made first; made once per
+    process and removed when it ends (a GRADIO_TEMP_DIR of the user's is used as it is, and kept).  Its name holds
+    the process id, so that the folders of pages that could not clean up (kill -9) go at the next start."""
+    if "GRADIO_TEMP_DIR" in os.environ:
+        return
+    remove_orphans()
+    folder = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
+def remove_orphans() -> None:
+    """This user's reid-search-page-PID-* folders whose process is gone.  A live process keeps its folder, even
+    one that only reuses the number (its folder then waits for a later start)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{TEMP_PREFIX}*-*")):
+        pid = os.path.basename(path)[len(TEMP_PREFIX):].split("-")[0]
+        try:
+            if not pid.isdigit() or os.stat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:   # another user's process, or the folder went meanwhile
+            continue
+
+
+def stop_on_sigterm(signum, frame):
+    # SIGTERM (a service manager, `kill`) ends the page as Ctrl-C does: the server is closed, atexit runs
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None, block: bool = True):
     args = parse(sys.argv[1:] if argv is None else argv)
+    if block:   # the command line; not a page started inside another program (tests), whose signals are its own
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)   # Gradio's own requests to itself, one line each
-    # Gradio serves its upload folder: a folder of this process's own holds only the thumbnails it draws,
-    # not the files of other Gradio apps sharing /tmp/gradio.  Read by Gradio at import, hence set first.
-    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="reid-search-page-"))
+    private_temp_dir()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # nothing leaves the machine
     from webapp.server import serve
 
-    return serve(args, block)
+    try:
+        return serve(args, block)   # Ctrl-C once the page is up: Gradio closes it and serve returns
+    except KeyboardInterrupt:       # Ctrl-C while it starts (indexing a large gallery): a line, not a traceback
+        print("stopped (Ctrl-C) before the page was up", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from evaluation.retrieval_index import load_encoders, open_index, search
+from evaluation.retrieval_index import load_encoders, open_index, query_notes, search
 import solver.build  # noqa: F401  (gives configs/ the registries it checks options against)
 from utils.safe_load import add_trust_flag, command
 
@@ -64,6 +64,8 @@ def run(argv: list[str]) -> list[dict]:
     results = []
     for query, hits in zip(queries, search(index, enc, queries, args.topk)):
         print(f"\n{query}")
+        for note in query_notes(query, enc.cfg.text_length):
+            print(f"  note: {note}")
         for rank, (path, score) in enumerate(hits, 1):
             print(f"{rank:4d}  {score:.4f}  {path}")
         results.append({"query": query, "hits": hits})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 # Split names accepted in annotation files, mapped to ours. Real files use the
@@ -50,10 +50,16 @@ class EvalSplit:
     image_pids: list[int]
     captions: list[str]
     caption_pids: list[int]
+    raw_pids: dict[int, int] = field(default_factory=dict)   # pid -> the identity the annotation file gives
 
     @property
     def num_ids(self) -> int:
         return len(set(self.image_pids))
+
+    def as_written(self, pids) -> list[int]:
+        """The identity numbers of the annotation file (and of its file names) for these pids: what a person
+        reading the data knows them by; pids themselves are renumbered 0..P-1."""
+        return [self.raw_pids.get(p, p) for p in pids]
 
 
 @dataclass
@@ -287,7 +293,8 @@ def _build_train(records: list[_Record]) -> list[TrainRecord]:
 
 def _build_eval(records: list[_Record]) -> EvalSplit:
     pid_of = _remap(r.pid for r in records)
-    split = EvalSplit(img_paths=[], image_pids=[], captions=[], caption_pids=[])
+    split = EvalSplit(img_paths=[], image_pids=[], captions=[], caption_pids=[],
+                      raw_pids={pid: raw for raw, pid in pid_of.items()})
     for r in records:
         split.img_paths.append(r.img_path)
         split.image_pids.append(pid_of[r.pid])

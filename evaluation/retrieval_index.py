@@ -2,6 +2,9 @@
 
 The folder is embedded once and the features are cached in FOLDER/.reid_index/<run-hash>.pt together with
 each file's size and mtime; later calls re-embed only files that were added or changed and drop removed ones.
+Each file is read on its own (utils.images.read_image with a gallery's limits) and only good images are batched
+together, so a file that is skipped (unreadable, empty, a dangling symlink, too large, too odd: one log line each,
+naming it and why) changes nothing of the others: their features are those of a folder without it.
 
 Scores are the evaluator's fused similarity: the mean, over every model and every embedding, of the cosine
 similarity (evaluation.evaluator.similarity_rows' last row).  That mean is itself one inner product:
@@ -22,20 +25,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from utils.images import ImageDecodeError, read_image
+from utils.images import ImageDecodeError, read_image, why_no_bytes
 from datasets.transforms import build_transforms
 from utils.checkpoint import atomic_save
 from utils.device import autocast
 from utils.progress import progress as progress_bar
 from utils.safe_load import load as safe_load
-from utils.tokenizer import tokenize_one
+from utils.tokenizer import get_tokenizer, tokenize_one
 from .runs import load_run
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 INDEX_DIR = ".reid_index"
-INDEX_FORMAT = 1  # bump when the cache layout changes: old caches are then rebuilt, not misread
+# bump when the cache layout changes: old caches are then rebuilt, not misread.  2: each file read on its own;
+# format 1 could keep rows computed in a batch with an unreadable file (wrong features), and which cannot be told
+INDEX_FORMAT = 2
 
 
 # --------------------------------------------------------------------------- the run's encoders
@@ -80,6 +85,24 @@ class Encoders:
         return torch.cat(parts, dim=1).cpu() / len(parts)
 
 
+def query_notes(text: str, text_length: int) -> list[str]:
+    """What the user should know of how the model reads a query (retrieve.py and the search page print these):
+    a query with no letter or digit (emoji, symbols) gives the model no word to match; a query longer than the
+    text length is cut (tokenize_one keeps SOT, the first text_length - 2 tokens, EOT) and its end never read."""
+    notes = []
+    if not any(c.isalnum() for c in text):
+        notes.append("the description holds no word (no letter or digit, only emoji, symbols or punctuation): "
+                     "the ranking says nothing about it")
+    tokenizer = get_tokenizer()
+    ids, room = tokenizer.encode(text), text_length - 2
+    if len(ids) > room:
+        rest = tokenizer.decode(ids[room:]).strip()
+        rest = rest if len(rest) <= 80 else rest[:80] + " ..."
+        notes.append(f"the description is {len(ids)} tokens long and the model reads the first {room} (the run's "
+                     f"text length {text_length}, less its start and end tokens): \"{rest}\" was not read")
+    return notes
+
+
 def load_encoders(run_dir: str, checkpoint: str = "best", device: str | None = None) -> Encoders:
     """The run's models with the checkpoint's weights, read by evaluation.runs without the training data (a
     user searching their own photos may not have it): no dataset, no loss modules."""
@@ -96,9 +119,11 @@ def load_encoders(run_dir: str, checkpoint: str = "best", device: str | None = N
 # --------------------------------------------------------------------------- the folder index
 
 
-def scan_folder(folder: str, files: list[str] | None = None) -> dict[str, tuple[int, int]]:
+def scan_folder(folder: str, files: list[str] | None = None,
+                skipped: dict[str, str] | None = None) -> dict[str, tuple[int, int]]:
     """{path relative to folder: (size, mtime_ns)} of every image below it (the cache folder excluded), or of
-    `files` only (paths relative to folder: a dataset split, whose folder also holds other splits' images)."""
+    `files` only (paths relative to folder: a dataset split, whose folder also holds other splits' images).
+    A name without a file behind it (a dangling symlink, a file removed meanwhile) goes to `skipped` with why."""
     found = {}
     if files is not None:
         missing = [p for p in files if not os.path.isfile(os.path.join(folder, p))]
@@ -113,37 +138,50 @@ def scan_folder(folder: str, files: list[str] | None = None) -> dict[str, tuple[
         for name in filenames:
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 full = os.path.join(dirpath, name)
-                st = os.stat(full)
+                try:
+                    st = os.stat(full)
+                except OSError:
+                    if skipped is not None:
+                        skipped[os.path.relpath(full, folder)] = why_no_bytes(full) or "removed while scanned"
+                    continue
                 found[os.path.relpath(full, folder)] = (st.st_size, st.st_mtime_ns)
     return dict(sorted(found.items()))
 
 
 class _Crops(Dataset):
-    """Images for the index; a file PIL cannot read gives ok=False instead of stopping the whole folder."""
+    """Images for the index, each read on its own: (i, uint8 image, None), or (i, None, why) for a file that is
+    skipped, which never stands in a batch (a placeholder there would change the batch's dtype and shape)."""
 
-    def __init__(self, paths: list[str], transform, size: tuple[int, int]):
-        self.paths, self.transform, self.size = paths, transform, size
+    def __init__(self, paths: list[str], transform):
+        self.paths, self.transform = paths, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return i, self.transform(read_image(self.paths[i])), True
-        except ImageDecodeError:
-            return i, torch.zeros(3, *self.size), False
+            return i, self.transform(read_image(self.paths[i], limits=True)), None
+        except ImageDecodeError as e:
+            return i, None, e.reason
 
 
 @dataclass
 class RefreshReport:
     embedded: list[str] = field(default_factory=list)   # new or changed files, embedded in this call
     removed: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)     # unreadable images (skipped until they change)
+    failed: list[str] = field(default_factory=list)     # files read in this call and skipped (until they change)
+    skipped: dict[str, str] = field(default_factory=dict)   # every file skipped now: {name: why}
     kept: int = 0                                       # reused from the cache
 
     def __str__(self) -> str:
         text = f"{self.kept} cached, {len(self.embedded)} embedded, {len(self.removed)} removed"
-        return text + (f", {len(self.failed)} unreadable skipped" if self.failed else "")
+        return text + (f", {len(self.skipped)} skipped" if self.skipped else "")
+
+    def skipped_lines(self, limit: int | None = None) -> list[str]:
+        """'NAME (why)' per skipped file, the first `limit` of them and a count of the rest."""
+        names = sorted(self.skipped)
+        lines = [f"{n} ({self.skipped[n]})" for n in names[:limit]]
+        return lines + ([f"... {len(names) - limit} more"] if limit is not None and len(names) > limit else [])
 
 
 @dataclass
@@ -152,7 +190,7 @@ class FolderIndex:
     paths: list[str]                     # relative to folder, in feature-row order
     stats: list[tuple[int, int]]         # (size, mtime_ns) per path when it was embedded
     features: torch.Tensor               # [N, sum of dims] fp32, normalised per embedding
-    failed: dict[str, tuple[int, int]]   # unreadable files and the stat they had
+    failed: dict[str, tuple[int, int, str]]   # files skipped when read: the stat they had, and why
 
     def to_dict(self, identity: dict) -> dict:
         return {"format": INDEX_FORMAT, "identity": identity, "paths": self.paths,
@@ -169,7 +207,11 @@ def _load_cached(path: str, folder: str, enc: Encoders) -> FolderIndex | None:
         return None
     try:
         data = safe_load(path, "retrieval index")
-        if data.get("format") != INDEX_FORMAT or data.get("identity") != enc.identity:
+        if data.get("format") != INDEX_FORMAT:
+            log.info("%s was made by an older version of this code (format %s, which could keep wrong features of "
+                     "images batched with an unreadable file); rebuilding it", path, data.get("format"))
+            return None
+        if data.get("identity") != enc.identity:
             log.info("%s was made with other weights or settings; rebuilding it", path)
             return None
         return FolderIndex(folder, list(data["paths"]), [tuple(s) for s in data["stats"]], data["features"],
@@ -179,15 +221,26 @@ def _load_cached(path: str, folder: str, enc: Encoders) -> FolderIndex | None:
         return None
 
 
-def _embed(paths: list[str], enc: Encoders, batch_size: int, num_workers: int, progress: bool):
-    size = tuple(enc.cfg.img_size)
-    data = _Crops(paths, build_transforms(size, is_train=False), size)
-    loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers)
-    feats, ok = [], []
-    for _, images, good in progress_bar(loader, enabled=progress, desc="indexing images", unit="batch"):
-        feats.append(enc.encode_images(images))
-        ok.append(good)
-    return torch.cat(feats), torch.cat(ok)
+def _embed(paths: list[str], enc: Encoders, batch_size: int, num_workers: int,
+           progress: bool) -> tuple[torch.Tensor | None, dict[int, str]]:
+    """(features of the good images in order, {index of a skipped path: why}).  The loader reads the files (in
+    workers); the good images are then batched anew, batch_size at a time, so they form the same batches as in a
+    folder without the skipped ones and get exactly its features."""
+    data = _Crops(paths, build_transforms(tuple(enc.cfg.img_size), is_train=False))
+    loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    feats, skipped, pending = [], {}, []
+    for items in progress_bar(loader, enabled=progress, desc="indexing images", unit="batch"):
+        for i, image, why in items:
+            if why is not None:
+                skipped[i] = why
+                continue
+            pending.append(image)
+            if len(pending) == batch_size:
+                feats.append(enc.encode_images(torch.stack(pending)))
+                pending = []
+    if pending:
+        feats.append(enc.encode_images(torch.stack(pending)))
+    return (torch.cat(feats) if feats else None), skipped
 
 
 def open_index(folder: str, enc: Encoders, batch_size: int | None = None, num_workers: int | None = None,
@@ -201,15 +254,15 @@ def open_index(folder: str, enc: Encoders, batch_size: int | None = None, num_wo
     folder = os.path.abspath(folder)
     if not os.path.isdir(folder):
         raise SystemExit(f"--images {folder}: not a folder")
-    current = scan_folder(folder, files)
+    report = RefreshReport()
+    current = scan_folder(folder, files, report.skipped)
     cache_file = index_path(folder, enc, cache_dir)
     old = _load_cached(cache_file, folder, enc) or FolderIndex(folder, [], [], torch.zeros(0, 0), {})
 
-    report = RefreshReport()
     keep_rows = [i for i, (p, s) in enumerate(zip(old.paths, old.stats)) if current.get(p) == s]
     report.kept = len(keep_rows)
     report.removed = [p for p in old.paths + list(old.failed) if p not in current]
-    failed = {p: s for p, s in old.failed.items() if current.get(p) == s}
+    failed = {p: f for p, f in old.failed.items() if current.get(p) == tuple(f[:2])}
     known = {old.paths[i] for i in keep_rows} | set(failed)
     todo = [p for p in current if p not in known]
 
@@ -217,17 +270,22 @@ def open_index(folder: str, enc: Encoders, batch_size: int | None = None, num_wo
     stats = [old.stats[i] for i in keep_rows]
     features = old.features[keep_rows] if keep_rows else None
     if todo:
-        new_feats, ok = _embed([os.path.join(folder, p) for p in todo], enc,
-                               batch_size or enc.cfg.test_batch_size,
-                               enc.cfg.num_workers if num_workers is None else num_workers, progress)
-        for p, good in zip(todo, ok.tolist()):
-            (report.embedded if good else report.failed).append(p)
-            if not good:
-                failed[p] = current[p]
-                log.warning("cannot read %s; skipped (it is retried when the file changes)", p)
+        new_feats, bad = _embed([os.path.join(folder, p) for p in todo], enc,
+                                batch_size or enc.cfg.test_batch_size,
+                                enc.cfg.num_workers if num_workers is None else num_workers, progress)
+        for i, p in enumerate(todo):
+            if i in bad:
+                report.failed.append(p)
+                failed[p] = (*current[p], bad[i])
+            else:
+                report.embedded.append(p)
         paths += report.embedded
         stats += [current[p] for p in report.embedded]
-        features = new_feats[ok] if features is None else torch.cat([features, new_feats[ok]])
+        if new_feats is not None:
+            features = new_feats if features is None else torch.cat([features, new_feats])
+    report.skipped.update({p: f[2] for p, f in failed.items()})
+    for line in report.skipped_lines():   # every call, cached or not: what is not searched, and why
+        log.warning("skipped %s", line)
     if features is None or not paths:
         raise SystemExit(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}")
     index = FolderIndex(folder, paths, stats, features, failed)

@@ -69,3 +69,26 @@ def weightless_model(model_dir, tmp_path):
     folder = tmp_path / "no_weights"
     shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
     return str(folder)
+
+
+def write_odd_gallery_files(folder, good_jpeg: str) -> dict[str, str]:
+    """Every kind of file a gallery folder must skip alone, named to sort between the good images 000.jpg,
+    001.jpg ... (so that each would share a batch with good ones): {name: what its skip line must say}."""
+    from PIL import Image
+
+    folder = str(folder)
+    with open(good_jpeg, "rb") as f:
+        jpeg = f.read()
+    with open(os.path.join(folder, "000_empty.jpg"), "wb"):
+        pass                                                                  # 0 bytes
+    os.symlink(os.path.join(folder, "gone.jpg"), os.path.join(folder, "001_dangling.jpg"))
+    with open(os.path.join(folder, "002_garbage.jpg"), "wb") as f:
+        f.write(b"these bytes are no image at all")
+    with open(os.path.join(folder, "003_truncated.jpg"), "wb") as f:
+        f.write(jpeg[:len(jpeg) // 2])
+    Image.new("1", (8000, 8000)).save(os.path.join(folder, "004_huge.png"))   # 64 megapixels, a few kB on disk
+    Image.new("RGB", (10000, 10), (200, 30, 30)).save(os.path.join(folder, "005_odd.png"))
+    os.mkfifo(os.path.join(folder, "006_pipe.jpg"))                         # opening it would wait for a writer
+    return {"000_empty.jpg": "empty file", "001_dangling.jpg": "dangling symlink",
+            "002_garbage.jpg": "not an image", "003_truncated.jpg": "damaged", "004_huge.png": "too large",
+            "005_odd.png": "too odd", "006_pipe.jpg": "not a regular file"}

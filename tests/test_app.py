@@ -15,7 +15,7 @@ import pytest
 
 import app
 import retrieve
-from tests.helpers import SMALL_IMAGES, THI_DATA_SIZES, read_jsonl
+from tests.helpers import ROOT, SMALL_IMAGES, THI_DATA_SIZES, read_jsonl, write_odd_gallery_files
 from tests.tiny_qwen2vl import build_tiny_qwen2vl
 from thi import cli as thi_cli
 
@@ -51,6 +51,11 @@ def page(run_dir, tiny_qwen):
 def split_of(data_root):
     from datasets import build_dataset
     return build_dataset("CUHK-PEDES", data_root).test
+
+
+def file_identity(path) -> int:
+    """The identity a synthetic image's file name gives (`test/323_0.jpg`), as its annotation record does."""
+    return int(os.path.basename(path).split("_")[0])
 
 
 def copy_of_split(split, folder):
@@ -90,7 +95,10 @@ def test_page_ranks_like_retrieve_py_and_scores_a_test_caption_like_test_py(page
     base = RunSimilarity(run).base[q:q + 1]
     m = rank_metrics(base, split.caption_pids[q:q + 1], split.image_pids, device="cpu")
     assert f"R1 {m['R1']:.0f}, AP {m['mAP']:.2f}" in summary, summary
-    pid = split.caption_pids[q]
+    # identities as the dataset numbers them (the file name and the annotation file), not the split's renumbering
+    assert all(row[3] == file_identity(row[2]) for row in table["data"])
+    pid = file_identity(next(p for p, i in zip(split.img_paths, split.image_pids) if i == split.caption_pids[q]))
+    assert pid != split.caption_pids[q] and f"identity {pid}:" in summary
     matches = [row[4] == "yes" for row in table["data"]]
     assert matches == [row[3] == pid for row in table["data"]] and any(matches)
     assert [g["caption"].endswith("✓") for g in grid] == matches     # the true identity's images are marked
@@ -122,6 +130,45 @@ def test_bad_input_gets_a_message_and_only_thumbnails_are_served(page, run_dir):
         assert refused.value.code == 403, path
 
 
+def test_the_page_says_when_a_query_was_cut_or_held_no_word(page, run_dir, data_root, tmp_path, capsys):
+    client, _ = page
+    long = " ".join([FREE_TEXT, "with a black backpack"] * 3)             # ~50 tokens; the run reads 38 (40 - 2)
+    summary, grid, _ = client.predict(long, None, 3, api_name="/search")
+    assert "tokens long" in summary and "the first 38" in summary and "was not read" in summary, summary
+    assert "black backpack" in summary.split("was not read")[0].split("the first 38")[1]   # the cut-off words
+    assert len(grid) == 3                                                   # searched all the same
+    summary, _, _ = client.predict("🙂🙂 👕 !!", None, 3, api_name="/search")
+    assert "holds no word" in summary, summary
+    summary, _, _ = client.predict(FREE_TEXT, None, 3, api_name="/search")
+    assert "Note" not in summary
+    # retrieve.py says the same under the query (one check for both: evaluation.retrieval_index.query_notes)
+    folder = copy_of_split(split_of(data_root), tmp_path / "gallery")
+    retrieve.main(["--run", run_dir, "--images", str(folder), "--query", long, "--topk", "1"])
+    assert "was not read" in capsys.readouterr().out
+
+
+def test_the_page_takes_no_file_and_no_oversized_request(page):
+    """All the page takes is a description and two numbers, as JSON: an upload of any type is refused before
+    its body is read, and so is any request body over the limit."""
+    from webapp.server import MAX_REQUEST_BYTES
+
+    _, url = page
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + b"\x89PNG\r\n\x1a\n" + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{url}gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 415 and b"takes no files" in refused.value.read()
+    big = b'{"data": ["' + b"a" * MAX_REQUEST_BYTES + b'"], "fn_index": 0, "session_hash": "x"}'
+    request = urllib.request.Request(f"{url}gradio_api/queue/join", data=big, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 413 and b"too large" in refused.value.read()
+
+
 def test_a_folder_gallery_without_images_then_with_a_broken_one(run_dir, data_root, tmp_path):
     """--gallery FOLDER: no images is a message on the page (not a crash), an undecodable file is named and
     skipped, and after 'Re-scan gallery' the page ranks the folder as retrieve.py does."""
@@ -141,11 +188,109 @@ def test_a_folder_gallery_without_images_then_with_a_broken_one(run_dir, data_ro
     for i, p in enumerate(split_of(data_root).img_paths[:4]):
         shutil.copy2(p, folder / f"crop{i}.jpg")
     status = page.rescan()
-    assert "4 images" in status and "broken.jpg" in status and "unreadable" in status
+    assert "4 images" in status and "broken.jpg (not an image" in status and "skipped" in status
     summary, grid, table = on_page(3)(page.search)(FREE_TEXT, None, 3)
     (expected,) = retrieve.main(["--run", run_dir, "--images", str(folder), "--query", FREE_TEXT, "--topk", "3"])
     assert [row[2] for row in table] == [p for p, _ in expected["hits"]]
     assert all(row[3] == "" for row in table)          # a folder of one's own: identities unknown
+
+
+def test_a_gallery_of_odd_files_with_loader_workers(run_dir, data_root, tmp_path):
+    """`app.py --gallery` on a folder of every odd file, with two loader workers: the page starts, names each
+    skipped file and why, saves the good images' features exactly as for a clean folder; an image replaced since
+    it was indexed by a 10000x10 one, or by a 20:1 one, still gets a thumbnail (of a size JPEG can hold)."""
+    from gradio_client import Client
+    from PIL import Image
+    import torch
+    from evaluation.retrieval_index import index_path, load_encoders, open_index
+    from utils.safe_load import load as safe_load
+    from webapp.page import THUMB_HEIGHT, THUMB_MAX_WIDTH
+
+    split = split_of(data_root)
+    clean = tmp_path / "clean"
+    for i, p in enumerate(split.img_paths):
+        clean.mkdir(exist_ok=True)
+        shutil.copy2(p, clean / f"{i:03d}.jpg")
+    odd = tmp_path / "odd"
+    shutil.copytree(clean, odd)
+    why = write_odd_gallery_files(odd, split.img_paths[0])
+    loader = ["--num_workers", "2", "--index_batch_size", "4"]
+    blocks, url = app.main(["--run", run_dir, "--gallery", str(odd), *loader], block=False)
+    try:
+        client = Client(url, verbose=False)
+        status = client.predict(api_name="/rescan")
+        assert f"{len(split.img_paths)} images" in status, status
+        for name, reason in why.items():
+            assert f"{name} ({reason}" in status, status
+        enc = load_encoders(run_dir)
+        reference, _ = open_index(str(clean), enc, batch_size=4, num_workers=2, progress=False)
+        saved = safe_load(index_path(str(odd), enc), "retrieval index")
+        assert saved["paths"] == reference.paths and torch.equal(saved["features"], reference.features)
+
+        Image.new("RGB", (10000, 10), (0, 90, 200)).save(odd / "001.jpg", format="PNG")   # changed on disk
+        Image.new("RGB", (2000, 100), (0, 200, 90)).save(odd / "002.jpg", format="PNG")
+        summary, grid, table = client.predict(FREE_TEXT, None, len(split.img_paths), api_name="/search")
+        assert "Searched" in summary and len(grid) == len(split.img_paths)
+        tiles = {g["caption"].split()[2]: Image.open(g["image"]["path"] if isinstance(g["image"], dict)
+                                                     else g["image"]) for g in grid}
+        assert all(t.height <= THUMB_HEIGHT and t.width <= THUMB_MAX_WIDTH for t in tiles.values())
+        assert tiles["002.jpg"].width == THUMB_MAX_WIDTH                      # the 20:1 image, scaled to fit
+        assert tiles["001.jpg"].size == (THUMB_HEIGHT // 2, THUMB_HEIGHT)     # the 10000x10: its reason, drawn
+    finally:
+        blocks.close()
+
+
+def test_the_page_removes_its_temporary_folder_on_exit(run_dir, tmp_path):
+    """Real `python app.py` processes stopped by Ctrl-C (SIGINT: the page's normal end, main() returns) and by
+    SIGTERM leave no reid-search-page-* folder behind (an error at start leaves by the same atexit), and remove
+    the folder of a page killed with -9 when they start; the running page refuses an upload.  The two start side
+    by side: most of the time is their imports."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                                  # a process id that no longer runs
+    procs = {}
+    for how in ("SIGINT", "SIGTERM"):
+        tmp = tmp_path / how
+        tmp.mkdir()
+        (tmp / f"reid-search-page-{gone.pid}-killed").mkdir()   # left by a page killed with -9
+        env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+        env.update(TMPDIR=str(tmp), PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
+        procs[how] = subprocess.Popen([sys.executable, "app.py", "--run", run_dir], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = [threading.Timer(180, p.kill) for p in procs.values()]   # a hanging page fails, not the suite
+    for w in watchdog:
+        w.start()
+    try:
+        for how, proc in procs.items():
+            url = None
+            for line in proc.stdout:
+                if line.startswith("search page: "):
+                    url = line.split()[-1]
+                    break
+            assert url, f"{how}: the page did not start"
+            (mine,) = (tmp_path / how).glob("reid-search-page-*")     # its own; the orphan is gone
+            assert mine.name.startswith(f"reid-search-page-{proc.pid}-")
+            request = urllib.request.Request(f"{url}gradio_api/upload", data=b"--x--\r\n", method="POST",
+                                             headers={"Content-Type": "multipart/form-data; boundary=x"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 415
+            proc.send_signal(getattr(signal, how))
+        for how, proc in procs.items():
+            out = proc.communicate(timeout=120)[0]
+            # Ctrl-C: 0 once Gradio's loop runs, 130 if it came a moment before; SIGTERM: 143
+            expected = {"SIGINT": (0, 128 + signal.SIGINT), "SIGTERM": (128 + signal.SIGTERM,)}[how]
+            assert proc.returncode in expected and "Traceback" not in out, (how, proc.returncode, out)
+            assert not list((tmp_path / how).glob("reid-search-page-*")), (how, out)
+    finally:
+        for w in watchdog:
+            w.cancel()
+        for p in procs.values():
+            p.kill()
 
 
 def test_thi_panel_streams_rounds_and_reuses_thi_cache(page, thi_first_query, data_root):

@@ -20,7 +20,7 @@ from model.clip import checkpoint as clip_checkpoint
 from model.clip import CLIP, CLIPConfig, load_state_dict_file
 from utils.plot import main as plot_main, panels, plot_run, read_metrics
 from utils.visualize import first_correct_ranks, load_thi_similarity, pick_queries
-from tests.helpers import tiny_args as training_tiny_args
+from tests.helpers import tiny_args as training_tiny_args, write_odd_gallery_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ARCH = dict(embed_dim=32, vision_width=32, vision_layers=1, vision_heads=2,
@@ -118,9 +118,60 @@ def test_retrieve_index_is_cached_and_refreshed_incrementally(single_run, tmp_pa
     # an unreadable file is skipped and not retried until it changes
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     _, report = ri.open_index(str(folder), enc, progress=False)
-    assert report.failed == ["broken.jpg"] and counter.take() == 1
+    assert report.failed == ["broken.jpg"] and counter.take() == 0      # read, skipped: never in a batch
     _, report = ri.open_index(str(folder), enc, progress=False)
     assert report.embedded == [] and report.failed == [] and counter.take() == 0
+
+
+def test_retrieve_skips_each_odd_file_alone_and_the_others_get_a_clean_folders_features(single_run, tmp_path,
+                                                                                         caplog, capsys):
+    """Loader workers (the default path of a real run) and batches of 4: an empty, dangling, undecodable,
+    truncated, too large and too odd file among the images is skipped with a line naming it and why, and the
+    other images' saved features are bit for bit those of a folder without them (a bad file's placeholder once
+    turned its whole batch to float, which CLIP took as already normalised)."""
+    clean = tmp_path / "clean"
+    split = gallery_folder(single_run, clean)
+    odd = tmp_path / "odd"
+    shutil.copytree(clean, odd)
+    why = write_odd_gallery_files(odd, split.img_paths[0])
+    enc = ri.load_encoders(single_run)
+    reference, _ = ri.open_index(str(clean), enc, batch_size=4, num_workers=2, progress=False)
+    caplog.set_level("WARNING", logger=ri.__name__)
+    index, report = ri.open_index(str(odd), enc, batch_size=4, num_workers=2, progress=False)
+    assert index.paths == reference.paths and index.features.dtype == torch.float32
+    assert torch.equal(index.features, reference.features)
+    assert sorted(report.skipped) == sorted(why) and sorted(report.failed) == sorted(set(why) - {"001_dangling.jpg"})
+    lines = [r.getMessage() for r in caplog.records]
+    for name, reason in why.items():
+        (line,) = [m for m in lines if name in m]           # one line per file: its name and why
+        assert reason in line and reason in report.skipped[name], (line, report.skipped[name])
+    # the saved index: read again, nothing re-embedded, every odd file still named; the features as saved
+    caplog.clear()
+    again, report = ri.open_index(str(odd), enc, batch_size=4, num_workers=2, progress=False)
+    assert report.embedded == [] and sorted(report.skipped) == sorted(why)
+    assert torch.equal(again.features, reference.features)
+    assert sum(name in r.getMessage() for r in caplog.records for name in why) == len(why)
+    # retrieve.py itself, with two loader workers
+    (result,) = retrieve.main(["--run", single_run, "--images", str(odd), "--query", split.captions[0],
+                               "--topk", "3", "--num_workers", "2", "--batch_size", "4"])
+    assert f"{len(reference.paths)} images" in capsys.readouterr().out and result["hits"][0][0] in reference.paths
+
+
+def test_retrieve_rebuilds_an_index_saved_by_the_old_format(single_run, tmp_path, caplog):
+    """Format 1 indexes (before each file was read alone) may hold rows computed next to an unreadable file, and
+    which ones cannot be told afterwards: they are rebuilt, not reused."""
+    folder = tmp_path / "photos"
+    gallery_folder(single_run, folder)
+    enc = ri.load_encoders(single_run)
+    index, _ = ri.open_index(str(folder), enc, progress=False)
+    old = {"format": 1, "identity": enc.identity, "paths": index.paths, "stats": [list(s) for s in index.stats],
+           "features": torch.rand_like(index.features), "failed": {}}
+    torch.save(old, ri.index_path(str(folder), enc))
+    caplog.set_level("INFO", logger=ri.__name__)
+    rebuilt, report = ri.open_index(str(folder), enc, progress=False)
+    assert report.kept == 0 and len(report.embedded) == len(index.paths)
+    assert torch.equal(rebuilt.features, index.features)
+    assert any("older" in r.getMessage() and "rebuilding" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("which", ["single", "twin"])

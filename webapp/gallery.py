@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from evaluation.retrieval_index import IMAGE_EXTENSIONS, Encoders, GallerySearch, open_index
+from evaluation.retrieval_index import IMAGE_EXTENSIONS, Encoders, GallerySearch, open_index, query_notes
 from utils.metrics import rank_metrics
 
 
@@ -25,7 +25,7 @@ class Hit:
     name: str            # path relative to the gallery folder: what the page and retrieve.py print
     path: str            # the file, as THI's answer cache keys it
     score: float         # fused cosine, retrieve.py's score
-    identity: int | None = None   # the test split's identity; None for a folder of one's own
+    identity: int | None = None   # the test split's identity (the annotation file's number); None for a folder
     match: bool | None = None     # same identity as the query (test captions only)
     row: int = -1                 # its row in the gallery index
 
@@ -39,6 +39,7 @@ class Ranking:
     true_identity: int | None = None
     metrics: dict | None = None  # R1, R5, R10, mAP (= this query's AP), mINP in percent
     true_ranks: list[int] = field(default_factory=list)   # 1-based ranks of the true identity's images
+    notes: list[str] = field(default_factory=list)        # how the model read the query: cut, no word in it
 
     def row(self) -> torch.Tensor:
         """[N] scores in gallery order (THI's S_base row, the metrics' input)."""
@@ -51,8 +52,8 @@ class Gallery:
     """A gallery's index (embedded once into an index file, refreshed incrementally) and its known identities.
 
     folder + files: only those images (a dataset split; its folder also holds the other splits' images);
-    identities: {relative path: identity} where known.  `refresh()` (re)opens the index; until it succeeds,
-    `status` says why there is nothing to search.
+    identities: {relative path: identity} where known, as the dataset numbers them.  `refresh()` (re)opens the
+    index; until it succeeds, `status` says why there is nothing to search.
     """
 
     def __init__(self, enc: Encoders, folder: str, description: str, files: list[str] | None = None,
@@ -67,11 +68,12 @@ class Gallery:
 
     @classmethod
     def of_split(cls, enc: Encoders, split, name: str, cache_dir: str, **kw) -> "Gallery":
-        """The run's test split: its images, their identities, and THI's own path strings (the answer cache
-        keys requests by image path, so the page reuses the answers `python -m thi` cached)."""
+        """The run's test split: its images, their identities (the annotation file's numbers), and THI's own
+        path strings (the answer cache keys requests by image path, so the page reuses the answers `python -m thi`
+        cached)."""
         folder = os.path.commonpath([os.path.dirname(p) for p in split.img_paths])
         rel = [os.path.relpath(p, folder) for p in split.img_paths]
-        return cls(enc, folder, name, files=rel, identities=dict(zip(rel, split.image_pids)),
+        return cls(enc, folder, name, files=rel, identities=dict(zip(rel, split.as_written(split.image_pids))),
                    full_paths=dict(zip(rel, split.img_paths)), cache_dir=cache_dir, **kw)
 
     def refresh(self) -> str:
@@ -83,10 +85,8 @@ class Gallery:
             self.searcher, self.status = None, str(e)
             return self.status
         self.searcher = GallerySearch(index, self.enc)
-        skipped = sorted(index.failed)
         self.status = (f"{self.description}: {len(index.paths)} images ({report})"
-                       + (f"; unreadable, skipped: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}"
-                          if skipped else ""))
+                       + (f"; skipped: {', '.join(report.skipped_lines(10))}" if report.skipped else ""))
         return self.status
 
     @property
@@ -113,7 +113,7 @@ class Gallery:
             raise QueryError(f"Nothing to search: {self.status}. Add images ({', '.join(IMAGE_EXTENSIONS)}) "
                              "and press 'Re-scan gallery'.")
         scores, order = self.searcher.ranked([query])
-        result = Ranking(query, order[0], scores[0])
+        result = Ranking(query, order[0], scores[0], notes=query_notes(query, self.enc.cfg.text_length))
         if true_identity is not None and self.identities:
             pids = torch.tensor([self.identities.get(n, -1) for n in self.names])
             result.true_identity = true_identity

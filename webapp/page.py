@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import textwrap
 import time
 
 import gradio as gr
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from utils.images import ImageDecodeError, read_image
 from .gallery import Gallery, Hit, QueryError, Ranking
@@ -20,6 +21,7 @@ from .gallery import Gallery, Hit, QueryError, Ranking
 log = logging.getLogger(__name__)
 
 THUMB_HEIGHT = 256
+THUMB_MAX_WIDTH = 4 * THUMB_HEIGHT   # a wider image is scaled to fit (JPEG holds at most 65,535 pixels a side)
 FRAME = 8                      # pixels of the green frame around the true identity's images
 MATCH_COLOUR = (40, 170, 60)
 TABLE_HEADERS = ["rank", "score", "file", "identity", "query's identity"]
@@ -29,14 +31,14 @@ THI_OFF = ("THI is off. Start the page with a Qwen2-VL model folder to ask it ab
 
 
 def thumbnail(hit: Hit) -> Image.Image:
-    """The gallery image scaled to THUMB_HEIGHT, framed green when it is the query's identity."""
+    """The gallery image scaled to fit THUMB_MAX_WIDTH x THUMB_HEIGHT, framed green when it is the query's
+    identity; a file the index would now skip (changed on disk since it was indexed) is a grey tile saying why."""
     try:
-        img = read_image(hit.path)
-    except ImageDecodeError:   # changed on disk since it was indexed
+        img = ImageOps.contain(read_image(hit.path, limits=True), (THUMB_MAX_WIDTH, THUMB_HEIGHT))
+    except ImageDecodeError as e:
         img = Image.new("RGB", (THUMB_HEIGHT // 2, THUMB_HEIGHT), (200, 200, 200))
-        ImageDraw.Draw(img).text((8, THUMB_HEIGHT // 2), "unreadable", fill=(0, 0, 0))
-    w, h = img.size
-    img = img.resize((max(1, round(w * THUMB_HEIGHT / h)), THUMB_HEIGHT))
+        why = textwrap.fill(f"skipped: {e.reason}", 18)
+        ImageDraw.Draw(img).multiline_text((6, 6), why, fill=(0, 0, 0))
     if hit.match:
         ImageDraw.Draw(img).rectangle([0, 0, img.width - 1, img.height - 1], outline=MATCH_COLOUR, width=FRAME)
     return img
@@ -58,6 +60,7 @@ def table(hits: list[Hit]) -> list[list]:
 
 def summary(ranking: Ranking, gallery: Gallery, seconds: float, caption_index: int | None, k: int) -> str:
     head = f"Searched {gallery.size} images in {1000 * seconds:.0f} ms."
+    head += "".join(f" **Note: {note}.**" for note in ranking.notes)
     if ranking.metrics is None:
         return head + " Free text: no identity to check against, so no R1 / AP."
     m, ranks = ranking.metrics, ranking.true_ranks

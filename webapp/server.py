@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from starlette.middleware import Middleware
+
 from evaluation.retrieval_index import load_encoders
 from evaluation.runs import load_run
 import solver.build  # noqa: F401  (gives configs/ the registries it checks options against)
@@ -14,6 +16,52 @@ from .page import Page
 log = logging.getLogger(__name__)
 
 SPLIT_INDEX_DIR = "search_index"   # in the run folder: the test split's index (a dataset folder may be read-only)
+MAX_REQUEST_BYTES = 64 * 1024      # a request's body: a description and two numbers as JSON fit many times over
+
+
+class JsonOnly:
+    """ASGI middleware in front of Gradio: all the page takes is a description and two numbers, sent as JSON.
+    A body of any other type (an upload to /gradio_api/upload: Gradio would store any file and serve it back) is
+    refused with 415 before it is read, a body over MAX_REQUEST_BYTES with 413 before it is passed on."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if kind not in (b"", b"application/json"):
+            return await _refuse(send, 415, "This page takes no files: it searches its own gallery. Only a "
+                                            "description (JSON) is accepted.")
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_REQUEST_BYTES:
+                return await _refuse(send, 413, f"Request too large: at most {MAX_REQUEST_BYTES} bytes.")
+        if kind == b"" and body:
+            return await _refuse(send, 415, "A request body must be JSON.")
+        sent = False
+
+        async def replay():   # the body read above, then whatever the connection says next (a disconnect)
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+async def _refuse(send, status: int, text: str) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": text.encode()})
 
 
 def test_split(args):
@@ -56,7 +104,7 @@ def make_page(args) -> Page:
     log.info("indexing %s ...", gallery.description)
     log.info("%s", gallery.refresh())
     return Page(gallery, f"Person search: run {name}", split.captions if split else None,
-                split.caption_pids if split else None, thi_runner(args, enc), args.topk)
+                split.as_written(split.caption_pids) if split else None, thi_runner(args, enc), args.topk)
 
 
 def serve(args, block: bool = True):
@@ -65,7 +113,7 @@ def serve(args, block: bool = True):
     # allowed_paths stays empty: the browser gets the thumbnails page.py draws (Gradio's upload folder), never a
     # path of the gallery, the run or the data; nothing else on the disk is reachable through /file=
     _, url, _ = blocks.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True,
-                              show_error=False, allowed_paths=[])
+                              show_error=False, allowed_paths=[], app_kwargs={"middleware": [Middleware(JsonOnly)]})
     print(f"search page: {url}", flush=True)
     if block:
         try:
