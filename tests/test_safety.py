@@ -20,6 +20,7 @@ import main as train_main
 import retrieve as retrieve_main
 import test as test_main
 from tests.helpers import ROOT, THI_CLIP, read_metrics, tiny_args
+from utils.run_folder import RunFolder, RunFolderError
 
 DATA_SIZES = dict(num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=4)   # 24 pairs: 3 steps of 8 per epoch
 TIMING = ("train_time", "division/time")
@@ -262,6 +263,40 @@ def test_sigterm_mid_epoch_stops_with_a_checkpoint_that_resumes_exactly(data_roo
 def test_ctrl_c_mid_epoch_stops_the_same_way(data_root, tmp_path):
     run = tmp_path / "run"
     stop_mid_epoch(tiny_args(data_root, run), run, signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_at_once_while_its_loader_workers_still_live(data_root, tmp_path, capsys):
+    """What a scheduler does after an OOM kill: kill -9 mid-epoch, then --resume at once.  The killed process's
+    loader workers live on for seconds (until they notice their parent is gone); the run folder's lock must not
+    live with them."""
+    run = tmp_path / "run"
+    with open(tmp_path / "killed.log", "w") as out:
+        killed = subprocess.Popen([sys.executable, "main.py", *tiny_args(data_root, run, "--num_workers", "2")],
+                                  cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "REID_CRASH_AT": "epoch2:mid"},
+                                  stdout=out, stderr=out, start_new_session=True)   # its workers: its process group
+        try:
+            assert killed.wait(timeout=600) == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+            os.killpg(killed.pid, 0)            # raises if no worker is left: then this test would prove nothing
+            train_main.main(["--resume", str(run)])
+        finally:
+            try:
+                os.killpg(killed.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert "resumed from" in capsys.readouterr().out
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+    # a refusal names the process that holds the folder, which is alive
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from utils.run_folder import RunFolder; "
+                               f"held = RunFolder({str(run)!r}, resume=True); print('held', flush=True); time.sleep(60)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RunFolderError, match=rf"in use by another training \(pid {holder.pid}\)"):
+            RunFolder(str(run), resume=True)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.slow
