@@ -81,20 +81,21 @@ def train(argv: list[str]) -> dict:
         raise SystemExit(e.code if isinstance(e, SystemExit) else 2) from None
     try:
         return engine.run()
-    except Interrupted as stop:      # preempted (SIGTERM) or Ctrl-C: one line, the exit status of that signal
-        log.info("%s", stop.message(engine.last_saved, cfg.run_dir))
-        raise SystemExit(128 + int(engine.stop.signum)) from None
+    except Interrupted as stop:      # preempted (SIGTERM), Ctrl-C, a torchrun process that died: one line
+        if stop.reports_here:        # rank 0, or the first process left (whose log shows warnings only)
+            (log.info if dist.is_main() else log.warning)("%s", stop.message(engine.last_saved, cfg.run_dir))
+        raise SystemExit(1 if stop.ended else 128 + int(engine.stop.signum)) from None
     except NonFiniteLoss as e:
         log.error("%s", e.message(engine.last_saved, cfg.run_dir))
         raise SystemExit(3) from None
     except DiskFullError as e:
-        log.error("%s, then continue with: python main.py --resume %s", e.strerror, cfg.run_dir)
+        log.error("%s, then continue with: %s", e.strerror, dist.resume_command(cfg.run_dir))
         raise SystemExit(2) from None
     except ImageDecodeError as e:
         # from a loader worker the message carries the worker's traceback, whose last line names the image
         line = "cannot decode image" + str(e).rsplit("cannot decode image", 1)[-1].splitlines()[0]
         log.error("%s\nreplace or remove that image (python -m datasets.check --decode lists them all), then "
-                  "continue with: python main.py --resume %s", line, cfg.run_dir)
+                  "continue with: %s", line, dist.resume_command(cfg.run_dir))
         raise SystemExit(2) from None
     finally:
         if folder is not None:

@@ -208,9 +208,10 @@ def test_our_checkpoints_hold_plain_data_and_old_ones_still_load(run_dir, tmp_pa
 # ---- 2. preemption, NaN, full disk -----------------------------------------------------------------------------
 
 def train_process(args, **faults):
+    """main.py in a process group of its own, with its loader workers (what a scheduler or a terminal signals)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **faults}
     return subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def without_timing(rows):
@@ -218,13 +219,14 @@ def without_timing(rows):
 
 
 def stop_mid_epoch(args, run, sig):
-    """Train in a subprocess that waits in the middle of epoch 2 (REID_WAIT_AT) until the test's signal arrives;
-    returns its stdout after checking its exit status and its one-line message."""
+    """Train in a subprocess that waits in the middle of epoch 2 (REID_WAIT_AT) until the test's signal arrives,
+    sent to its whole process group, loader workers included (as SLURM's scancel, torchrun and Ctrl-C on a
+    terminal send it); returns its stdout after checking its exit status and its one-line message."""
     proc = train_process(args, REID_WAIT_AT="epoch2:mid")
     for line in proc.stderr:                 # it trains epoch 1, then waits in the middle of epoch 2
         if "waiting at epoch2:mid" in line:
             break
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 128 + sig, err[-3000:]
     message = [line for line in out.splitlines() if "stopped by" in line]
@@ -262,7 +264,7 @@ def test_sigterm_mid_epoch_stops_with_a_checkpoint_that_resumes_exactly(data_roo
 @pytest.mark.slow
 def test_ctrl_c_mid_epoch_stops_the_same_way(data_root, tmp_path):
     run = tmp_path / "run"
-    stop_mid_epoch(tiny_args(data_root, run), run, signal.SIGINT)
+    stop_mid_epoch(tiny_args(data_root, run, "--num_workers", "1"), run, signal.SIGINT)
 
 
 @pytest.mark.slow
@@ -287,8 +289,9 @@ def test_kill_9_then_resume_at_once_while_its_loader_workers_still_live(data_roo
     assert "resumed from" in capsys.readouterr().out
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
     # a refusal names the process that holds the folder, which is alive
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from utils.run_folder import RunFolder; "
-                               f"held = RunFolder({str(run)!r}, resume=True); print('held', flush=True); time.sleep(60)"],
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from utils.run_folder import RunFolder; "
+                               f"held = RunFolder({str(run)!r}, resume=True); print('held', flush=True); "
+                               "time.sleep(60)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"

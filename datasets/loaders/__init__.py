@@ -13,6 +13,6 @@ from .seeds import sample_seed, sample_seeds
 from .tokens import captions_cut, tokenize_all
 from .torch_datasets import CaptionList, EpochDraws, GalleryImages, ImageFolderList, TrainPairs
 
-__all__ = ["CaptionList", "captions_cut", "EpochDraws", "GalleryImages", "ImageDecodeError", "ImageFolderList", "PreparingLoader",
-           "TrainPairs", "build_eval_loaders", "build_train_loader", "read_image", "sample_seed", "sample_seeds",
-           "tokenize_all"]
+__all__ = ["CaptionList", "EpochDraws", "GalleryImages", "ImageDecodeError", "ImageFolderList", "PreparingLoader",
+           "TrainPairs", "build_eval_loaders", "build_train_loader", "captions_cut", "read_image", "sample_seed",
+           "sample_seeds", "tokenize_all"]
