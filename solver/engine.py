@@ -13,6 +13,7 @@ subclass that overrides one of these points:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -170,22 +171,13 @@ class Engine:
         weights_on_device = self.weights.to(self.device)
         finite = FiniteCheck(self.device, epoch, len(loader))   # raises NonFiniteLoss, before anything is saved
         bar = progress(loader, dist.is_main(), desc=f"epoch {epoch}/{self.cfg.num_epoch}", leave=False)
-        buffers = [b for model in self.models for b in model.buffers()] if dist.world_size() > 1 else []
         for batch in bar:
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            before = [b.clone() for b in buffers]      # what to save if a process of the job dies in this step
-            try:
+            with self.stop_if_a_process_ends(epoch, steps, len(loader), sums):
                 loss, parts = self.train_step(batch, weights_on_device[..., dist.gather_batch(batch["index"])], epoch)
                 if injected("REID_NAN_AT", f"epoch{epoch}:step{steps + 1}"):
                     loss, parts = poisoned(loss, parts)
                 self.optimizer_step(loss)
-            except RuntimeError as e:
-                # every process takes a step together: this one's weights are those after the last finished step,
-                # its BatchNorm statistics those from before this step's forward
-                stop = self.ended_process(e, epoch, steps, len(loader), sums)
-                for b, kept in zip(buffers, before):
-                    b.copy_(kept)
-                raise stop from None
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
             steps += 1
@@ -199,14 +191,31 @@ class Engine:
                 finite.flush()
                 raise Interrupted(self.stop.name, epoch, steps, len(loader), sums)
         finite.flush()
-        for model in self.models:
-            dist.broadcast_buffers(model)
+        with self.stop_if_a_process_ends(epoch, steps, len(loader), sums):
+            for model in self.models:
+                dist.broadcast_buffers(model)
         return {f"loss/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
+
+    @contextlib.contextmanager
+    def stop_if_a_process_ends(self, epoch: int, steps: int, steps_in_epoch: int, sums: dict):
+        """Under torchrun, a collective inside fails when another process of the job has ended (killed, crashed):
+        stop there (Interrupted) with what every process finished.  All processes step together, so this one's
+        weights are those after step `steps`; the buffers (BatchNorm's statistics, which a forward moves before
+        its collective fails) are put back as they were."""
+        buffers = [b for model in self.models for b in model.buffers()] if dist.world_size() > 1 else []
+        kept = [b.clone() for b in buffers]
+        try:
+            yield
+        except RuntimeError as e:
+            stop = self.ended_process(e, epoch, steps, steps_in_epoch, sums)
+            for b, before in zip(buffers, kept):
+                b.copy_(before)
+            raise stop from None
 
     def ended_process(self, error: RuntimeError, epoch: int, steps: int | None = None,
                       steps_in_epoch: int | None = None, sums=None) -> Interrupted:
-        """Under torchrun, an error of a collective whose peer process has ended (killed, crashed): the stop that
-        names it (the error's traceback goes to the log file only).  Any other error is raised as it is."""
+        """The stop that names the processes of the job that have ended, if any (the error's traceback goes to the
+        log file only); any other error is raised as it is."""
         ended = dist.ended_ranks(wait=2.0) if dist.world_size() > 1 else {}
         if not ended:
             raise error

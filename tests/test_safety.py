@@ -268,10 +268,10 @@ def test_ctrl_c_mid_epoch_stops_the_same_way(data_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_at_once_while_its_loader_workers_still_live(data_root, tmp_path, capsys):
-    """What a scheduler does after an OOM kill: kill -9 mid-epoch, then --resume at once.  The killed process's
-    loader workers live on for seconds (until they notice their parent is gone); the run folder's lock must not
-    live with them."""
+def test_kill_9_then_resume_at_once_with_loader_workers(data_root, tmp_path, capsys):
+    """What a scheduler does after an OOM kill: kill -9 mid-epoch (with loader workers, forked copies of the
+    process), then --resume at once.  On main the run folder's lock lived on in the workers until they noticed
+    their parent was gone (seconds), and the resume was refused naming the dead process."""
     run = tmp_path / "run"
     with open(tmp_path / "killed.log", "w") as out:
         killed = subprocess.Popen([sys.executable, "main.py", *tiny_args(data_root, run, "--num_workers", "2")],
@@ -279,7 +279,6 @@ def test_kill_9_then_resume_at_once_while_its_loader_workers_still_live(data_roo
                                   stdout=out, stderr=out, start_new_session=True)   # its workers: its process group
         try:
             assert killed.wait(timeout=600) == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
-            os.killpg(killed.pid, 0)            # raises if no worker is left: then this test would prove nothing
             train_main.main(["--resume", str(run)])
         finally:
             try:
@@ -288,18 +287,28 @@ def test_kill_9_then_resume_at_once_while_its_loader_workers_still_live(data_roo
                 pass
     assert "resumed from" in capsys.readouterr().out
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
-    # a refusal names the process that holds the folder, which is alive
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from utils.run_folder import RunFolder; "
-                               f"held = RunFolder({str(run)!r}, resume=True); print('held', flush=True); "
-                               "time.sleep(60)"],
+
+
+def test_the_run_folder_lock_dies_with_its_process_not_its_children(tmp_path):
+    """The lock itself, without the loader's timing: a process holds a run folder, forks a child that lives on
+    with the lock file open (as a loader worker does), and is killed -9.  The folder is free at once, while the
+    child lives; a refusal names only a live holder."""
+    run = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import os, time; from utils.run_folder import RunFolder; "
+                               f"held = RunFolder({run!r}); child = os.fork(); time.sleep(60 if child == 0 else 0); "
+                               "print(child, flush=True); time.sleep(60)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
     try:
-        assert holder.stdout.readline() == "held\n"
         with pytest.raises(RunFolderError, match=rf"in use by another training \(pid {holder.pid}\)"):
-            RunFolder(str(run), resume=True)
-    finally:
+            RunFolder(run)
         holder.kill()
         holder.wait()
+        os.kill(child, 0)                                   # the child is alive, the lock file open in it
+        RunFolder(run).release()
+    finally:
+        holder.kill()
+        os.kill(child, signal.SIGKILL)
 
 
 @pytest.mark.slow
