@@ -22,15 +22,17 @@ from utils import distributed as dist
 from utils.checkpoint import DiskFullError, load_latest
 from utils.logger import setup_logger
 from utils.options import save_config
-from utils.run_folder import RunFolder, RunFolderError
+from utils.run_folder import RunFolder, RunFolderError, new_folder
 from utils.safe_load import FileRefused, command
 
 
-def make_run_dir(cfg) -> str:
+def make_run_dir(cfg) -> tuple[str, bool | None]:
+    """(the run folder, True when made here): --run_dir as given, else a new OUTPUT_DIR/DATASET/TIME_NAME (with a
+    suffix when a training of that name started in the same second)."""
     if cfg.run_dir:
-        return cfg.run_dir
+        return cfg.run_dir, None
     stamp = time.strftime("%Y%m%d_%H%M%S")
-    return os.path.join(cfg.output_dir, cfg.dataset_name, f"{stamp}_{cfg.name}")
+    return new_folder(os.path.join(cfg.output_dir, cfg.dataset_name, f"{stamp}_{cfg.name}")), True
 
 
 def checkpoint_to_resume(cfg, log):
@@ -57,11 +59,12 @@ def main(argv=None) -> dict:
 def train(argv: list[str]) -> dict:
     cfg = parse_args(argv)
     dist.init_distributed(cfg.device)                       # under torchrun; nothing on one process
-    cfg.run_dir = dist.broadcast_object(make_run_dir(cfg))  # one folder, named by rank 0
+    run_dir, created = make_run_dir(cfg) if dist.is_main() else (None, None)
+    cfg.run_dir = dist.broadcast_object(run_dir)            # one folder, named by rank 0
     folder = None
     if dist.is_main():
         try:
-            folder = RunFolder(cfg.run_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite)
+            folder = RunFolder(cfg.run_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite, created=created)
         except RunFolderError as e:
             raise SystemExit(str(e)) from None
         if not cfg.resume:
@@ -78,20 +81,21 @@ def train(argv: list[str]) -> dict:
         raise SystemExit(e.code if isinstance(e, SystemExit) else 2) from None
     try:
         return engine.run()
-    except Interrupted as stop:      # preempted (SIGTERM) or Ctrl-C: one line, the exit status of that signal
-        log.info("%s", stop.message(engine.last_saved, cfg.run_dir))
-        raise SystemExit(128 + int(engine.stop.signum)) from None
+    except Interrupted as stop:      # preempted (SIGTERM), Ctrl-C, a torchrun process that died: one line
+        if stop.reports_here:        # rank 0, or the first process left (whose log shows warnings only)
+            (log.info if dist.is_main() else log.warning)("%s", stop.message(engine.last_saved, cfg.run_dir))
+        raise SystemExit(1 if stop.ended else 128 + int(engine.stop.signum)) from None
     except NonFiniteLoss as e:
         log.error("%s", e.message(engine.last_saved, cfg.run_dir))
         raise SystemExit(3) from None
     except DiskFullError as e:
-        log.error("%s, then continue with: python main.py --resume %s", e.strerror, cfg.run_dir)
+        log.error("%s, then continue with: %s", e.strerror, dist.resume_command(cfg.run_dir))
         raise SystemExit(2) from None
     except ImageDecodeError as e:
         # from a loader worker the message carries the worker's traceback, whose last line names the image
         line = "cannot decode image" + str(e).rsplit("cannot decode image", 1)[-1].splitlines()[0]
         log.error("%s\nreplace or remove that image (python -m datasets.check --decode lists them all), then "
-                  "continue with: python main.py --resume %s", line, cfg.run_dir)
+                  "continue with: %s", line, dist.resume_command(cfg.run_dir))
         raise SystemExit(2) from None
     finally:
         if folder is not None:

@@ -3,8 +3,9 @@
     python -m datasets.cache --dataset_name CUHK-PEDES --root_dir data --img_size 384 128 [--cache_dir DIR]
 
 Every image of the train, val and test splits is decoded, resized to the model's input size and stored once
-(datasets/image_cache/); images already cached and unchanged are skipped.  Prints where the cache is and its
-size.
+(datasets/image_cache/); images already cached and unchanged (same size and modification time) are skipped.
+Prints where the cache is and its size.  --verify decodes every image again and repairs the ones whose pixels
+changed with their size and modification time kept (cp -p, touch -r), which the cache cannot see otherwise.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("--img_size", type=int, nargs=2, default=[384, 128], metavar=("H", "W"))
     p.add_argument("--cache_dir", default="", help="where caches go (default: DATASET_FOLDER/.cache)")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default: every available core)")
+    p.add_argument("--verify", action="store_true",
+                   help="decode every cached image again and repair those whose pixels changed (as long as a build)")
     args = p.parse_args(argv)
     try:
         ds = build_dataset(args.dataset_name, args.root_dir, args.anno_path or None)
@@ -46,6 +49,11 @@ def main(argv=None) -> int:
     if not getattr(source, "folder", None):
         print("error: the image cache could not be written (see the warning above)", file=sys.stderr)
         return 2
+    if args.verify:
+        changed = [source.cache.key(p) for p in source.cache.verify(paths, args.workers or None)]
+        print(f"verified {len(paths)} cached images by decoding them again: " + (
+            f"{len(changed)} had changed with their size and modification time kept, now repaired: "
+            + ", ".join(changed[:10]) + (" ..." if len(changed) > 10 else "") if changed else "none had changed"))
     size = os.path.getsize(os.path.join(source.folder, "pixels.u8"))
     print(f"{args.dataset_name}: {len(paths)} images at {args.img_size[0]}x{args.img_size[1]} cached in "
           f"{source.folder} ({size / 2**30:.2f} GiB, {time.perf_counter() - start:.1f} s)")

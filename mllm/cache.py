@@ -2,6 +2,8 @@
 
 The cache is an append-only JSON-lines file, one answer a line, written with one write() per line and
 fsync'd per batch: a kill mid-write can only leave a partial last line, which the next open cuts off.
+An answer is keyed by the model, the question and the SHA-256 of the image file's bytes, not its path: a path
+that gets new pixels is asked again, and the same pixels under another path reuse the answer.
 Under --shard each process appends to a file of its own (mllm/shards.py); every cache also reads the shards'
 files beside it, which is how a run without --shard merges them.
 """
@@ -47,15 +49,22 @@ class AnswerCache:
             with open(path, "r+b") as f:
                 f.truncate(complete)
             logger.info("answer cache %s: dropped an unfinished last line", path)
-        bad = 0
+        bad = by_path = 0
         for line in data[:complete].splitlines():
             try:
                 entry = json.loads(line)
+                if entry.get("image") is not None and "content" not in entry:
+                    by_path += 1            # its key can never be asked again: not kept
+                    continue
                 self.answers[entry["key"]] = entry["value"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 bad += 1
         if bad:
             logger.warning("answer cache %s: skipped %d unreadable lines", path, bad)
+        if by_path:
+            logger.warning("answer cache %s: %d answers about images were keyed by the image's path (a cache "
+                           "written before answers were keyed by the image's content), not by its pixels: not used, "
+                           "asked again", path, by_path)
 
     def summary(self) -> str:
         """For the log: how many answers this run took from the cache and how many it asked."""
@@ -63,8 +72,10 @@ class AnswerCache:
                 + (" -- every answer was cached, no model was loaded" if self.from_cache and not self.asked else ""))
 
     @staticmethod
-    def key(model_id: str, kind: str, request, **params) -> str:
-        fields = [model_id, kind, request.image, request.system, request.prompt, sorted(params.items())]
+    def key(model_id: str, kind: str, request, content: str | None, **params) -> str:
+        """content: image_content(request.image).  (A text-only request's key is what it was when the path stood
+        where the content is: those answers stay valid.)"""
+        fields = [model_id, kind, content, request.system, request.prompt, sorted(params.items())]
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
     def __contains__(self, key: str) -> bool:
@@ -73,17 +84,30 @@ class AnswerCache:
     def __getitem__(self, key: str):
         return self.answers[key]
 
-    def add(self, entries: list[tuple[str, object, str | None]]) -> None:
-        """Append (key, value, image) entries; the image is kept only to make the file readable by eye."""
+    def add(self, entries: list[tuple[str, object, str | None, str | None]]) -> None:
+        """Append (key, value, image, content) entries; the image path is kept only to make the file readable by
+        eye, its content hash to tell these lines from the path-keyed ones of older caches."""
         if not entries:
             return
         with open(self.path, "a", encoding="utf-8") as f:
-            for key, value, image in entries:
-                f.write(json.dumps({"key": key, "value": value, "image": image}) + "\n")
+            for key, value, image, content in entries:
+                f.write(json.dumps({"key": key, "value": value, "image": image, "content": content}) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        for key, value, _ in entries:
+        for key, value, _, _ in entries:
             self.answers[key] = value
+
+
+def image_content(path: str | None) -> str | None:
+    """What an answer about an image is keyed by: the SHA-256 of the file's bytes (None: no image).  A file that
+    cannot be read gets its path instead; asking about it fails, and a failure is never cached."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return f"unreadable:{os.path.abspath(path)}"
 
 
 def ask(backend, cache: AnswerCache, kind: str, requests: list, batch_size: int = 8, **params) -> list:
@@ -94,7 +118,8 @@ def ask(backend, cache: AnswerCache, kind: str, requests: list, batch_size: int 
     every request failed and not all for unreadable images, the cause is not the data: the error is raised.
     A model that cannot load (MLLMLoadError, a SystemExit) is not a request's failure: it passes through.
     """
-    keys = [cache.key(backend.model_id, kind, r, **params) for r in requests]
+    contents = {image: image_content(image) for image in {r.image for r in requests}}   # read once per call
+    keys = [cache.key(backend.model_id, kind, r, contents[r.image], **params) for r in requests]
     todo, seen = [], set()   # indices to ask, each distinct request once
     for i, k in enumerate(keys):
         if k not in cache and k not in seen:
@@ -119,7 +144,7 @@ def ask(backend, cache: AnswerCache, kind: str, requests: list, batch_size: int 
                     errors.append(e)
                     failures[keys[i]] = Failure(f"{type(e).__name__}: {e}")
                     logger.warning("MLLM %s failed for %s: %s", kind, requests[i].image or "a text request", e)
-        cache.add([(keys[i], value, requests[i].image) for i, value in done])
+        cache.add([(keys[i], value, requests[i].image, contents[requests[i].image]) for i, value in done])
     if todo and len(failures) == len(todo) and not all(isinstance(e, ImageDecodeError) for e in errors):
         raise RuntimeError(f"every MLLM {kind} request failed; first error: {failures[keys[todo[0]]].reason}") \
             from next(e for e in errors if not isinstance(e, ImageDecodeError))

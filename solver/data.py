@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from datasets import EvalSplit, build_dataset
-from datasets.loaders import EpochDraws, build_eval_loaders, build_train_loader
+from datasets.loaders import EpochDraws, build_eval_loaders, build_train_loader, captions_cut
 from datasets.noise import apply_noise, load_or_create_permutation
 from utils import distributed as dist
 
@@ -92,3 +92,13 @@ class TrainData:
         ds = self.dataset
         self.eval_split = ds.val if cfg.val_dataset == "val" and ds.val is not None else ds.test
         self.eval_loaders = build_eval_loaders(self.eval_split, batch_size=cfg.test_batch_size, **loader_kw)
+        log.info("captions cut by --text_length %d: %s, %s", cfg.text_length,
+                 cut_summary([r.caption for r in self.records], cfg.text_length, "training"),
+                 cut_summary(self.eval_split.captions, cfg.text_length, "val" if self.eval_split is ds.val else "test"))
+
+
+def cut_summary(captions: list[str], text_length: int, split: str) -> str:
+    """How many captions of a split lose their end to the text length, e.g. "4 of 24 training captions (at worst 5
+    tokens lost)"."""
+    cut, worst = captions_cut(captions, text_length)
+    return f"{cut} of {len(captions)} {split} captions" + (f" (at worst {worst} tokens lost)" if cut else "")

@@ -13,6 +13,7 @@ subclass that overrides one of these points:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -172,10 +173,11 @@ class Engine:
         bar = progress(loader, dist.is_main(), desc=f"epoch {epoch}/{self.cfg.num_epoch}", leave=False)
         for batch in bar:
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            loss, parts = self.train_step(batch, weights_on_device[..., dist.gather_batch(batch["index"])], epoch)
-            if injected("REID_NAN_AT", f"epoch{epoch}:step{steps + 1}"):
-                loss, parts = poisoned(loss, parts)
-            self.optimizer_step(loss)
+            with self.stop_if_a_process_ends(epoch, steps, len(loader), sums):
+                loss, parts = self.train_step(batch, weights_on_device[..., dist.gather_batch(batch["index"])], epoch)
+                if injected("REID_NAN_AT", f"epoch{epoch}:step{steps + 1}"):
+                    loss, parts = poisoned(loss, parts)
+                self.optimizer_step(loss)
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
             steps += 1
@@ -187,10 +189,38 @@ class Engine:
                 bar.set_postfix(loss=f"{float(loss):.3f}")
             if self.stop.requested:
                 finite.flush()
-                raise Interrupted(self.stop.name, epoch, steps, len(loader),
-                                  {k: v.detach().cpu() for k, v in sums.items()})
+                raise Interrupted(self.stop.name, epoch, steps, len(loader), sums)
         finite.flush()
+        with self.stop_if_a_process_ends(epoch, steps, len(loader), sums):
+            for model in self.models:
+                dist.broadcast_buffers(model)
         return {f"loss/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
+
+    @contextlib.contextmanager
+    def stop_if_a_process_ends(self, epoch: int, steps: int, steps_in_epoch: int, sums: dict):
+        """Under torchrun, a collective inside fails when another process of the job has ended (killed, crashed):
+        stop there (Interrupted) with what every process finished.  All processes step together, so this one's
+        weights are those after step `steps`; the buffers (BatchNorm's statistics, which a forward moves before
+        its collective fails) are put back as they were."""
+        buffers = [b for model in self.models for b in model.buffers()] if dist.world_size() > 1 else []
+        kept = [b.clone() for b in buffers]
+        try:
+            yield
+        except RuntimeError as e:
+            stop = self.ended_process(e, epoch, steps, steps_in_epoch, sums)
+            for b, before in zip(buffers, kept):
+                b.copy_(before)
+            raise stop from None
+
+    def ended_process(self, error: RuntimeError, epoch: int, steps: int | None = None,
+                      steps_in_epoch: int | None = None, sums=None) -> Interrupted:
+        """The stop that names the processes of the job that have ended, if any (the error's traceback goes to the
+        log file only); any other error is raised as it is."""
+        ended = dist.ended_ranks(wait=2.0) if dist.world_size() > 1 else {}
+        if not ended:
+            raise error
+        log.debug("the error that followed the end of rank(s) %s:", sorted(ended), exc_info=error)
+        return Interrupted(self.stop.name, epoch, steps, steps_in_epoch, sums, ended=ended)
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict:
@@ -204,31 +234,37 @@ class Engine:
             for epoch in range(self.start_epoch, self.cfg.num_epoch + 1):
                 if self.stop.requested:         # arrived during the last epoch's evaluation or checkpoint
                     self.stopped(Interrupted(self.stop.name, epoch - 1, None, None, None))
-                start = time.time()
-                if self.partial is not None:    # the division of this epoch was made before the stop
-                    record = dict(self.partial["record"])
-                    self.weights = self.partial["weights"]
-                else:
-                    record = {"epoch": epoch, "lr": self.backbone_lr()}
-                    if self.cfg.division:
-                        record.update(self.divide(epoch))
                 try:
-                    record.update(self.train_epoch(epoch))
-                except Interrupted as stop:
-                    stop.state = self.state_dict(epoch - 1, last_record, partial={
-                        "epoch": epoch, "steps": stop.steps, "sums": stop.sums, "weights": self.weights,
-                        "record": record})
-                    self.stopped(stop)
-                for scheduler in self.schedulers:
-                    scheduler.step()
-                record["train_time"] = time.time() - start
-                for hook in self.hooks:
-                    hook.after_epoch(self, epoch, record)
-                last_record = record
-                dist.barrier()
+                    last_record = self.run_epoch(epoch, last_record)
+                except RuntimeError as e:       # in the division, the evaluation or a barrier (torchrun)
+                    self.stopped(self.ended_process(e, epoch - 1))
         for hook in self.hooks:
             hook.after_run(self)
         return self.results
+
+    def run_epoch(self, epoch: int, last_record: dict | None) -> dict:
+        """Division, training, evaluation and checkpoints of one epoch; returns its metrics record."""
+        start = time.time()
+        if self.partial is not None:    # the division of this epoch was made before the stop
+            record = dict(self.partial["record"])
+            self.weights = self.partial["weights"]
+        else:
+            record = {"epoch": epoch, "lr": self.backbone_lr()}
+            if self.cfg.division:
+                record.update(self.divide(epoch))
+        try:
+            record.update(self.train_epoch(epoch))
+        except Interrupted as stop:
+            stop.state = self.state_dict(epoch - 1, last_record, partial={
+                "epoch": epoch, "steps": stop.steps, "sums": stop.sums, "weights": self.weights, "record": record})
+            self.stopped(stop)
+        for scheduler in self.schedulers:
+            scheduler.step()
+        record["train_time"] = time.time() - start
+        for hook in self.hooks:
+            hook.after_epoch(self, epoch, record)
+        dist.barrier()
+        return record
 
     def stopped(self, stop: Interrupted) -> None:
         """The hooks see the stop (Checkpoints writes stop.state, when there is one), then it ends the run."""

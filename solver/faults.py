@@ -6,21 +6,35 @@ import math
 
 import torch
 
+from utils import distributed as dist
+
 
 class Interrupted(Exception):
-    """SIGTERM / SIGINT: the epoch stopped after `steps` of its `steps_in_epoch` steps (None: between epochs)."""
+    """A stop at a step boundary: SIGTERM / SIGINT, or under torchrun another process of the job that ended
+    (`ended`: {rank: pid}; its collectives can no longer complete).  The epoch stopped after `steps` of its
+    `steps_in_epoch` steps (None: between epochs); `sums` are its loss sums so far (kept on the CPU)."""
 
-    def __init__(self, signal_name: str, epoch: int, steps: int | None, steps_in_epoch: int | None, sums):
+    def __init__(self, signal_name: str, epoch: int, steps: int | None, steps_in_epoch: int | None, sums,
+                 ended: dict[int, int] | None = None):
         super().__init__(signal_name)
-        self.signal_name, self.epoch, self.steps, self.steps_in_epoch, self.sums = (
-            signal_name, epoch, steps, steps_in_epoch, sums)
+        self.signal_name, self.epoch, self.steps, self.steps_in_epoch = signal_name, epoch, steps, steps_in_epoch
+        self.sums = None if sums is None else {k: v.detach().cpu() for k, v in sums.items()}
+        self.ended = ended or {}
         self.state = None      # the checkpoint written for it (engine.run fills it in)
+
+    @property
+    def reports_here(self) -> bool:
+        """One process says it: rank 0, or the first one left when rank 0 has ended."""
+        return dist.rank() == min(set(range(dist.world_size())) - set(self.ended))
 
     def message(self, checkpoint: str | None, run_dir: str) -> str:
         where = (f"after epoch {self.epoch}" if self.steps is None else
                  f"at epoch {self.epoch}, step {self.steps} of {self.steps_in_epoch}")
         saved = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint yet"
-        return f"stopped by {self.signal_name} {where}: {saved}; continue with: python main.py --resume {run_dir}"
+        cause = f"stopped by {self.signal_name}" if not self.ended else "stopped: " + ", ".join(
+            f"rank {r} of {dist.world_size()} (pid {pid})" for r, pid in sorted(self.ended.items())) + (
+            " died" if len(self.ended) == 1 else " have died")
+        return f"{cause} {where}: {saved}; continue with: {dist.resume_command(run_dir)}"
 
 
 class NonFiniteLoss(Exception):

@@ -68,12 +68,11 @@ class Checkpoints(Hook):
         self.run_dir = run_dir
 
     def after_epoch(self, engine, epoch, record):
-        if not dist.is_main():
-            return
-        if engine.best.get("epoch") == epoch:
-            self.save(engine.state_dict(epoch), "best.pth", epoch)
-        self.save(engine.state_dict(epoch, record), LAST, epoch)
-        engine.last_saved = f"{os.path.join(self.run_dir, LAST)} (epoch {epoch})"
+        if dist.is_main():
+            if engine.best.get("epoch") == epoch:
+                self.save(engine.state_dict(epoch), "best.pth", epoch)
+            self.save(engine.state_dict(epoch, record), LAST, epoch)
+        engine.last_saved = f"{os.path.join(self.run_dir, LAST)} (epoch {epoch})"   # every process can name it
 
     def interrupted(self, engine, stop):
         if dist.is_main() and stop.state is not None:

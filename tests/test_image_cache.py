@@ -122,7 +122,7 @@ def test_an_interrupted_build_is_finished_and_its_unlisted_slots_never_read(data
     def dies_on_the_third_chunk(task):
         if len(done) == 2:
             # the chunk's pixels are half written when the process dies: garbage in its slots
-            pixels_file, size, items, _ = task
+            pixels_file, size, items = task[:3]
             with open(pixels_file, "r+b") as f:
                 f.seek(items[0][0] * 3 * size[0] * size[1])
                 f.write(b"\x07" * 3 * size[0] * size[1])
@@ -224,3 +224,35 @@ def test_the_image_cache_option_reaches_the_loaders(data_root, tmp_path, monkeyp
     cache_dir = str(tmp_path / "caches")
     build_engine(parse_args(tiny_args(data_root, tmp_path / "on", "--image_cache_dir", cache_dir)), str(tmp_path / "on"))
     assert seen and all(on is True and where == cache_dir for on, where in seen)
+
+
+def test_verify_repairs_an_image_replaced_with_its_size_and_mtime_kept(dataset, tmp_path):
+    """The index keys an image by (path, bytes, mtime): a file replaced by other pixels of the same size whose mtime
+    was put back (cp -p, touch -r) escapes it.  `python -m datasets.cache --verify` decodes every image again and
+    rewrites the slots whose pixels changed, naming them."""
+    from PIL import Image
+    command = [sys.executable, "-m", "datasets.cache", "--dataset_name", "CUHK-PEDES", "--root_dir", str(tmp_path),
+               "--img_size", "64", "32"]
+    assert subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120).returncode == 0
+    paths = dataset.test.img_paths
+    target, other = paths[0], paths[-1]
+    before, size = os.stat(target), os.path.getsize(target)
+    Image.open(other).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "new.jpg", quality=40)
+    data = (tmp_path / "new.jpg").read_bytes()
+    assert len(data) <= size, "the replacement must fit the old file's size"
+    with open(target, "wb") as f:
+        f.write(data + bytes(size - len(data)))          # JPEG readers stop at the end-of-image marker
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(target).st_size == before.st_size and os.stat(target).st_mtime_ns == before.st_mtime_ns
+    new_pixels = torch.from_numpy(building.decode_resized(target, SIZE))
+    stale = open_images(paths, SIZE).read([0])[0]
+    assert not torch.equal(stale, new_pixels)            # what the stat key cannot see
+    done = subprocess.run(command + ["--verify"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    every = {r.img_path for r in dataset.train} | set(paths) | set(dataset.val.img_paths)
+    relative = os.path.relpath(target, dataset.dataset_root)
+    assert (f"verified {len(every)} cached images by decoding them again: 1 had changed with their size and "
+            f"modification time kept, now repaired: {relative}\n") in done.stdout, done.stdout
+    assert torch.equal(open_images(paths, SIZE).read([0])[0], new_pixels)
+    again = subprocess.run(command + ["--verify"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert f"verified {len(every)} cached images by decoding them again: none had changed" in again.stdout

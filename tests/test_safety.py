@@ -20,6 +20,7 @@ import main as train_main
 import retrieve as retrieve_main
 import test as test_main
 from tests.helpers import ROOT, THI_CLIP, read_metrics, tiny_args
+from utils.run_folder import RunFolder, RunFolderError
 
 DATA_SIZES = dict(num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=4)   # 24 pairs: 3 steps of 8 per epoch
 TIMING = ("train_time", "division/time")
@@ -207,9 +208,10 @@ def test_our_checkpoints_hold_plain_data_and_old_ones_still_load(run_dir, tmp_pa
 # ---- 2. preemption, NaN, full disk -----------------------------------------------------------------------------
 
 def train_process(args, **faults):
+    """main.py in a process group of its own, with its loader workers (what a scheduler or a terminal signals)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **faults}
     return subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def without_timing(rows):
@@ -217,13 +219,14 @@ def without_timing(rows):
 
 
 def stop_mid_epoch(args, run, sig):
-    """Train in a subprocess that waits in the middle of epoch 2 (REID_WAIT_AT) until the test's signal arrives;
-    returns its stdout after checking its exit status and its one-line message."""
+    """Train in a subprocess that waits in the middle of epoch 2 (REID_WAIT_AT) until the test's signal arrives,
+    sent to its whole process group, loader workers included (as SLURM's scancel, torchrun and Ctrl-C on a
+    terminal send it); returns its stdout after checking its exit status and its one-line message."""
     proc = train_process(args, REID_WAIT_AT="epoch2:mid")
     for line in proc.stderr:                 # it trains epoch 1, then waits in the middle of epoch 2
         if "waiting at epoch2:mid" in line:
             break
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 128 + sig, err[-3000:]
     message = [line for line in out.splitlines() if "stopped by" in line]
@@ -261,7 +264,51 @@ def test_sigterm_mid_epoch_stops_with_a_checkpoint_that_resumes_exactly(data_roo
 @pytest.mark.slow
 def test_ctrl_c_mid_epoch_stops_the_same_way(data_root, tmp_path):
     run = tmp_path / "run"
-    stop_mid_epoch(tiny_args(data_root, run), run, signal.SIGINT)
+    stop_mid_epoch(tiny_args(data_root, run, "--num_workers", "1"), run, signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_at_once_with_loader_workers(data_root, tmp_path, capsys):
+    """What a scheduler does after an OOM kill: kill -9 mid-epoch (with loader workers, forked copies of the
+    process), then --resume at once.  On main the run folder's lock lived on in the workers until they noticed
+    their parent was gone (seconds), and the resume was refused naming the dead process."""
+    run = tmp_path / "run"
+    with open(tmp_path / "killed.log", "w") as out:
+        killed = subprocess.Popen([sys.executable, "main.py", *tiny_args(data_root, run, "--num_workers", "2")],
+                                  cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "REID_CRASH_AT": "epoch2:mid"},
+                                  stdout=out, stderr=out, start_new_session=True)   # its workers: its process group
+        try:
+            assert killed.wait(timeout=600) == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+            train_main.main(["--resume", str(run)])
+        finally:
+            try:
+                os.killpg(killed.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert "resumed from" in capsys.readouterr().out
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+
+
+def test_the_run_folder_lock_dies_with_its_process_not_its_children(tmp_path):
+    """The lock itself, without the loader's timing: a process holds a run folder, forks a child that lives on
+    with the lock file open (as a loader worker does), and is killed -9.  The folder is free at once, while the
+    child lives; a refusal names only a live holder."""
+    run = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import os, time; from utils.run_folder import RunFolder; "
+                               f"held = RunFolder({run!r}); child = os.fork(); time.sleep(60 if child == 0 else 0); "
+                               "print(child, flush=True); time.sleep(60)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(RunFolderError, match=rf"in use by another training \(pid {holder.pid}\)"):
+            RunFolder(run)
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)                                   # the child is alive, the lock file open in it
+        RunFolder(run).release()
+    finally:
+        holder.kill()
+        os.kill(child, signal.SIGKILL)
 
 
 @pytest.mark.slow

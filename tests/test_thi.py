@@ -4,9 +4,11 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,6 +177,53 @@ def test_cache_resumes_after_a_kill_mid_write(tmp_path):
     backend.model_id = "fake+lora"
     ask(backend, AnswerCache(str(path)), "yes_probability", requests[:1])
     assert backend.calls == 5
+
+
+class PixelBackend(FakeBackend):
+    """Answers from the image's pixels (its mean grey level), as a real MLLM's answer depends on them."""
+
+    def yes_probability(self, requests):
+        from PIL import Image
+        self.calls += 1
+        return [float(np.asarray(Image.open(r.image).convert("L")).mean()) / 255 if r.image else len(r.prompt) / 100
+                for r in requests]
+
+
+def test_answers_are_keyed_by_the_image_content_not_its_path(tmp_path, caplog):
+    """Every image replaced by new pixels at the same path: a rerun asks again and answers about the new pixels;
+    the same pixels at another path reuse the answer.  A cache written when answers were keyed by the image's
+    path still loads: its answers about images are not used, and one line says so."""
+    from PIL import Image
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(2)]
+    for i, p in enumerate(paths):
+        Image.new("RGB", (16, 32), (40 + 100 * i,) * 3).save(p)
+    requests = [Request("a man in a red shirt?", p) for p in paths] + [Request("a text-only question?")]
+    cache_file, backend = str(tmp_path / "cache.jsonl"), PixelBackend()
+    first = ask(backend, AnswerCache(cache_file), "yes_probability", requests)
+    for i, p in enumerate(paths):                                       # new pixels at the same paths
+        Image.new("RGB", (16, 32), (200 - 100 * i,) * 3).save(p)
+    rerun = ask(backend, AnswerCache(cache_file), "yes_probability", requests)
+    assert rerun == PixelBackend().yes_probability(requests[:2]) + first[2:] and rerun[:2] != first[:2]
+    shutil.copyfile(paths[0], tmp_path / "copy.jpg")                    # the same pixels elsewhere: no question
+    calls = backend.calls
+    assert ask(backend, AnswerCache(cache_file), "yes_probability",
+               [Request("a man in a red shirt?", str(tmp_path / "copy.jpg"))]) == rerun[:1]
+    assert backend.calls == calls
+
+    # a cache of the path-keyed format (the key hashed the path where the content's hash is now)
+    import hashlib
+    import json as json_
+    old = tmp_path / "old.jsonl"
+    with open(old, "w") as f:
+        for r, value in zip(requests, (0.123, 0.456, 0.789)):
+            key = hashlib.sha256(json_.dumps([backend.model_id, "yes_probability", r.image, r.system, r.prompt,
+                                              []]).encode()).hexdigest()
+            f.write(json_.dumps({"key": key, "value": value, "image": r.image}) + "\n")
+    with caplog.at_level("WARNING"):
+        got = ask(backend, AnswerCache(str(old)), "yes_probability", requests)
+    assert got == rerun[:2] + [0.789]                                   # the text-only answer is still good
+    assert (f"answer cache {old}: 2 answers about images were keyed by the image's path (a cache written before "
+            "answers were keyed by the image's content), not by its pixels: not used, asked again") in caplog.text
 
 
 def test_a_bad_image_fails_its_query_only_and_systematic_failure_raises(tmp_path):

@@ -13,6 +13,7 @@ import test as test_main
 from datasets.synthetic import make_synthetic
 from model.clip import CLIP, CLIPConfig
 from tests.helpers import ROOT, TINY_ARCH, read_metrics, tiny_args
+from utils.run_folder import RunFolder
 
 pytestmark = pytest.mark.slow      # every test here trains end to end (subprocesses, torch.compile included)
 
@@ -109,7 +110,6 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(data_root, tmp
 
 
 def test_a_run_folder_has_one_writer_and_keeps_its_run(data_root, tmp_path):
-    from utils.run_folder import RunFolder
     run = tmp_path / "run"
     train_main.main(tiny_args(data_root, run, "--num_epoch", "1"))
     # a new training into a folder that holds a run is refused; --overwrite starts over
@@ -141,6 +141,41 @@ def test_a_run_folder_has_one_writer_and_keeps_its_run(data_root, tmp_path):
     with pytest.raises(SystemExit):
         train_main.main(tiny_args(str(tmp_path / "no_data"), tmp_path / "failed"))
     assert not (tmp_path / "failed").exists()
+
+
+def test_trainings_started_in_the_same_second_get_folders_of_their_own(data_root, tmp_path, monkeypatch, capsys):
+    """Without --run_dir the folder is OUTPUT_DIR/DATASET/TIME_NAME: a second training of the same name in the same
+    second (the clock is held still here) gets TIME_NAME_2, not a refusal naming an option it never set.  Its log
+    says how many captions the text length cut (tiny_args' 40 tokens cut the longest synthetic captions)."""
+    from types import SimpleNamespace
+    from utils.tokenizer import get_tokenizer
+    monkeypatch.setattr(train_main, "time", SimpleNamespace(strftime=lambda fmt: "20270101_120000"))
+    args = tiny_args(data_root, "unused", "--num_epoch", "1", "--division", "false", "--output_dir",
+                     str(tmp_path / "logs"), "--name", "same")
+    del args[args.index("--run_dir"):args.index("--run_dir") + 2]
+    first, second = (tmp_path / "logs" / "CUHK-PEDES" / name for name in ("20270101_120000_same",
+                                                                        "20270101_120000_same_2"))
+    holder = RunFolder(str(first))         # the first training, still running (no checkpoint yet)
+    try:
+        train_main.main(args)
+    finally:
+        holder.release()
+    assert "run folder " + str(second) in capsys.readouterr().out
+    assert [r["epoch"] for r in read_metrics(second)] == [1]
+    train_main.main(args)                   # the first has a run now: the next one takes _3
+    assert [r["epoch"] for r in read_metrics(first.parent / "20270101_120000_same_3")] == [1]
+    assert not (first / "configs.yaml").exists()
+
+    from datasets import build_dataset
+    dataset = build_dataset("CUHK-PEDES", data_root)
+    lengths = {split: [len(get_tokenizer().encode(c)) + 2 for c in captions] for split, captions in
+               (("training", [r.caption for r in dataset.train]), ("test", dataset.test.captions))}
+    cut = {split: [n - 40 for n in lengths[split] if n > 40] for split in lengths}
+    assert cut["training"], "no caption is longer than 40 tokens: this test would prove nothing"
+    said = "captions cut by --text_length 40: " + ", ".join(
+        f"{len(cut[split])} of {len(lengths[split])} {split} captions"
+        + (f" (at worst {max(cut[split])} tokens lost)" if cut[split] else "") for split in ("training", "test"))
+    assert said in (second / "train_log.txt").read_text()
 
 
 def test_a_run_folder_from_before_tse_dim_evaluates_and_resumes(data_root, tmp_path):

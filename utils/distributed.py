@@ -5,6 +5,8 @@ Every helper is the identity on a single process, so the training code reads the
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import torch
 import torch.distributed as dist
@@ -34,7 +36,68 @@ def init_distributed(device_name: str = "auto") -> torch.device | None:
         if use_cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo")
+        _processes[:] = [None] * world_size()
+        dist.all_gather_object(_processes, (_pid_space(), os.getpid()))
     return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+_processes: list = []    # (pid space, pid) of every rank, for telling which one has died
+
+
+def _pid_space() -> str:
+    """Where a pid means the same process: this kernel (its boot id) and this pid namespace (a container)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f"{f.read().strip()} {os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return socket.gethostname()
+
+
+def ended_ranks(wait: float = 0.0) -> dict[int, int]:
+    """{rank: pid} of the other processes of this job on this machine that have ended (exited or killed, reaped
+    or not), waiting up to `wait` seconds for one: a collective fails as soon as a peer's sockets close, a moment
+    before its process is gone.  Processes on other machines cannot be seen from here."""
+    here, deadline = _pid_space(), time.monotonic() + wait
+    while True:
+        ended = {r: pid for r, (host, pid) in enumerate(_processes)
+                 if host == here and r != rank() and not _alive(pid)}
+        if ended or time.monotonic() >= deadline:
+            return ended
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")   # a zombie has ended
+    except FileNotFoundError:
+        return False
+    except OSError:             # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def resume_command(run_dir: str) -> str:
+    """The command that continues a run stopped under the launch it had (torchrun: the same processes)."""
+    if world_size() == 1:
+        return f"python main.py --resume {run_dir}"
+    per_node, nodes = os.environ.get("LOCAL_WORLD_SIZE", world_size()), int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    if nodes == 1:
+        return f"torchrun --nproc_per_node {per_node} main.py --resume {run_dir}"
+    return (f"torchrun --nnodes {nodes} --nproc_per_node {per_node} (with this job's --node_rank, --master_addr and "
+            f"--master_port on each node) main.py --resume {run_dir}")
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm's running statistics): DDP hands them over at the start of
+    each forward, but each process's last training batch still moves its own, and without SyncBatchNorm (on the
+    CPU) evaluation and the division would read per-process statistics that no checkpoint holds."""
+    if world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier() -> None:

@@ -9,15 +9,17 @@ import sys
 
 def setup_logger(run_dir: str | None = None, name: str = "reid", filename: str = "train_log.txt",
                  quiet: bool = False) -> logging.Logger:
-    """quiet: warnings only (the other processes of a torchrun job)."""
+    """quiet: warnings only (the other processes of a torchrun job).  The file also takes DEBUG records, which
+    the console does not show (the traceback of a collective that failed because another process died)."""
     logger = logging.getLogger(name)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG)
     logger.propagate = False
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers = [logging.StreamHandler(sys.stdout)]
+    handlers[0].setLevel(logging.INFO)
     unwritable = None
     if run_dir:
         try:

@@ -5,8 +5,10 @@ Imports nothing of the project: the trainer and main.py use it.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import glob
+import itertools
 import json
 import os
 import shutil
@@ -33,8 +35,22 @@ def crash_point(name: str) -> None:
 def injected(variable: str, name: str) -> bool:
     """Fault injection for the tests (tests/test_safety.py): the environment variable names the point where a
     fault happens (REID_NAN_AT: the loss turns NaN; REID_DISK_FULL_AT: a checkpoint write finds the disk full;
-    REID_WAIT_AT: training pauses until a signal arrives, so that a test can send one mid-epoch)."""
-    return bool(name) and os.environ.get(variable) == name
+    REID_WAIT_AT: training pauses until a signal arrives, so that a test can send one mid-epoch).  Under torchrun,
+    "rankN:name" limits the fault to the process of rank N."""
+    return bool(name) and os.environ.get(variable) in (name, f"rank{os.environ.get('RANK', '0')}:{name}")
+
+
+def new_folder(path: str) -> str:
+    """Make and return the folder `path`, or PATH_2, PATH_3, ... when it exists: two trainings named in the same
+    second each get their own (mkdir is atomic, so they never both take one)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    for n in itertools.count(1):
+        folder = path if n == 1 else f"{path}_{n}"
+        try:
+            os.mkdir(folder)
+            return folder
+        except FileExistsError:
+            continue
 
 
 def checkpoints(run_dir: str) -> list[str]:
@@ -42,23 +58,37 @@ def checkpoints(run_dir: str) -> list[str]:
     return [p for p in (os.path.join(run_dir, LAST), os.path.join(run_dir, PREVIOUS)) if os.path.isfile(p)]
 
 
+_held: set[str] = set()     # the run folders this process holds (a POSIX lock never excludes its own process)
+
+
 class RunFolder:
     """Holds a run folder for one training: an exclusive lock for the process's lifetime (a second training
-    on the same folder is refused, not interleaved)."""
+    on the same folder is refused, not interleaved).
 
-    def __init__(self, run_dir: str, resume: bool = False, overwrite: bool = False):
+    The lock is a POSIX record lock (lockf), not flock: a flock belongs to the open file, which the DataLoader's
+    forked workers share, so it outlived a kill -9 of the training for the seconds its workers take to notice;
+    a POSIX lock belongs to the process and is gone the moment it dies.  Such a lock is also dropped when the
+    process closes any descriptor of the file, so this process never opens a held folder's lock file again."""
+
+    def __init__(self, run_dir: str, resume: bool = False, overwrite: bool = False, created: bool | None = None):
+        """created: whether this training made the folder (default: whether it did not exist yet)."""
         self.run_dir = run_dir
-        self.created = not os.path.isdir(run_dir)
+        self.created = not os.path.isdir(run_dir) if created is None else created
+        self._key = os.path.realpath(run_dir)
+        if self._key in _held:
+            raise RunFolderError(self._in_use(f"pid {os.getpid()}, this process"))
         os.makedirs(run_dir, exist_ok=True)
         self._lock = open(os.path.join(run_dir, ".lock"), "a+")
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             self._lock.seek(0)
-            holder = self._lock.read().strip() or "another process"
+            holder = live_pid(self._lock.read())
             self._lock.close()
-            raise RunFolderError(f"{run_dir} is in use by another training ({holder}); wait for it to finish, "
-                                 "or give this one another --run_dir") from None
+            raise RunFolderError(self._in_use(f"pid {holder}" if holder else "another process")) from None
+        _held.add(self._key)
         self._lock.seek(0)
         self._lock.truncate()
         self._lock.write(f"pid {os.getpid()}")
@@ -72,6 +102,10 @@ class RunFolder:
                                      "or give this training another --run_dir")
             self.clear()
         self.remove_temporaries()
+
+    def _in_use(self, holder: str) -> str:
+        return (f"{self.run_dir} is in use by another training ({holder}); wait for it to finish, or give this one "
+                "another --run_dir")
 
     def clear(self) -> None:
         """--overwrite: the old run's files go, so nothing of it is mistaken for the new one's."""
@@ -90,14 +124,28 @@ class RunFolder:
 
     def release(self) -> None:
         if not self._lock.closed:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            fcntl.lockf(self._lock, fcntl.LOCK_UN)
             self._lock.close()
+            _held.discard(self._key)
 
     def remove_if_unused(self) -> None:
         """After a failed start: a folder this training created and that holds no checkpoint goes away."""
         self.release()
         if self.created and not checkpoints(self.run_dir):
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def live_pid(text: str) -> int | None:
+    """The pid a lock file names ("pid N"), if that process is alive on this machine (the lock's holder may not
+    have written its own pid yet: a refusal never names a process that is gone)."""
+    try:
+        pid = int(text.split()[-1])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return None
+    except PermissionError:     # alive, another user's
+        pass
+    return pid
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -165,9 +165,21 @@ def _pack(ids: Sequence[int], text_length: int) -> torch.Tensor:
 
 def tokenize_one(text: str, text_length: int = 77) -> torch.Tensor:
     """[SOT] + ids + [EOT], zero padded / truncated to a LongTensor of shape [text_length]."""
+    return tokenize_counted(text, text_length)[0]
+
+
+def tokens_cut(text: str, text_length: int = 77) -> int:
+    """How many of `text`'s tokens do not fit `text_length` (with SOT and EOT) and so never reach the model; 0 when
+    all of it fits.  Training counts its cut captions with it, the search page says when a query was cut."""
+    return tokenize_counted(text, text_length)[1]
+
+
+def tokenize_counted(text: str, text_length: int = 77) -> tuple[torch.Tensor, int]:
+    """(tokenize_one's ids, tokens_cut's count) from one encoding."""
     if text_length < 2:
         raise ValueError(f"text_length must be >= 2 to hold SOT and EOT, got {text_length}")
-    return _pack(get_tokenizer().encode(text), text_length)
+    ids = get_tokenizer().encode(text)
+    return _pack(ids, text_length), max(0, len(ids) + 2 - text_length)
 
 
 def tokenize(texts: str | Sequence[str], text_length: int = 77) -> torch.Tensor:

@@ -16,7 +16,9 @@ An image is keyed by its path (relative to the dataset folder, so a moved datase
 bytes and its modification time (ns), as make and rsync decide what changed: an image whose size or mtime
 differs from its entry is stale and is decoded again into its slot; a new image gets a new slot.  A content
 hash would also catch a file replaced by another of the same size with its mtime kept (`cp -p`, `touch -r`),
-but it reads every JPEG at every start (CUHK-PEDES: ~1 GB), which is what the cache is there to avoid.
+but it reads every JPEG at every start (CUHK-PEDES: ~1 GB), which is what the cache is there to avoid; such an
+edit is found on demand instead (`python -m datasets.cache ... --verify`, ImageCache.verify: every image decoded
+again, the slots whose pixels differ rewritten).
 
 A slot is listed in index.json only after its pixels are written and flushed to disk, and index.json is
 replaced atomically: a build that is killed leaves images that are simply not listed (or listed with their
@@ -25,6 +27,7 @@ with a progress bar (on a terminal) and is locked, so concurrent trainings (or t
 one builder instead of racing.
 
     python -m datasets.cache --dataset_name CUHK-PEDES --root_dir data --img_size 384 128     # build ahead
+    python -m datasets.cache ... --verify       # decode everything again, repair what changed unseen
 
     location.py   where a cache lives: next to the dataset, under --image_cache_dir, or ~/.cache when the
                   dataset folder is read-only

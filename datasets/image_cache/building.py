@@ -3,6 +3,7 @@ or stale first, in worker processes; index.json lists a slot only once its pixel
 docstring has the layout and the rules)."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -106,20 +107,37 @@ class ImageCache:
         slots, _ = self.lookup(paths, entries)
         if (slots >= 0).all():
             return slots
-        os.makedirs(self.folder, exist_ok=True)
-        with open(os.path.join(self.folder, "lock"), "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)        # another process may be building: wait, then look again
-            try:
-                entries = self.read_index()
-                slots, stats = self.lookup(paths, entries)
-                todo = np.flatnonzero(slots < 0)
-                if len(todo):
-                    self._build(paths, stats, todo, slots, entries, workers, show_progress)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with self._locked():                        # another process may be building: wait, then look again
+            entries = self.read_index()
+            slots, stats = self.lookup(paths, entries)
+            todo = np.flatnonzero(slots < 0)
+            if len(todo):
+                self._build(paths, stats, todo, slots, entries, workers, show_progress)
         return slots
 
-    def _build(self, paths, stats, todo, slots, entries, workers, show_progress) -> None:
+    def verify(self, paths: Sequence[str], workers: Optional[int] = None, show_progress: bool = True) -> list[str]:
+        """Decode every image again and rewrite the slots whose pixels differ: a file replaced by another of the
+        same size with its modification time kept (cp -p, touch -r, some sync tools) escapes the stat key.  As
+        long as building the cache; returns the images that had changed."""
+        with self._locked():
+            entries = self.read_index()
+            slots, stats = self.lookup(paths, entries)
+            return self._build(paths, stats, np.arange(len(paths)), slots, entries, workers, show_progress,
+                               compare=True)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        os.makedirs(self.folder, exist_ok=True)
+        with open(os.path.join(self.folder, "lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _build(self, paths, stats, todo, slots, entries, workers, show_progress, compare=False) -> list[str]:
+        """Decode paths[todo] into their slots (a listed image into its own); with `compare`, returns those whose
+        pixels differed from their slot's."""
         from utils.progress import progress
 
         from utils.images import ImageDecodeError
@@ -146,9 +164,10 @@ class ImageCache:
             log.info("image cache: decoding %d of %d images into %s (%dx%d, %d process%s)", len(jobs), len(paths),
                      self.folder, *self.size, workers, "" if workers == 1 else "es")
             chunks = [jobs[k:k + CHUNK] for k in range(0, len(jobs), CHUNK)]
-            tasks = [(self.pixels_file, self.size, [(slot, path) for slot, path, _, _ in chunk], workers > 1)
+            tasks = [(self.pixels_file, self.size, [(slot, path) for slot, path, _, _ in chunk], workers > 1, compare)
                      for chunk in chunks]
             failed: list[str] = []
+            changed: list[str] = []
             bar = progress(total=len(jobs), enabled=show_progress, desc=f"caching images {self.size[0]}x{self.size[1]}",
                            unit="img", leave=False)
             last_save = time.monotonic()
@@ -162,9 +181,10 @@ class ImageCache:
                     results = pool.map(_decode_chunk, tasks)
                 else:
                     results = map(_decode_chunk, tasks)
-                for chunk, errors in zip(chunks, results):
+                for chunk, (errors, differed) in zip(chunks, results):
                     bad = {path for path, _ in errors}
                     failed += [message for _, message in errors]
+                    changed += differed
                     os.fdatasync(fd)                 # the pixels are on disk before the index lists them
                     for slot, path, key, st in chunk:
                         if path not in bad:
@@ -193,6 +213,7 @@ class ImageCache:
         if failed:
             more = f" (and {len(failed) - 1} other unreadable images)" if len(failed) > 1 else ""
             raise ImageDecodeError(failed[0] + more)
+        return changed
 
 
 def _valid_entries(entries) -> bool:
@@ -216,28 +237,30 @@ def _workers(workers: Optional[int], jobs: int) -> int:
 _open_files: dict[str, int] = {}      # a pool worker keeps the pixel file open for its next chunks
 
 
-def _decode_chunk(task) -> list[tuple[str, str]]:
+def _decode_chunk(task) -> tuple[list[tuple[str, str]], list[str]]:
     """Decode a chunk of images into their slots (in a pool worker or in-process); returns (path, message) of
-    the images that could not be decoded."""
+    the images that could not be decoded and, with `compare`, the paths whose slot held other pixels."""
     from utils.images import ImageDecodeError
 
-    pixels_file, size, items, in_pool = task
+    pixels_file, size, items, in_pool, compare = task
     fd = _open_files.get(pixels_file) if in_pool else None
     if fd is None:
         fd = os.open(pixels_file, os.O_RDWR)
         if in_pool:
             _open_files[pixels_file] = fd
     slot_bytes = 3 * size[0] * size[1]
-    errors = []
+    errors, changed = [], []
     try:
         for slot, path in items:
             try:
-                pixels = decode_resized(path, size)
+                pixels = np.ascontiguousarray(decode_resized(path, size)).tobytes()
             except ImageDecodeError as e:
                 errors.append((path, str(e)))
                 continue
-            os.pwrite(fd, np.ascontiguousarray(pixels).tobytes(), slot * slot_bytes)
+            if compare and os.pread(fd, slot_bytes, slot * slot_bytes) != pixels:
+                changed.append(path)
+            os.pwrite(fd, pixels, slot * slot_bytes)
     finally:
         if not in_pool:
             os.close(fd)
-    return errors
+    return errors, changed

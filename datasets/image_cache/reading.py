@@ -54,6 +54,7 @@ class CachedImages(ImageSource):
         self.cache_dir, self.workers, self.show_progress = cache_dir, workers, show_progress
         self.slots: Optional[np.ndarray] = None
         self.folder: Optional[str] = None
+        self.cache: Optional[ImageCache] = None      # the cache folder read, once prepared
         self._pixels = None
         self._fallback: Optional[DecodedImages] = None
 
@@ -83,7 +84,8 @@ class CachedImages(ImageSource):
             self._fallback = DecodedImages(self.paths, self.size)
 
     def _ensure(self, folder: str, base: str) -> None:
-        self.slots = ImageCache(folder, base, self.size).ensure(self.paths, self.workers, self.show_progress)
+        self.cache = ImageCache(folder, base, self.size)
+        self.slots = self.cache.ensure(self.paths, self.workers, self.show_progress)
         self.folder = folder
 
     def _map(self) -> np.ndarray:

@@ -2,6 +2,9 @@
 batched (a dataset's __getitems__ makes the whole batch), the image cache prepared in this process first."""
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from typing import Optional, Sequence
 
 import torch
@@ -42,7 +45,29 @@ def _loader(dataset: Dataset, batch_size: int, num_workers: int, drop_last: bool
     return PreparingLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
         generator=generator, pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
-        collate_fn=_batched if batched else None)
+        collate_fn=_batched if batched else None, worker_init_fn=_leave_stop_signals_to_the_main_process)
+
+
+def _leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """A loader worker leaves SIGTERM and SIGINT to its main process while that lives.  A scheduler, torchrun
+    (tearing down a job one of whose processes died) and Ctrl-C on a terminal signal the whole process group, and
+    a worker that died of it would make the main process fail wherever it is ("DataLoader worker ... is killed
+    by signal") instead of stopping at its next step with a checkpoint (utils/stop.py).  From its main process
+    a SIGTERM still ends the worker at once (how multiprocessing ends daemonic children at exit; torch's own
+    worker does the same).  A worker also ends within 0.2 s of its main process's death (torch's own check takes
+    up to 5 s): it holds copies of that process's sockets, and torchrun's other processes see their peer gone
+    only when the last copy closes."""
+    parent, stops = os.getppid(), {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)     # this thread's mask, which later threads inherit
+
+    def watch():
+        while os.getppid() == parent:
+            sent = signal.sigtimedwait(stops, 0.2)
+            if sent is not None and sent.si_pid == parent:
+                break
+        os._exit(0)
+
+    threading.Thread(target=watch, name="loader-worker-stop-signals", daemon=True).start()
 
 
 def build_train_loader(records: Sequence[TrainRecord], image_size, text_length: int, batch_size: int,
