@@ -68,9 +68,8 @@ class Gallery:
 
     @classmethod
     def of_split(cls, enc: Encoders, split, name: str, cache_dir: str, **kw) -> "Gallery":
-        """The run's test split: its images, their identities (the annotation file's numbers), and THI's own
-        path strings (the answer cache keys requests by image path, so the page reuses the answers `python -m thi`
-        cached)."""
+        """The run's test split: its images, their identities (the annotation file's numbers), and the same path
+        strings THI reads them by."""
         folder = os.path.commonpath([os.path.dirname(p) for p in split.img_paths])
         rel = [os.path.relpath(p, folder) for p in split.img_paths]
         return cls(enc, folder, name, files=rel, identities=dict(zip(rel, split.as_written(split.image_pids))),
