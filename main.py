@@ -50,6 +50,8 @@ def checkpoint_to_resume(cfg, log):
 
 
 def main(argv=None) -> dict:
+    """Train as the command line does; a stop signal ends it after its checkpoint with solver.faults.Interrupted
+    (a KeyboardInterrupt: the caller stops too), which the command line turns into the signal's exit status."""
     with command(list(sys.argv[1:] if argv is None else argv)) as argv:
         return train(argv)
 
@@ -78,9 +80,9 @@ def train(argv: list[str]) -> dict:
         raise SystemExit(e.code if isinstance(e, SystemExit) else 2) from None
     try:
         return engine.run()
-    except Interrupted as stop:      # preempted (SIGTERM) or Ctrl-C: one line, the exit status of that signal
+    except Interrupted as stop:      # preempted (SIGTERM) or Ctrl-C: one line, then the caller stops too
         log.info("%s", stop.message(engine.last_saved, cfg.run_dir))
-        raise SystemExit(128 + int(engine.stop.signum)) from None
+        raise
     except NonFiniteLoss as e:
         log.error("%s", e.message(engine.last_saved, cfg.run_dir))
         raise SystemExit(3) from None
@@ -99,4 +101,7 @@ def train(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except Interrupted as stop:      # its line is logged: the exit status of the signal, no traceback
+        raise SystemExit(stop.exit_status) from None

@@ -3,18 +3,27 @@ continues) and a loss that is no longer finite (NonFiniteLoss, before anything o
 from __future__ import annotations
 
 import math
+import signal
 
 import torch
 
 
-class Interrupted(Exception):
-    """SIGTERM / SIGINT: the epoch stopped after `steps` of its `steps_in_epoch` steps (None: between epochs)."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM / SIGINT: the epoch stopped after `steps` of its `steps_in_epoch` steps (None: between epochs).  A
+    KeyboardInterrupt, so that whoever runs a training in its own process (pytest, a loop over seeds) stops as on
+    Ctrl-C once the checkpoint is written, instead of going on to the next; main.py's command line turns it into
+    the signal's exit status (exit_status)."""
 
     def __init__(self, signal_name: str, epoch: int, steps: int | None, steps_in_epoch: int | None, sums):
         super().__init__(signal_name)
         self.signal_name, self.epoch, self.steps, self.steps_in_epoch, self.sums = (
             signal_name, epoch, steps, steps_in_epoch, sums)
         self.state = None      # the checkpoint written for it (engine.run fills it in)
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal's number: what a shell reports for a process that the signal ended."""
+        return 128 + signal.Signals[self.signal_name]
 
     def message(self, checkpoint: str | None, run_dir: str) -> str:
         where = (f"after epoch {self.epoch}" if self.steps is None else
