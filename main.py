@@ -52,6 +52,8 @@ def checkpoint_to_resume(cfg, log):
 
 
 def main(argv=None) -> dict:
+    """Train as the command line does; a stop signal ends it after its checkpoint with solver.faults.Interrupted
+    (a KeyboardInterrupt: the caller stops too), which the command line turns into the signal's exit status."""
     with command(list(sys.argv[1:] if argv is None else argv)) as argv:
         return train(argv)
 
@@ -81,10 +83,10 @@ def train(argv: list[str]) -> dict:
         raise SystemExit(e.code if isinstance(e, SystemExit) else 2) from None
     try:
         return engine.run()
-    except Interrupted as stop:      # preempted (SIGTERM), Ctrl-C, a torchrun process that died: one line
-        if stop.reports_here:        # rank 0, or the first process left (whose log shows warnings only)
+    except Interrupted as stop:      # preempted (SIGTERM), Ctrl-C, a torchrun process that died: one line,
+        if stop.reports_here:        # then the caller stops too; rank 0 says it, or the first process left
             (log.info if dist.is_main() else log.warning)("%s", stop.message(engine.last_saved, cfg.run_dir))
-        raise SystemExit(1 if stop.ended else 128 + int(engine.stop.signum)) from None
+        raise
     except NonFiniteLoss as e:
         log.error("%s", e.message(engine.last_saved, cfg.run_dir))
         raise SystemExit(3) from None
@@ -103,4 +105,7 @@ def train(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except Interrupted as stop:      # its line is logged: the exit status of the signal, no traceback
+        raise SystemExit(stop.exit_status) from None

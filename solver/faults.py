@@ -3,16 +3,20 @@ continues) and a loss that is no longer finite (NonFiniteLoss, before anything o
 from __future__ import annotations
 
 import math
+import signal
 
 import torch
 
 from utils import distributed as dist
 
 
-class Interrupted(Exception):
+class Interrupted(KeyboardInterrupt):
     """A stop at a step boundary: SIGTERM / SIGINT, or under torchrun another process of the job that ended
     (`ended`: {rank: pid}; its collectives can no longer complete).  The epoch stopped after `steps` of its
-    `steps_in_epoch` steps (None: between epochs); `sums` are its loss sums so far (kept on the CPU)."""
+    `steps_in_epoch` steps (None: between epochs); `sums` are its loss sums so far (kept on the CPU).  A
+    KeyboardInterrupt, so that whoever runs a training in its own process (pytest, a loop over seeds) stops as on
+    Ctrl-C once the checkpoint is written, instead of going on to the next; main.py's command line turns it into
+    its exit status (exit_status)."""
 
     def __init__(self, signal_name: str, epoch: int, steps: int | None, steps_in_epoch: int | None, sums,
                  ended: dict[int, int] | None = None):
@@ -26,6 +30,12 @@ class Interrupted(Exception):
     def reports_here(self) -> bool:
         """One process says it: rank 0, or the first one left when rank 0 has ended."""
         return dist.rank() == min(set(range(dist.world_size())) - set(self.ended))
+
+    @property
+    def exit_status(self) -> int:
+        """1 when another process of the job ended; else 128 + the signal's number, what a shell reports for a
+        process that the signal ended."""
+        return 1 if self.ended else 128 + signal.Signals[self.signal_name]
 
     def message(self, checkpoint: str | None, run_dir: str) -> str:
         where = (f"after epoch {self.epoch}" if self.steps is None else

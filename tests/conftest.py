@@ -3,6 +3,7 @@ the end-to-end tests (subprocess trainings, THI end to end, torch.compile, torch
 marked `real_size` (minutes on a CPU) are skipped unless the marker expression names them (`-m real_size`)."""
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -10,6 +11,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# torch.compile's kernel cache does not tell ATen's kernel sets apart: a kernel that inductor compiled beside the
+# machine's AVX-512 kernels, reused under ATEN_CPU_CAPABILITY=avx2, segfaults (tests/test_training.py's compiled
+# twins, torch 2.14.1; with a cache of its own it passes).  So a suite run on another kernel set gets its own cache.
+if os.environ.get("ATEN_CPU_CAPABILITY"):
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+        tempfile.gettempdir(), f"torchinductor_{os.getuid()}_{os.environ['ATEN_CPU_CAPABILITY']}"))
 
 import solver.build  # noqa: E402,F401  (gives configs/ its registries, as every command that reads a config does)
 

@@ -311,6 +311,41 @@ def test_the_run_folder_lock_dies_with_its_process_not_its_children(tmp_path):
         os.kill(child, signal.SIGKILL)
 
 
+SUITE = """
+import sys
+sys.path.insert(0, {root!r})
+import main as train_main
+from tests.helpers import tiny_args
+
+def test_a_training():
+    train_main.main(tiny_args({data!r}, {run!r}))
+
+def test_the_next():
+    open({marker!r}, "w").close()
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_suite_that_trains_in_its_own_process(data_root, tmp_path):
+    """pytest running a training in its own process (main.main, as tests/test_learning.py does) gets Ctrl-C
+    mid-epoch: the training writes its checkpoint and says so, then pytest stops, the next test unrun.  (SIGTERM
+    takes the same path: solver.faults.Interrupted for either.)"""
+    run, marker, suite = tmp_path / "run", tmp_path / "next_test_ran", tmp_path / "test_suite.py"
+    suite.write_text(SUITE.format(root=ROOT, data=data_root, run=str(run), marker=str(marker)))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "REID_WAIT_AT": "epoch2:mid"}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(suite)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:                 # it trains epoch 1, then waits in the middle of epoch 2
+        if "waiting at epoch2:mid" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out[-3000:] + err[-3000:]
+    assert f"stopped by SIGINT at epoch 2, step 1 of 3: checkpoint {run / 'last.pth'}" in out, out[-3000:]
+    assert "solver.faults.Interrupted: SIGINT" in out and not marker.exists(), out[-3000:]
+    assert torch.load(run / "last.pth", weights_only=True)["partial"]["steps"] == 1
+
+
 @pytest.mark.slow
 def test_a_nan_loss_stops_at_once_and_keeps_the_last_finite_checkpoints(data_root, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
