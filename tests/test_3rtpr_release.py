@@ -529,20 +529,22 @@ def test_the_evaluation_rows_and_the_checkpoints_row_are_the_rebuilds():
 # ---------------------------------------------------------------- the recipe end to end
 def test_the_release_recipe_trains_twins_that_log_each_division(data_root, tmp_path):
     """configs/3rtpr_release/rstp.yaml through main.py on a synthetic set (a tiny random CLIP): the twins train,
-    each epoch's division names the twin it read, its votes against the truth and mu; the evaluation has the rows
-    GE and FS of each twin and averaged, and the run is judged by the better of the averaged two."""
+    every pair at weight 1 before the division starts (division_warmup_epochs 1 here), then each epoch's division
+    names the twin it read, its votes against the truth and mu; the evaluation has the rows GE and FS of each twin
+    and averaged, and the run is judged by the better of the averaged two."""
     import main as train_main
     from tests.helpers import read_metrics, tiny_args
 
     run_dir = tmp_path / "run"
     train_main.main(tiny_args(data_root, run_dir, "--config", f"{ROOT}/configs/3rtpr_release/rstp.yaml",
-                              "--fused_dim", "16", "--noisy_rate", "0.5"))
+                              "--fused_dim", "16", "--noisy_rate", "0.5", "--division_warmup_epochs", "1"))
     rows = read_metrics(run_dir)
-    assert [r["epoch"] for r in rows] == [1, 2]
-    for r in rows:
+    assert [r["epoch"] for r in rows] == [1, 2] and not any(k.startswith("division/") for k in rows[0])
+    assert all(r["eval_row"] in ("BGE", "FUSED") for r in rows)
+    for r in rows[1:]:
         read = [k for k in r if k.endswith("/fused/clean_votes")]
         assert len(read) == 1 and f"{read[0][:-len('clean_votes')]}vote_noise_precision" in r      # one twin
         assert "division/mu" in r and r["division/mean_weight_noisy"] > 0                       # none dropped
-        assert r["eval_row"] in ("BGE", "FUSED") and "loss/model2/fused_SDM" in r
+        assert "loss/model2/fused_SDM" in r
     log = (run_dir / "train_log.txt").read_text()
-    assert "(on model" in log and "ALR mu" in log and "model2/FUSED" in log
+    assert "(on model" in log and "ALR mu" in log and "model2/FUSED" in log and "starts after epoch 1" in log

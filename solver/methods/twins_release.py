@@ -3,14 +3,16 @@
 
 - the division reads one twin drawn at random each epoch (``division_twin: random``; ``both`` is the rebuild's
   --ccd-a), scored on the other twin's augmented view; the same pass gives ALR its cosines (the drawn twin's);
-- nothing is dropped: the rebuild's consensus coin is computed and then every pair's label set to 1, so only
-  ALR's weights (weighting: alr_release) reach the loss;
+- nothing is dropped: the rebuild draws its consensus coin and then sets every pair's label to 1, so only ALR's
+  weights (weighting: alr_release) reach its loss; here no coin is drawn;
 - the division starts after ``division_warmup_epochs`` (the rebuild's ccd.warmup_epochs, in its unreleased config);
 - evaluation at epoch 1, then every eval_period epochs after ``eval_after`` (the rebuild: 10, 5 on RSTPReid).
 
 Each of the twins' division is logged: the twin read, its clean votes (against the truth under simulated noise),
 mu and the weights both twins then train with.
 """
+import logging
+
 import numpy as np
 import torch
 
@@ -20,6 +22,8 @@ from ..division import division_quality
 from ..division_reads import READS, model_prefix
 from ..engine import Engine
 from . import register_method
+
+log = logging.getLogger("reid")
 
 
 @register_method("twins_release")
@@ -70,6 +74,8 @@ class ReleasedReciprocalTwins(Engine):
         if epoch > self.cfg.division_warmup_epochs:
             return super().divide(epoch)
         self.weights = torch.ones(len(self.data.records))
+        log.info("epoch %d: every pair weighs 1, the division starts after epoch %d (division_warmup_epochs)",
+                 epoch, self.cfg.division_warmup_epochs)
         return {}
 
     def evaluates(self, epoch: int) -> bool:
