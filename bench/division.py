@@ -145,7 +145,8 @@ def bench_models(args, num_models: int) -> list[dict]:
         for _ in range(args.warmup):
             trainer.sample_weights(signals, positive_sim, 0)        # warm-up
         fit_s, weights = timed(lambda: trainer.sample_weights(signals, positive_sim, 1), device, args.repeat)
-        settings = gmm_settings(noisy_rate, trainer.cfg.dataset_name, trainer.cfg.gmm)
+        settings = gmm_settings(noisy_rate, trainer.cfg.dataset_name, trainer.cfg.gmm,
+                                trainer.cfg.gmm_tight_under_noise)
         rows.append({
             "models": num_models, "pairs": len(records), "images": num_images, "ids": args.num_ids,
             "chunk": args.batch_size, "signals": len(signals), "noisy_rate": noisy_rate,

@@ -18,11 +18,50 @@ import statistics
 import subprocess
 import sys
 
+import yaml
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:           # `python bench/x.py` puts bench/ first on the path, not the repo root
     sys.path.insert(0, ROOT)
 
 from utils.run_folder import METRICS, read_metrics  # noqa: E402
+
+# 3RTPR's two recipes on the synthetic world (issue 27): a recipe file's options, less its data and sizes (the
+# world's: the demo's CLIP, batch 32, the fused head at 256 like the demo's TSE) and its evaluation schedule, which a
+# 5-epoch run cannot keep (every epoch is evaluated here)
+RECIPES_3RTPR = {"3rtpr": "configs/3rtpr/cuhk.yaml", "release": "configs/3rtpr_release/cuhk.yaml"}
+WORLD = {"name", "dataset_name", "root_dir", "pretrain_choice", "batch_size", "num_epoch", "img_size", "text_length",
+         "fused_dim", "eval_after"}
+# ALR's settings measured: mu's statistic (min is the paper's and the release's; the rebuild also offers mean and the
+# 25th, 30th and 75th percentiles) and k (5 published, 8 under synthetic noise; 2 towards a flat sigmoid)
+ALR_SETTINGS = {"min": [], "mean": ["--alr_mu", "mean"], "p25": ["--alr_mu", "p25"], "p30": ["--alr_mu", "p30"],
+                "p75": ["--alr_mu", "p75"], "min-k8": ["--alr_k", "8"], "mean-k8": ["--alr_mu", "mean", "--alr_k", "8"],
+                "mean-k2": ["--alr_mu", "mean", "--alr_k", "2"], "p75-k2": ["--alr_mu", "p75", "--alr_k", "2"]}
+
+
+def recipe_options(path: str, division: bool = True) -> list[str]:
+    """main.py's options for the recipe file at `path` (relative to the repo) on this table's world."""
+    with open(os.path.join(ROOT, path)) as f:
+        values = yaml.safe_load(f)
+    options = []
+    for key, value in values.items():
+        if key in WORLD or (not division and key in ("alr_k", "alr_mu")):
+            continue
+        options += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v)
+                                  for v in (value if isinstance(value, list) else [value]))]
+    return options + ["--fused_dim", "256"] + ([] if division else ["--division", "false"])
+
+
+def variants_3rtpr() -> dict[str, list[str]]:
+    """RECIPE-off (no division), RECIPE-SETTING (twins) and RECIPE-one-SETTING (one model of the recipe)."""
+    out = {}
+    for name, path in RECIPES_3RTPR.items():
+        out[f"{name}-off"] = recipe_options(path, division=False)
+        for setting, options in ALR_SETTINGS.items():
+            out[f"{name}-{setting}"] = recipe_options(path) + options
+            out[f"{name}-one-{setting}"] = recipe_options(path) + options + ["--twin", "false"]
+    return out
+
 
 # name: main.py options on top of the recipe
 VARIANTS = {
@@ -36,6 +75,7 @@ VARIANTS = {
     "twins-alr-clean": ["--method", "twins", "--division_read", "clean"],   # 3RTPR's twins (ALR)
     "twins-alr-augmented": ["--method", "twins", "--division_read", "augmented"],
     "twins-alr8-clean": ["--method", "twins", "--division_read", "clean", "--alr_k", "8"],  # 3RTPR's k under synthetic noise
+    **variants_3rtpr(),
 }
 # the learning tests' synthetic set (tests/test_learning.py): seed 0, so none of its people is a pretraining one
 DATA = dict(num_train_ids=150, num_test_ids=50, num_val_ids=10, seed=0)
@@ -76,6 +116,9 @@ def summarise(rows: list[dict]) -> dict:
     def mean(key, part):
         values = [r[key] for r in part if key in r and flagged(r)]
         return sum(values) / len(values) if values else float("nan")
+    def every(key):      # over every epoch the division ran
+        values = [r[key] for r in rows if key in r]
+        return sum(values) / len(values) if values else float("nan")
     half = max(len(rows) // 2, 1)
     return {
         "precision_first_half": mean("division/noise_precision", rows[:half]),
@@ -88,6 +131,8 @@ def summarise(rows: list[dict]) -> dict:
         "R1_best": max(r.get("R1", float("nan")) for r in rows),
         "weight_clean_last": rows[-1].get("division/mean_weight_clean", float("nan")),
         "weight_noisy_last": rows[-1].get("division/mean_weight_noisy", float("nan")),
+        "weight_clean_all": every("division/mean_weight_clean"),
+        "weight_noisy_all": every("division/mean_weight_noisy"),
         "per_epoch": [{k: r.get(k) for k in ("epoch", "division/noise_precision", "division/noise_recall",
                                               "division/kept", "R1", "mAP")} for r in rows],
     }
@@ -104,8 +149,8 @@ def spread(values: list[float], digits: int = 1) -> str:
 
 def table(results: list[dict]) -> str:
     lines = ["| noise | variant | precision / recall, first half | at the last epoch | mean weight clean / permuted, "
-             "last | R1, last two epochs | mAP last | R1 best | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "last | the same, all epochs | R1, last two epochs | mAP last | R1 best | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["noise"], r["variant"]), []).append(r)
@@ -115,8 +160,60 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {noise:.0%} | {variant} | {col('precision_first_half')} / {col('recall_first_half')} "
                      f"| {col('precision_last')} / {col('recall_last')} "
                      f"| {col('weight_clean_last', 2)} / {col('weight_noisy_last', 2)} "
+                     f"| {col('weight_clean_all', 2)} / {col('weight_noisy_all', 2)} "
                      f"| {col('R1_last2')} | {col('mAP_last')} | {col('R1_best')} "
                      f"| {len(runs)} |")
+    return "\n".join(lines)
+
+
+def replay(run_dir: str, settings: dict[str, list[str]] = ALR_SETTINGS) -> dict[str, dict]:
+    """Every ALR setting on one division read of a finished run's last model (its last.pth, its own division pass
+    and rule): {setting: {mu, weight_clean, weight_noisy}}.  What each setting would weigh, without training it.
+    Kept in the run folder (alr_replay.json) and read from there the next time."""
+    saved = os.path.join(run_dir, "alr_replay.json")
+    if os.path.isfile(saved):
+        with open(saved) as f:
+            out = json.load(f)
+        if set(out) == set(settings):
+            return out
+    from solver.build import build_engine              # first: it gives configs/ its registries
+    from configs import load_run_config, resolve
+    from solver.weighting import WEIGHTINGS
+    from utils.checkpoint import load_checkpoint
+
+    cfg = resolve({}, load_run_config(os.path.join(run_dir, "configs.yaml")), layers=[])
+    path = os.path.join(run_dir, "last.pth")
+    ckpt = load_checkpoint(path)
+    engine = build_engine(cfg, run_dir, resume_from=(ckpt, path))     # its hooks write nothing: no run()
+    signals, positive_sim = engine.division_signals(ckpt["epoch"])
+    votes, clean = engine.votes(signals, ckpt["epoch"]), engine.data.is_clean
+    rule = cfg.weighting if cfg.weighting.startswith("alr") else "alr"
+    out = {}
+    for name, options in settings.items():
+        given = dict(zip(options[::2], options[1::2]))
+        weighting = WEIGHTINGS[rule](seed=cfg.seed, alr_k=float(given.get("--alr_k", cfg.alr_k)),
+                                     alr_mu=given.get("--alr_mu", cfg.alr_mu))
+        weights = weighting(votes, positive_sim, ckpt["epoch"]).numpy()
+        out[name] = {"mu": float(weighting.last_mu), "weight_clean": float(weights[clean].mean()),
+                     "weight_noisy": float(weights[~clean].mean())}
+    with open(saved, "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def replay_table(replays: list[dict]) -> str:
+    """Mean over seeds of each setting's mean weight of clean / permuted pairs, per (noise, variant trained)."""
+    lines = ["| noise | variant trained | " + " | ".join(ALR_SETTINGS) + " |", "|---|---|" + "---|" * len(ALR_SETTINGS)]
+    groups: dict[tuple, list[dict]] = {}
+    for r in replays:
+        groups.setdefault((r["noise"], r["variant"]), []).append(r["replay"])
+    for (noise, variant), runs in groups.items():
+        cells = []
+        for name in ALR_SETTINGS:
+            clean = statistics.mean(run[name]["weight_clean"] for run in runs)
+            noisy = statistics.mean(run[name]["weight_noisy"] for run in runs)
+            cells.append(f"{clean:.2f} / {noisy:.2f}")
+        lines.append(f"| {noise:.0%} | {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -131,6 +228,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--root_dir", default="", help="a dataset root to train on (default: a synthetic set under --out)")
     p.add_argument("--out", default="logs/division_table")
     p.add_argument("--json", default="")
+    p.add_argument("--replay_alr", action="store_true",
+                   help="also weigh each finished run's last division read with every ALR setting (ALR_SETTINGS)")
     args, extra = p.parse_known_args(argv)   # anything else goes to main.py (e.g. --lr 1e-4)
     root = args.root_dir or make_data(os.path.join(os.path.abspath(args.out), "data"), args.train_ids)
     data = ["--dataset_name", "CUHK-PEDES", "--root_dir", root] if not args.root_dir else ["--root_dir", root]
@@ -143,9 +242,15 @@ def main(argv=None) -> list[dict]:
                 rows = train(run_dir, args.config, options, args.epochs)
                 results.append({"noise": noise, "variant": variant, "seed": seed, "run_dir": run_dir,
                                 **summarise(rows)})
+                if args.replay_alr and variant.startswith(tuple(RECIPES_3RTPR)):
+                    results[-1]["replay"] = replay(run_dir)
                 print(f"done: noise {noise}, {variant}, seed {seed}: R1 {results[-1]['R1_last']:.2f}",
                       file=sys.stderr)
     print(table(results))
+    replays = [r for r in results if "replay" in r]
+    if replays:
+        print("\nEvery ALR setting on the last epoch's division read of these runs (mean weight clean / permuted):")
+        print(replay_table(replays))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -139,6 +139,13 @@ def cross_problems(cfg: dict) -> list[str]:
         if key not in trained:
             problems.append(f"loss_weights: {key!r} is not trained by loss_names {cfg['loss_names']!r}; its keys "
                             f"can be {', '.join(trained)} (add the loss to loss_names or drop the weight)")
+    outside = [e for e in cfg["loss_embeddings"] if e not in cfg["embeddings"]]
+    if outside:
+        problems.append(f"loss_embeddings {cfg['loss_embeddings']}: {', '.join(outside)} not among embeddings "
+                        f"{cfg['embeddings']} (the losses train a subset of the model's embeddings)")
+    if sum(cfg["txt_aug_rates"][1:]) > 1:
+        problems.append(f"txt_aug_rates {cfg['txt_aug_rates']}: a picked token's mask and replace probabilities "
+                        "add up to more than 1")
     if (cfg["pretrain_path"] or cfg["pretrain_choice"]) in ("", "random"):     # a random CLIP (build_clip)
         try:
             parts().clip_config(**cfg["clip_arch"], image_size=tuple(cfg["img_size"]), stride=cfg["stride_size"],

@@ -105,7 +105,10 @@ def unused_options(cfg: dict, names) -> dict[str, str]:
         by = readers.get(name, [])
         if by and not any(entry in chosen[chooser] for chooser, _, entry in by):
             choosers = dict.fromkeys(chooser for chooser, _, _ in by)
-            unused[name] = (f"is read only by {', '.join(f'{r.kind} {e!r}' for _, r, e in by)} "
+            kinds: dict = {}            # weighting 'alr' or 'alr_release'
+            for _, registry, entry in by:
+                kinds.setdefault(registry.kind, []).append(repr(entry))
+            unused[name] = (f"is read only by {', '.join(f'{k} ' + ' or '.join(e) for k, e in kinds.items())} "
                             f"({', '.join(dict.fromkeys(r.folder for _, r, _ in by))}), which this run does not "
                             f"use ({', '.join(_choice(cfg, c) for c in choosers)})")
     return unused
@@ -138,6 +141,10 @@ CORE_GROUPS: dict[str, dict[str, Option]] = {
         "compile": Option(False, "torch.compile the training forward (first steps are slow while it compiles)"),
         "log_period": Option(50, "iterations between progress-bar loss updates", AT_LEAST_1),
         "eval_period": Option(1, "epochs between evaluations", AT_LEAST_1),
+        "eval_rows": Option("fusion", "evaluation rows: fusion (each embedding of each model, each model's mean, the "
+                                      "mean of everything; the best epoch by that last row) or embedding (3RTPR's "
+                                      "rebuild: each embedding of each model, then each embedding averaged over the "
+                                      "models; the best epoch by the better of those)", OneOf("fusion", "embedding")),
         "val_dataset": Option("test", "split used for evaluation during training", OneOf("test", "val")),
     },
     "data": {
@@ -150,6 +157,10 @@ CORE_GROUPS: dict[str, dict[str, Option]] = {
         "text_length": Option(77, "caption length in tokens (168 for UFine6926)", Range(lo=3)),
         "img_aug": Option(True, "image augmentation: flip, pad+crop, random erasing"),
         "txt_aug": Option(True, "RDE's token masking / replacement / deletion"),
+        "txt_aug_rates": Option([0.2, 0.6, 0.2], "txt_aug: the probability that a token is picked, then that a "
+                                                 "picked one is masked and that it is replaced (the rest are "
+                                                 "deleted): RDE 0.2, 0.6, 0.2; 3RTPR's rebuild 0.2, 0.5, 0.2",
+                                Range(lo=0, hi=1)),
         "batch_size": Option(64, "training batch size (per process)", AT_LEAST_1),
         "test_batch_size": Option(512, "batch size for feature extraction", AT_LEAST_1),
         "num_workers": Option(8, "data-loading worker processes", AT_LEAST_0),
@@ -178,6 +189,11 @@ CORE_GROUPS: dict[str, dict[str, Option]] = {
                                  CLIP_SET_ELSEWHERE)),
         "embeddings": Option(["bge", "tse"], "embeddings trained and fused at test time (registry in "
                                              "model/embeddings)", NameList("head", _heads)),
+        "loss_embeddings": Option([], "the embeddings the losses train and the division reads (default []: all of "
+                                      "embeddings); the others are only evaluated (3RTPR's rebuild: fused; its "
+                                      "BGE row is evaluated, not trained)", NameList("head", _heads, empty=True)),
+        "freeze_patch_projection": Option(False, "leave CLIP's patch projection (visual.conv1) untrained, as "
+                                                 "3RTPR's rebuild does (IRRA, RDE and ICL train it)"),
         "pretrain_path": Option("", "ReID-pretrained CLIP checkpoint (e.g. MLLM4Text-ReID) loaded instead of "
                                     "pretrain_choice; RDE/ICL users write '+pre' in loss_names for this"),
         "loss_names": Option("TAL", "'+'-separated losses (registry in model/losses) and labels, as in RDE",
@@ -204,6 +220,8 @@ CORE_GROUPS: dict[str, dict[str, Option]] = {
         "gmm": Option({}, "GaussianMixture settings; default chosen from noisy_rate and dataset "
                           "(solver/division.py gmm_settings)",
                       Keys("a mixture setting", _gmm_fields)),
+        "gmm_tight_under_noise": Option(True, "the mixture's tight settings also for noisy_rate above 0.4 (RDE); "
+                                              "false: on RSTPReid only, as 3RTPR's rebuild"),
     },
     "optimisation": {
         "optimizer": Option("Adam", "optimiser", OneOf(names=_optimizers)),
@@ -216,10 +234,17 @@ CORE_GROUPS: dict[str, dict[str, Option]] = {
         "bias_lr_factor": Option(2.0, "parameters whose name contains 'bias' train at lr x this, without weight "
                                       "decay", AT_LEAST_0),
         "weight_decay": Option(4e-5, "weight decay (none for biases)", AT_LEAST_0),
+        "head_weight_decay": Option(True, "RDE-style heads (TSE, fused) keep the weight decay of the rule before "
+                                          "(weights decay, biases not); false: none at all, as 3RTPR's rebuild "
+                                          "(its head groups give Adam no weight_decay, so its default 0)"),
         "betas": Option([0.9, 0.999], "Adam betas", Range(lo=0, hi=1, hi_open=True)),
         "eps": Option(1e-3, "Adam epsilon, 1e-3 as IRRA, RDE and ICL pass it (it shapes every step: gradients are "
                             "far below it)", POSITIVE),
-        "num_epoch": Option(60, "training epochs", AT_LEAST_1),
+        "num_epoch": Option(60, "training epochs: the learning-rate schedule's length", AT_LEAST_1),
+        "stop_epoch": Option(0, "stop after this epoch (or num_epoch, the earlier), the schedule still spanning "
+                                "num_epoch (0: at num_epoch; 3RTPR's rebuild: 40 on RSTPReid)", AT_LEAST_0),
+        "stop_epoch_noisy": Option(0, "stop_epoch under simulated noise (noisy_rate > 0; 0: stop_epoch; 3RTPR's "
+                                      "rebuild: 45, RSTPReid 40)", AT_LEAST_0),
         "warmup_epochs": Option(5, "linear warm-up epochs", AT_LEAST_0),
         "warmup_factor": Option(0.1, "warm-up starts at this fraction of the learning rate", Range(lo=0, hi=1)),
         "target_lr": Option(0.0, "cosine schedule's final learning rate", AT_LEAST_0),

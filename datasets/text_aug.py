@@ -12,6 +12,7 @@ MASK_ID, SOT_ID, EOT_ID = 49405, 49406, 49407
 PICK_P = 0.2                  # each ordinary token is picked with this probability
 MASK_P, REPLACE_P = 0.6, 0.2  # a picked token is masked / replaced; the rest (0.2) is deleted
 RANDOM_ID_RANGE = (1, 49404)  # replacement ids: ordinary tokens only (inclusive), never MASK/SOT/EOT
+RDE_RATES = (PICK_P, MASK_P, REPLACE_P)    # txt_aug_rates' default; 3RTPR's rebuild masks 0.5 (deletes 0.3)
 
 Rng = Union[random.Random, torch.Generator, None]
 _KEEP = frozenset((0, SOT_ID, EOT_ID))
@@ -31,20 +32,21 @@ def _randint(lo: int, hi: int, rng: Rng) -> int:
     return (rng if rng is not None else random).randint(lo, hi)
 
 
-def augment_caption_ids(ids: torch.Tensor, rng: Rng = None) -> torch.Tensor:
+def augment_caption_ids(ids: torch.Tensor, rng: Rng = None, rates=RDE_RATES) -> torch.Tensor:
     """RDE's txt_aug on one tokenised caption [L] (SOT ... EOT 0 0 ...); returns a new [L] tensor.
 
     Ordinary tokens are picked with p 0.2; a picked token becomes MASK (0.6), a random ordinary
-    id (0.2) or is deleted (0.2). Deletions shift the rest left and pad with zeros, so EOT stays
+    id (0.2) or is deleted (0.2) (`rates`: pick, mask, replace). Deletions shift the rest left and pad with zeros,
+    so EOT stays
     the last non-pad token and the argmax (EOT pooling relies on that). `rng` is a
     random.Random, a torch.Generator, or None for Python's global `random` (seeded per worker).
     """
     tokens = ids.tolist()
-    out = augment_token_list(tokens, rng)
+    out = augment_token_list(tokens, rng, rates)
     return ids.clone() if out is tokens else torch.tensor(out, dtype=ids.dtype)
 
 
-def augment_token_list(tokens: list, rng: Rng = None) -> list:
+def augment_token_list(tokens: list, rng: Rng = None, rates=RDE_RATES) -> list:
     """augment_caption_ids on a list of ids (what the loaders keep in memory); the same draws in the same order.
     Returns `tokens` itself when it is not a tokenised caption (nothing to augment)."""
     length = len(tokens)
@@ -54,16 +56,17 @@ def augment_token_list(tokens: list, rng: Rng = None) -> list:
     start = 1 if tokens[0] == SOT_ID else 0
     body = tokens[start:eot]
     draws = _uniforms(2 * len(body), rng)
+    pick, mask, replace = rates
     out = tokens[:start]
     append = out.append
     for j, tok in enumerate(body):
-        if draws[2 * j] >= PICK_P or tok in _KEEP:          # not picked (or not an ordinary token): kept
+        if draws[2 * j] >= pick or tok in _KEEP:          # not picked (or not an ordinary token): kept
             append(tok)
             continue
         action = draws[2 * j + 1]
-        if action < MASK_P:
+        if action < mask:
             append(MASK_ID)
-        elif action < MASK_P + REPLACE_P:
+        elif action < mask + replace:
             append(_randint(*RANDOM_ID_RANGE, rng))
         # else: deleted
     append(EOT_ID)

@@ -37,7 +37,7 @@ class Run:
         loaders = build_eval_loaders(split, image_size=tuple(self.cfg.img_size), text_length=self.cfg.text_length,
                                      batch_size=self.cfg.test_batch_size, num_workers=self.cfg.num_workers,
                                      image_cache=self.cfg.image_cache, cache_dir=self.cfg.image_cache_dir or None)
-        return Evaluator(split, *loaders, device=self.device, dtype=self.dtype)
+        return Evaluator(split, *loaders, device=self.device, dtype=self.dtype, rows=self.cfg.eval_rows)
 
     def checkpoint_path(self, checkpoint: str = "best") -> str:
         """best / last (the run folder's best.pth / last.pth) or a .pth path, as given."""

@@ -18,15 +18,20 @@ class RetrievalModel(nn.Module):
         self.backbone = build_clip(cfg.pretrain_path or cfg.pretrain_choice, image_size=tuple(cfg.img_size),
                                    stride=cfg.stride_size, text_length=cfg.text_length, arch=cfg.clip_arch)
         self.backbone.logit_scale.requires_grad_(False)  # our losses have their own temperatures
+        if cfg.get("freeze_patch_projection"):
+            self.backbone.visual.conv1.requires_grad_(False)  # 3RTPR's rebuild (MoCo v3's trick for stability)
         width = self.backbone.text_projection.shape[1]
         self.embeddings = nn.ModuleDict({name: build_embedding(name, cfg, width) for name in cfg.embeddings})
         self.loss_names = parse_loss_names(cfg.loss_names)
         # the loss the division listens to and ICL's RDA term trains (configs/reading.py primary_loss)
         self.primary_loss = cfg.get("primary_loss") or self.loss_names[0]
-        # every embedding gets every loss; ModuleDict so that losses with parameters (ID) train and save
+        # every trained embedding (loss_embeddings, default all) gets every loss; the others are evaluated only.
+        # ModuleDict so that losses with parameters (ID) train and save
+        trained = cfg.get("loss_embeddings") or list(self.embeddings)
         self.losses = nn.ModuleDict({
-            emb: nn.ModuleDict({name: build_loss(name, cfg, head.out_dim, num_classes) for name in self.loss_names})
-            for emb, head in self.embeddings.items()})
+            emb: nn.ModuleDict({name: build_loss(name, cfg, self.embeddings[emb].out_dim, num_classes)
+                                for name in self.loss_names})
+            for emb in self.embeddings if emb in trained})
 
     def forward(self, images, caption_ids, pids, rda_ids=None):
         """Training: per-sample losses over the global batch (every process's samples under torchrun).
@@ -51,7 +56,8 @@ class RetrievalModel(nn.Module):
         return {name: head.encode_text(tokens, attn, ids) for name, head in self.embeddings.items()}
 
     def per_sample_losses(self, image_feats: dict, text_feats: dict, pids) -> dict[tuple[str, str], torch.Tensor]:
-        """{(embedding, loss): [B] per-sample values} for features from encode_image / encode_text."""
+        """{(embedding, loss): [B] per-sample values} for features from encode_image / encode_text, for each
+        trained embedding (the losses' keys)."""
         return {(emb, name): loss(image_feats[emb], text_feats[emb], pids)
                 for emb, losses in self.losses.items() for name, loss in losses.items()}
 

@@ -67,8 +67,8 @@ def build_engine(cfg, run_dir: str | None = None, resume_from: tuple[dict, str] 
              cfg.method, len(models), models[0].primary_loss)
     if data is not None:
         data.build_loaders(num_views=len(models))
-        evaluator = Evaluator(data.eval_split, *data.eval_loaders, device=device, dtype=dtype)
-        hooks = [Evaluation(evaluator, cfg.eval_period), Checkpoints(run_dir), MetricsLog(run_dir)]
+        evaluator = Evaluator(data.eval_split, *data.eval_loaders, device=device, dtype=dtype, rows=cfg.eval_rows)
+        hooks = [Evaluation(evaluator), Checkpoints(run_dir), MetricsLog(run_dir)]
     engine = method(cfg, models, device, dtype, data=data, hooks=hooks, run_dir=run_dir)
     if resume_from is not None:
         engine.resume(*resume_from)

@@ -77,7 +77,7 @@ class TrainData:
         loader_kw = dict(image_size=tuple(cfg.img_size), text_length=cfg.text_length, num_workers=cfg.num_workers,
                          image_cache=cfg.image_cache, cache_dir=cfg.image_cache_dir or None)
         train_kw = dict(batch_size=cfg.batch_size, img_aug=cfg.img_aug, txt_aug=cfg.txt_aug, num_views=num_views,
-                        seed=cfg.seed, **loader_kw)
+                        txt_aug_rates=cfg.txt_aug_rates, seed=cfg.seed, **loader_kw)
         self.sampler = self.epoch_sampler(stream=0)
         self.train_loader = build_train_loader(self.records, use_rda=self.dataset.has_rda and cfg.use_rda,
                                                sampler=self.sampler, **train_kw)

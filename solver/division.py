@@ -13,9 +13,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 
-def gmm_settings(noisy_rate: float, dataset_name: str, overrides: dict | None = None) -> dict:
-    """RDE's mixture settings: loose for mild noise, tight for heavy noise and for RSTPReid."""
-    if noisy_rate > 0.4 or dataset_name == "RSTPReid":
+def gmm_settings(noisy_rate: float, dataset_name: str, overrides: dict | None = None,
+                 tight_under_noise: bool = True) -> dict:
+    """RDE's mixture settings: loose for mild noise, tight for heavy noise (unless not `tight_under_noise`, as
+    3RTPR's rebuild) and for RSTPReid."""
+    if (tight_under_noise and noisy_rate > 0.4) or dataset_name == "RSTPReid":
         settings = {"max_iter": 100, "tol": 1e-4, "reg_covar": 1e-6}
     else:
         settings = {"max_iter": 10, "tol": 1e-2, "reg_covar": 5e-4}
@@ -51,25 +53,47 @@ def consensus(votes: np.ndarray, generator: torch.Generator) -> torch.Tensor:
     return (all_clean | (any_clean & coin)).float()
 
 
-def alr_weights(votes: np.ndarray, positive_sim: np.ndarray, k: float, mu_stat: str = "min") -> torch.Tensor:
-    """3RTPR's adaptive loss refinement: nothing dropped, pairs less similar than the clean ones weigh less.
-
-    mu = a statistic (min, mean or pNN percentile) of the positive-pair cosine s over the consensus-clean set
-    (every signal says clean); w = 1 where s >= mu, else sigmoid(k s / mu).
-    """
+def alr_mu(positive_sim, reference, stat: str = "min") -> torch.Tensor:
+    """ALR's mu: a statistic of the positive-pair cosine s over the reference pairs (a bool mask; the
+    consensus-clean set), all pairs when none is: min (3RTPR), mean, or pNN, the NN-th percentile (linear
+    interpolation, torch.quantile)."""
     s = torch.as_tensor(positive_sim, dtype=torch.float64)
-    clean = torch.as_tensor(votes, dtype=torch.bool).all(dim=0)
-    ref = s[clean] if clean.any() else s
-    if mu_stat == "min":
-        mu = ref.min()
-    elif mu_stat == "mean":
-        mu = ref.mean()
-    elif mu_stat.startswith("p") and mu_stat[1:].replace(".", "", 1).isdigit():
-        mu = torch.quantile(ref, float(mu_stat[1:]) / 100)
+    reference = torch.as_tensor(reference, dtype=torch.bool)
+    ref = s[reference] if reference.any() else s
+    if stat == "min":
+        return ref.min()
+    if stat == "mean":
+        return ref.mean()
+    if stat.startswith("p") and stat[1:].replace(".", "", 1).isdigit():
+        return torch.quantile(ref, float(stat[1:]) / 100)
+    raise ValueError(f"alr_mu {stat!r}: use min, mean or pNN (a percentile such as p5)")
+
+
+# how mu and k turn a cosine below mu into a weight (alr_weights' `form`)
+ALR_FORMS = ("paper", "release")
+
+
+def alr_weights(positive_sim, mu, k: float, form: str = "paper") -> torch.Tensor:
+    """3RTPR's adaptive loss refinement: each pair's weight from its positive-pair cosine s and the clean pairs'
+    mu (alr_mu).  Nothing is dropped: w = 1 where s >= mu; below mu,
+
+      paper    w = sigmoid(k s / mu'), mu' = max(mu, 1e-6), also in the comparison (configs/3rtpr)
+      release  3RTPR's rebuild (_adjust_margin_loss, mode 1, k 5): x = s / (mu + 1e-7), and for mu < 0,
+               x - |x| (0 where s and mu share a sign, else 2x); w = sigmoid(k x) (configs/3rtpr_release)
+
+    So for mu < 0 the paper reading weighs the pairs below mu ~0, the release 0.5.  Returns float32 [N]."""
+    s = torch.as_tensor(positive_sim, dtype=torch.float64)
+    mu = torch.as_tensor(mu, dtype=torch.float64)
+    if form == "paper":
+        mu = mu.clamp(min=1e-6)
+        x = s / mu
+    elif form == "release":
+        x = s / (mu + 1e-7)
+        if mu < 0:
+            x = x - x.abs()
     else:
-        raise ValueError(f"alr_mu {mu_stat!r}: use min, mean or pNN (a percentile such as p5)")
-    mu = mu.clamp(min=1e-6)
-    return torch.where(s >= mu, torch.ones_like(s), torch.sigmoid(k * s / mu)).float()
+        raise ValueError(f"ALR form {form!r}: one of {', '.join(ALR_FORMS)}")
+    return torch.where(s >= mu, torch.ones_like(s), torch.sigmoid(k * x)).float()
 
 
 def division_quality(weights: torch.Tensor, is_clean: np.ndarray | None) -> dict:

@@ -10,6 +10,8 @@ subclass that overrides one of these points:
     sample_weights(signals, positive_sim, epoch)    how the division becomes per-sample weights: [N], the same
                                                     for every model, or [models, N], one row per model
     train_mode()                                    whether the models train in train or eval mode
+    evaluates(epoch)                                whether the epoch is evaluated (the best checkpoint is
+                                                    chosen among those)
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from datasets.transforms import training_view
 from utils import distributed as dist
 from utils.checkpoint import load_model_states
 from utils.device import autocast
+from utils.epochs import final_epoch
 from utils.progress import progress
 from utils.run_folder import crash_point, injected
 from utils.seed import rng_state, set_rng_state
@@ -65,6 +68,8 @@ class Engine:
         self.partial = None          # an epoch stopped by a signal: where, its loss sums, weights and record so far
         self.stop = StopSignals()    # installed by run()
         self.last_saved = None       # the newest checkpoint of this run, as the messages name it
+        self.last_epoch = final_epoch(cfg)    # stop_epoch, or num_epoch (the schedule's length)
+        self.division_note = ("", {})       # what a method adds to an epoch's division line and metrics
 
     def wrap(self, model):
         if dist.world_size() > 1:
@@ -90,18 +95,23 @@ class Engine:
 
     def clean_probabilities(self, signals: dict[str, np.ndarray], epoch: int) -> np.ndarray:
         """[signals, N]: each signal's two-component Gaussian mixture posterior that a pair is clean."""
-        settings = gmm_settings(self.cfg.noisy_rate, self.cfg.dataset_name, self.cfg.gmm)
+        cfg = self.cfg
+        settings = gmm_settings(cfg.noisy_rate, cfg.dataset_name, cfg.gmm, cfg.gmm_tight_under_noise)
         return np.stack([clean_probability(v, settings, seed=self.cfg.seed + epoch) for v in signals.values()])
 
     def sample_weights(self, signals: dict[str, np.ndarray], positive_sim: np.ndarray, epoch: int) -> torch.Tensor:
         """Every signal votes clean/noisy; the weighting rule (CCD, ALR) turns the votes into weights [N], which
         every model trains with.  A method may return [models, N] instead: row k is what model k trains with
         (signals_by_model in solver/division_reads.py says whose each signal is)."""
-        votes = np.stack([votes_from_probability(p) for p in self.clean_probabilities(signals, epoch)])
-        return self.weighting(votes, positive_sim, epoch)
+        return self.weighting(self.votes(signals, epoch), positive_sim, epoch)
+
+    def votes(self, signals: dict[str, np.ndarray], epoch: int) -> np.ndarray:
+        """[signals, N] bool: each signal's clean votes (its mixture posterior > 0.5, RDE's split_prob fallback)."""
+        return np.stack([votes_from_probability(p) for p in self.clean_probabilities(signals, epoch)])
 
     def divide(self, epoch: int) -> dict:
         start = time.time()
+        self.division_note = ("", {})
         self.weights = self.checked_weights(self.sample_weights(*self.division_signals(epoch), epoch))
         rows = [self.weights] if self.weights.dim() == 1 else list(self.weights)
         stats, said = {}, []
@@ -112,8 +122,10 @@ class Engine:
             said.append(f"{prefix.replace('/', ' ')}kept {quality['kept']} of {quality['total']} pairs" + (
                 "" if self.data.is_clean is None else f", noise precision {quality['noise_precision']:.1f}% "
                                                       f"recall {quality['noise_recall']:.1f}%"))
+        note, extra = self.division_note
+        stats.update(extra)
         stats["time"] = time.time() - start
-        log.info("epoch %d division: %s (%.1fs)", epoch, "; ".join(said), stats["time"])
+        log.info("epoch %d division: %s%s (%.1fs)", epoch, note, "; ".join(said), stats["time"])
         return {f"division/{k}": v for k, v in stats.items()}
 
     def checked_weights(self, weights: torch.Tensor) -> torch.Tensor:
@@ -128,6 +140,10 @@ class Engine:
     def train_mode(self) -> bool:
         # published RDE / ICL left the models in eval mode after the division pass (see docs/METHOD.md §4.7)
         return not (self.cfg.published_eval_mode and self.cfg.division)
+
+    def evaluates(self, epoch: int) -> bool:
+        """Every eval_period epochs and the last."""
+        return epoch % self.cfg.eval_period == 0 or epoch == self.last_epoch
 
     def train_step(self, batch: dict, weights: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one batch for every model (twins: each on its own augmented view) and its parts.
@@ -170,7 +186,7 @@ class Engine:
             self.partial = None
         weights_on_device = self.weights.to(self.device)
         finite = FiniteCheck(self.device, epoch, len(loader))   # raises NonFiniteLoss, before anything is saved
-        bar = progress(loader, dist.is_main(), desc=f"epoch {epoch}/{self.cfg.num_epoch}", leave=False)
+        bar = progress(loader, dist.is_main(), desc=f"epoch {epoch}/{self.last_epoch}", leave=False)
         for batch in bar:
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             with self.stop_if_a_process_ends(epoch, steps, len(loader), sums):
@@ -224,14 +240,14 @@ class Engine:
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict:
-        """Train from start_epoch to num_epoch; returns the last evaluation's metrics per row.  A SIGTERM / SIGINT
+        """Train from start_epoch to last_epoch; returns the last evaluation's metrics per row.  A SIGTERM / SIGINT
         ends the epoch's training at the next step with a checkpoint (Interrupted); a non-finite loss stops at once
         (NonFiniteLoss)."""
         for hook in self.hooks:
             hook.before_run(self)
         last_record = self.resumed_record
         with self.stop:
-            for epoch in range(self.start_epoch, self.cfg.num_epoch + 1):
+            for epoch in range(self.start_epoch, self.last_epoch + 1):
                 if self.stop.requested:         # arrived during the last epoch's evaluation or checkpoint
                     self.stopped(Interrupted(self.stop.name, epoch - 1, None, None, None))
                 try:

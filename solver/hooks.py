@@ -35,18 +35,18 @@ class Hook:
 
 
 class Evaluation(Hook):
-    """Every `period` epochs and after the last: the table, the headline row's metrics in the record, and
-    engine.best when its R1 beats the best so far."""
+    """At the epochs the engine evaluates (every eval_period and the last): the table, the headline row's metrics
+    in the record, and engine.best when its R1 beats the best so far."""
 
-    def __init__(self, evaluator, period: int):
-        self.evaluator, self.period = evaluator, period
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
 
     def after_epoch(self, engine, epoch, record):
-        if epoch % self.period and epoch != engine.cfg.num_epoch:
+        if not engine.evaluates(epoch):
             return
         results, table = self.evaluator.evaluate(engine.models, title=f"epoch {epoch}")
         log.info("\n%s", table)
-        headline = list(results)[-1]
+        headline = self.evaluator.headline(results)
         record.update(results[headline])
         record["eval_row"] = headline
         engine.results = results

@@ -6,10 +6,11 @@ The published `build_optimizer` (IRRA, RDE, ICL) walks the parameters by name, o
   3. IRRA-style new modules (ID classifier, MLM / cross-modal heads): lr x lr_factor, set after rule 2, so
      their biases too; ICL's code (only ICL's: icl_text_position_lr) also gives the text position embedding
      lr x lr_factor when text_length != 77;
-  4. RDE's heads (TSE): head_lr, set last, so their biases train at head_lr too.
-Each later rule overrides the learning rate only; the weight decay stays as rule 2 left it.  Parameters that
-end up with the same (lr, weight_decay) share a group, so the fused / foreach Adam kernels update many
-tensors at once.
+  4. RDE's heads (TSE, fused): head_lr, set last, so their biases train at head_lr too.
+Each later rule overrides the learning rate only; the weight decay stays as rule 2 left it, except that
+3RTPR's rebuild gives its heads' groups no weight decay at all (`head_weight_decay: false`: Adam's default, 0).
+Parameters that end up with the same (lr, weight_decay) share a group, so the fused / foreach Adam kernels update
+many tensors at once.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def parameter_settings(model, cfg) -> dict[str, tuple[float, float]]:
             lr = cfg.lr * cfg.lr_factor
         if id(p) in heads:
             lr = cfg.head_lr
+            decay = decay if cfg.head_weight_decay else 0.0
         settings[name] = (lr, decay)
     return settings
 

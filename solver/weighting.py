@@ -11,7 +11,7 @@ import torch
 from utils.options import Option, Pattern
 from utils.registry import Registry, accepts, option_defaults
 
-from .division import alr_weights, consensus
+from .division import alr_mu, alr_weights, consensus
 
 
 def _rule_problems(cls) -> list[str]:
@@ -39,20 +39,46 @@ class ConsensusCleanDivision:
         return consensus(votes, torch.Generator().manual_seed(self.seed * 1000 + epoch))
 
 
+# the ALR rules' options, declared once (both read them)
+ALR_OPTIONS = {
+    "alr_k": Option(5.0, "ALR: w = sigmoid(k s / mu) below mu (3RTPR: 5, 8 under synthetic noise)"),
+    "alr_mu": Option("min", "ALR: mu statistic over the consensus-clean set (3RTPR: min; its rebuild also offers "
+                            "mean, p25, p30, p75)",
+                     Pattern(r"min|mean|p(100(\.0*)?|\d{1,2}(\.\d*)?)",
+                             "min, mean or pNN (a percentile 0-100, e.g. p5)")),
+}
+
+
 @WEIGHTINGS.register("alr")
 class AdaptiveLossRefinement:
-    """3RTPR: nothing dropped; pairs less similar than the consensus-clean ones weigh sigmoid(k s / mu)."""
-    options = {
-        "alr_k": Option(5.0, "ALR: w = sigmoid(k s / mu) below mu (3RTPR: 5, 8 under synthetic noise)"),
-        "alr_mu": Option("min", "ALR: mu statistic over the consensus-clean set",
-                         Pattern(r"min|mean|p(100(\.0*)?|\d{1,2}(\.\d*)?)", "min, mean or pNN (a percentile 0-100, e.g. p5)")),
-    }
+    """3RTPR as its paper reads: nothing dropped; pairs less similar than the consensus-clean ones (every signal
+    votes clean) weigh sigmoid(k s / mu)."""
+    options = ALR_OPTIONS
+    form = "paper"
 
     def __init__(self, seed: int, alr_k: float, alr_mu: str):
         self.k, self.mu = alr_k, alr_mu
 
+    def reference(self, votes: np.ndarray) -> np.ndarray:
+        """The pairs mu is taken over: those every signal votes clean."""
+        return votes.all(axis=0)
+
     def __call__(self, votes: np.ndarray, positive_sim: np.ndarray, epoch: int) -> torch.Tensor:
-        return alr_weights(votes, positive_sim, self.k, self.mu)
+        self.last_mu = alr_mu(positive_sim, self.reference(votes), self.mu)
+        return alr_weights(positive_sim, self.last_mu, self.k, self.form)
+
+
+@WEIGHTINGS.register("alr_release")
+class ReleasedAdaptiveLossRefinement(AdaptiveLossRefinement):
+    """3RTPR as its rebuilt code does it (processor.py, "base + ALR"): mu over the pairs with the most clean
+    votes (its "super-clean set": every signal's where one pair has them all, else the pairs with the most), and
+    the rebuild's sigmoid (solver/division.py alr_weights, form release).  Its consensus coin decides nothing:
+    the rebuild then sets every pair's label to 1, so only these weights reach the loss."""
+    form = "release"
+
+    def reference(self, votes: np.ndarray) -> np.ndarray:
+        count = votes.sum(axis=0)
+        return count == count.max()
 
 
 def build_weighting(cfg):

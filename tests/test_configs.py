@@ -52,13 +52,14 @@ BAD = {
                                   r"--loss_names: 'InfoNCE2' in 'TAL\+InfoNCE2' is neither a registered loss \(did you "
                                   r"mean InfoNCE\?\) nor a label"),
     "option of a part not used": (["--alr_k", "9"],
-                                  r"--alr_k is read only by weighting 'alr' \(solver/weighting.py\), which this run "
-                                  r"does not use \(weighting: ccd\): drop it, or choose that part"),
+                                  r"--alr_k is read only by weighting 'alr' or 'alr_release' \(solver/weighting.py\), "
+                                  r"which this run does not use \(weighting: ccd\): drop it, or choose that part"),
     "option of a method not used": (["--soft_clean_floor", "0.2"],
                                     r"--soft_clean_floor is read only by training method 'soft_clean' "
                                     r"\(solver/methods/\), which this run does not use \(method: rde\)"),
     "option of a part the file does not use": ("weighting: ccd\nalr_k: 9",
-                                               r"alr_k \(.*bad.yaml\) is read only by weighting 'alr'"),
+                                               r"alr_k \(.*bad.yaml\) is read only by weighting 'alr' or "
+                                               r"'alr_release'"),
     "unknown loss weight": ("loss_weights: {TAll: 2}",
                             rf"loss_weights: key 'TAll' is not a registered loss.*\(did you mean TAL\?\); keys: "
                             rf"{next(iter(LOSSES))}, "),
@@ -67,7 +68,8 @@ BAD = {
                                      r"rda_TAL"),
     "text for a number": ("num_epoch: three", r"num_epoch: 'three' is not an integer"),
     "abbreviation": (["--num_epo", "3"], r"unrecognized arguments: --num_epo 3; --num_epo: did you mean --num_epoch\?"),
-    "weighting": (["--weighting", "cdd"], r"--weighting: 'cdd' is not one of: ccd, alr \(did you mean ccd\?\)"),
+    "weighting": (["--weighting", "cdd"],
+                  r"--weighting: 'cdd' is not one of: ccd, alr, alr_release \(did you mean ccd\?\)"),
     "clip_arch key": ("clip_arch: {vision_widht: 64}",
                       r"clip_arch: key 'vision_widht' is not a CLIP architecture field.*\(did you mean vision_width\?\); "
                       r"keys: embed_dim"),

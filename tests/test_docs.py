@@ -148,6 +148,8 @@ def same(cell: str, value) -> bool:
     if isinstance(value, bool):
         return cell.lower() == str(value).lower()
     if isinstance(value, (list, tuple)):
+        if not value:
+            return cell == "[]"
         parts = [p.strip() for p in cell.split(",")]
         return len(parts) == len(value) and all(same(p, v) for p, v in zip(parts, value))
     if isinstance(value, (int, float)):

@@ -200,7 +200,7 @@ def test_weighting_rule_gives_one_weight_in_0_1_per_pair(name):
     weights = rule(votes, rng.random(50), epoch=3)
     assert weights.shape == (50,) and weights.dtype == torch.float32
     assert ((weights >= 0) & (weights <= 1)).all()
-    assert torch.equal(weights, rule(votes, rng.random(50), epoch=3)) or name == "alr"   # CCD: seeded by epoch
+    assert torch.equal(weights, rule(votes, rng.random(50), epoch=3)) or name.startswith("alr")   # CCD: by epoch
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -173,3 +173,14 @@ def test_run_seeds_script_trains_each_seed_in_its_own_folder(tmp_path):
     seeds = {yaml.safe_load(open(tmp_path / "out" / d / "configs.yaml"))["seed"] for d in os.listdir(tmp_path / "out")}
     assert seeds == {1, 2}
     assert "| tiny, best (epoch 1) | 2 |" in done.stdout and "*RDE [RDE]*" in done.stdout
+
+
+def test_3rtpr_runs_have_no_paper_row_and_stop_where_their_recipe_stops(tmp_path):
+    """No public text gives 3RTPR's numbers (README): its recipes stand without a paper row.  The release recipe
+    stops at epoch 40 of its 60-epoch schedule on RSTPReid: no 'stopped at' note for that."""
+    make_run(tmp_path / "rel", [metrics(50.0)] * 40, dataset_name="RSTPReid", method="twins_release",
+             num_epoch=60, stop_epoch=40)
+    out = report.main([str(tmp_path), "--paper"])
+    (t,) = out["tables"]
+    assert [r.reference for r in t["rows"]] == [None, None] and t["published"]      # RDE's, IRRA's, ICL's rows
+    assert "no published 3RTPR row" in out["md"] and "stopped at" not in out["md"]

@@ -10,24 +10,30 @@ from easydict import EasyDict
 import main as train_main
 from datasets.synthetic import make_synthetic
 from model.embeddings import build_embedding
-from solver.division import alr_weights
+from solver.division import alr_mu, alr_weights
 from tests.helpers import TINY_ARCH, read_metrics, tiny_args
 
 
 def test_alr_weights_by_hand():
     votes = np.array([[1, 1, 1, 0, 0], [1, 1, 0, 1, 0]], dtype=bool)   # consensus-clean: pairs 0 and 1
     s = np.array([0.6, 0.4, 0.5, 0.2, -0.1])
-    w = alr_weights(votes, s, k=5, mu_stat="min")                       # mu = 0.4
+    mu = alr_mu(s, votes.all(axis=0), "min")                             # 0.4
+    w = alr_weights(s, mu, k=5)
     expected = [1, 1, 1, torch.sigmoid(torch.tensor(5 * 0.2 / 0.4)), torch.sigmoid(torch.tensor(5 * -0.1 / 0.4))]
+    assert float(mu) == pytest.approx(0.4)
     assert torch.allclose(w, torch.tensor(expected, dtype=torch.float), atol=1e-6)
-    assert alr_weights(votes, s, k=5, mu_stat="mean")[1] < 1          # mu = 0.5 > 0.4
-    assert torch.equal(alr_weights(votes, s, 5, "p0"), w)
+    assert float(alr_mu(s, votes.all(axis=0), "mean")) == pytest.approx(0.5)
+    assert float(alr_mu(s, votes.all(axis=0), "p0")) == pytest.approx(0.4)
+    assert float(alr_mu(s, np.zeros(5, dtype=bool), "min")) == pytest.approx(-0.1)   # no clean pair: all pairs
     with pytest.raises(ValueError, match="percentile"):
-        alr_weights(votes, s, 5, "median")
+        alr_mu(s, votes.all(axis=0), "median")
+    with pytest.raises(ValueError, match="form"):
+        alr_weights(s, mu, 5, "rebuilt")
 
 
 def test_fused_head_selects_on_both_towers():
-    head = build_embedding("fused", EasyDict(fused_ratio=0.2, fused_dim=16), width=8).eval()
+    head = build_embedding("fused", EasyDict(fused_ratio=0.2, fused_dim=16, fused_image_tokens="selected"),
+                           width=8).eval()
     tokens, attn = torch.randn(2, 11, 8), torch.rand(2, 11, 11)
     out = head.encode_image(tokens, attn)
     assert out.shape == (2, 16)

@@ -93,14 +93,14 @@ class Device:
 
 
 class NameList:
-    """A list of names from `names()` (a registry, read when first needed), at least one, each once; `what` names
-    one item in messages (a head)."""
+    """A list of names from `names()` (a registry, read when first needed), each once, at least one unless
+    `empty` (then [] has the meaning its option gives it); `what` names one item in messages (a head)."""
 
-    def __init__(self, what: str, names: Callable[[], object]):
-        self.what, self.names = what, names
+    def __init__(self, what: str, names: Callable[[], object], empty: bool = False):
+        self.what, self.names, self.empty = what, names, empty
 
     def __call__(self, value):
-        if not value:
+        if not value and not self.empty:
             raise OptionError(f"names no {self.what}; give at least one")
         for name in value:
             OneOf(names=self.names)(name)
@@ -206,7 +206,7 @@ def _typed(kind: type, value):
 
 
 def _item_kind(option: Option) -> type:
-    return type(option.default[0])
+    return type(option.default[0]) if option.default else str     # an empty default: a list of names
 
 
 def _fixed_length(option: Option) -> int | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .epochs import final_epoch
 from .metrics import METRIC_NAMES
 from .run_folder import METRICS, read_metrics
 
@@ -57,6 +58,8 @@ def reference_method(cfg: dict, thi: bool = False) -> str:
         return "ICL without THI (RDE + RDA)"
     if list(cfg.get("embeddings", [])) == ["bge"] and ("SDM" in losses or "ID" in losses):
         return "IRRA"
+    if cfg.get("method") in ("twins", "twins_release"):     # no public text gives 3RTPR's numbers: no paper row
+        return "3RTPR"
     return "RDE"
 
 
@@ -77,8 +80,9 @@ def read_run(run_dir: str) -> Result | None:
                     cfg.get("name", os.path.basename(run_dir)), reference_method(cfg),
                     {"best": {m: best[m] for m in METRIC_NAMES}, "last": {m: last[m] for m in METRIC_NAMES}},
                     {"best": best["epoch"], "last": last["epoch"]})
-    if cfg.get("num_epoch") and last["epoch"] < cfg["num_epoch"]:
-        result.notes.append(f"{os.path.basename(run_dir)} stopped at epoch {last['epoch']} of {cfg['num_epoch']}")
+    if cfg.get("num_epoch") and last["epoch"] < final_epoch(cfg):
+        result.notes.append(f"{os.path.basename(run_dir)} stopped at epoch {last['epoch']} of "
+                            f"{final_epoch(cfg)}")
     return result
 
 

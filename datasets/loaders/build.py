@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..bases import EvalSplit, TrainRecord
+from ..text_aug import RDE_RATES
 from .torch_datasets import CaptionList, EpochDraws, GalleryImages, TrainPairs
 
 
@@ -74,12 +75,13 @@ def build_train_loader(records: Sequence[TrainRecord], image_size, text_length: 
                        num_workers: int, img_aug: bool = True, txt_aug: bool = False, num_views: int = 1,
                        use_rda: bool = False, seed: int = 0, drop_last: bool = False,
                        sampler: Optional[Sampler] = None, image_cache: bool = True,
-                       cache_dir: Optional[str] = None) -> DataLoader:
+                       cache_dir: Optional[str] = None, txt_aug_rates=RDE_RATES) -> DataLoader:
     """Training loader of TrainPairs batches.  `sampler` (an EpochDraws, whose set_epoch moves the data order
     and the augmentation draws) defaults to a seeded shuffle.  The last partial batch is kept, as published.
     image_cache / cache_dir: the image cache on or off, and its folder (None: next to the dataset)."""
     dataset = TrainPairs(records, image_size, text_length=text_length, txt_aug=txt_aug, num_views=num_views,
-                         use_rda=use_rda, seed=seed, img_aug=img_aug, image_cache=image_cache, cache_dir=cache_dir)
+                         use_rda=use_rda, seed=seed, img_aug=img_aug, image_cache=image_cache, cache_dir=cache_dir,
+                         txt_aug_rates=txt_aug_rates)
     if sampler is None:
         sampler = EpochDraws(torch.utils.data.DistributedSampler(range(len(dataset)), num_replicas=1, rank=0,
                                                                  shuffle=True, seed=seed))

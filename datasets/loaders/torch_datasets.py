@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Sampler
 from utils.images import read_image
 from ..bases import TrainRecord
 from ..image_cache import ImageSource, open_images
-from ..text_aug import augment_token_list, compose_rda_caption
+from ..text_aug import RDE_RATES, augment_token_list, compose_rda_caption
 from ..transforms import PAD, ViewDraws, image_size_hw
 from .seeds import sample_seeds
 from .tokens import token_tuple, tokenize_all
@@ -36,7 +36,8 @@ class TrainPairs(Dataset):
     flip:        bool [B, V], V = num_views independent augmentation draws (twin models)
     crop:        int32 [B, V, 2] top, left of the crop in the image padded by PAD (PAD, PAD: none)
     erase:       int32 [B, V, 4] each view's random-erasing rectangle (top, left, height, width; all 0: none)
-    caption_ids: LongTensor [B, V, L], each view its own txt_aug draw (identical rows without txt_aug)
+    caption_ids: LongTensor [B, V, L], each view its own txt_aug draw (identical rows without txt_aug; txt_aug_rates:
+                 pick, mask, replace, as datasets.text_aug.augment_token_list reads them)
     rda_ids:     LongTensor [B, V, L], only with use_rda: each view its own RDA composition, with txt_aug as
                  ICL applies it; a record without diversity captions falls back to its caption, so every
                  item of a batch has it.
@@ -49,13 +50,13 @@ class TrainPairs(Dataset):
     def __init__(self, records: Sequence[TrainRecord], image_size=(384, 128), text_length: int = 77,
                  txt_aug: bool = False, num_views: int = 1, use_rda: bool = False, seed: int = 0,
                  img_aug: bool = True, image_cache: bool = True, cache_dir: Optional[str] = None,
-                 images: Optional[ImageSource] = None):
+                 images: Optional[ImageSource] = None, txt_aug_rates=RDE_RATES):
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
         self.records = list(records)
         self.size = image_size_hw(image_size)
         self.text_length = text_length
-        self.txt_aug = txt_aug
+        self.txt_aug, self.txt_aug_rates = txt_aug, tuple(txt_aug_rates)
         self.num_views = num_views
         self.use_rda = use_rda
         self.seed = seed
@@ -76,7 +77,7 @@ class TrainPairs(Dataset):
 
     def _captions(self, ids: list, rng: random.Random, out: np.ndarray) -> None:
         for v in range(self.num_views):
-            out[v] = augment_token_list(ids, rng) if self.txt_aug else ids
+            out[v] = augment_token_list(ids, rng, self.txt_aug_rates) if self.txt_aug else ids
 
     def __getitems__(self, keys) -> dict:
         keys = [key if isinstance(key, tuple) else (key, 0, 0) for key in keys]
@@ -104,7 +105,7 @@ class TrainPairs(Dataset):
                         entry = rec.diversity if rec.diversity is not None else rec.caption
                         for v in range(views):
                             ids = list(token_tuple(compose_rda_caption(entry, rng), L))
-                            rda_ids[b, v] = augment_token_list(ids, rng) if self.txt_aug else ids
+                            rda_ids[b, v] = augment_token_list(ids, rng, self.txt_aug_rates) if self.txt_aug else ids
         finally:
             torch.set_rng_state(state)
         batch = {

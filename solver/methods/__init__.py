@@ -25,4 +25,4 @@ METHODS = Registry("training method", "solver/methods/", _method_problems)
 register_method = METHODS.register
 
 
-from . import co_teaching, rde, recommended, soft_clean, twins  # noqa: E402,F401  (registration)
+from . import co_teaching, rde, recommended, soft_clean, twins, twins_release  # noqa: E402,F401  (registration)
