@@ -117,7 +117,7 @@ def test_bad_input_gets_a_message_and_only_thumbnails_are_served(page, run_dir):
     _, grid, _ = Client(url, verbose=False, download_files=False).predict(FREE_TEXT, None, 2, api_name="/search")
     image = grid[0]["image"]
     image = image["path"] if isinstance(image, dict) else image.path     # the file on the server's side
-    assert os.path.basename(image).startswith("image.")                 # a thumbnail, not the gallery file
+    assert image.startswith(os.environ["GRADIO_TEMP_DIR"]) and image.endswith(".jpg")   # a thumbnail, in the page's folder
     served = urllib.request.urlopen(f"{url}gradio_api/file={image}", timeout=10)
     assert served.status == 200 and served.headers["content-type"].startswith("image/")
     from PIL import Image
@@ -318,6 +318,26 @@ def test_thi_panel_streams_rounds_and_reuses_thi_cache(page, thi_first_query, da
     grid = client.predict(FREE_TEXT, None, 5, api_name="/thi")[1]
     assert len(grid) == 5 and all(g["caption"].startswith(f"#{i} (base #") for i, g in enumerate(grid, 1))
     assert sum("ASKED" in g["caption"] for g in grid) == 1                 # the accepted image, marked
+
+
+def test_a_thumbnail_handed_out_is_never_rewritten(monkeypatch, tmp_path):
+    """The same picture in two answers is one file, written once: a client still fetching it from the first answer
+    must not see it cut by the second (Gradio's own PIL path rewrites it in place: a truncated download)."""
+    from PIL import Image
+    from webapp.gallery import Hit
+    from webapp.page import thumbnail_file
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "page"))
+    Image.new("RGB", (64, 128), (10, 200, 30)).save(tmp_path / "a.jpg")
+    hit = Hit(rank=1, name="a.jpg", path=str(tmp_path / "a.jpg"), score=0.5, identity=3, match=True)
+    first = thumbnail_file(hit)
+    stamp = os.stat(first).st_mtime_ns, os.stat(first).st_ino
+    again = thumbnail_file(hit)
+    assert again == first and (os.stat(again).st_mtime_ns, os.stat(again).st_ino) == stamp
+    assert first.startswith(str(tmp_path / "page")) and Image.open(first).size == (128, 256)
+    assert thumbnail_file(Hit(rank=1, name="a.jpg", path=hit.path, score=0.5, identity=3, match=False)) != first
+    assert sorted(os.listdir(os.path.dirname(first))) == sorted({os.path.basename(first), os.path.basename(
+        thumbnail_file(Hit(rank=1, name="a.jpg", path=hit.path, score=0.5)))})   # no temporary left behind
 
 
 def test_thi_panel_without_a_model_says_how_to_enable_it():

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from contextlib import contextmanager
 
 
 @contextmanager
 def atomic_open(path: str, mode: str = "w"):
     """open(path, mode) for writing, made visible under `path` only once the block has finished."""
-    tmp = f"{path}.tmp{os.getpid()}"   # one temporary per process: concurrent writers never share it
+    # one temporary per process and thread: concurrent writers never share it
+    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
     try:
         with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f

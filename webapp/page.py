@@ -8,13 +8,17 @@ folder and serves them from there), so launch() needs no allowed_paths at all.
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import logging
+import os
 import textwrap
 import time
 
 import gradio as gr
 from PIL import Image, ImageDraw, ImageOps
 
+from utils.files import atomic_open
 from utils.images import ImageDecodeError, read_image
 from .gallery import Gallery, Hit, QueryError, Ranking
 
@@ -44,13 +48,30 @@ def thumbnail(hit: Hit) -> Image.Image:
     return img
 
 
+def thumbnail_file(hit: Hit) -> str:
+    """The thumbnail as a JPEG in Gradio's upload folder, named by its content and renamed into place once written.
+    Handed a PIL image, Gradio rewrites one shared file in place on every answer that holds the same picture
+    (gradio/processing_utils.py save_pil_to_cache): a client still fetching it from an earlier answer then got a
+    cut file ("Too little data for declared Content-Length").  A file path is copied once, atomically."""
+    buffer = io.BytesIO()
+    thumbnail(hit).save(buffer, format="JPEG")   # a 256-pixel thumbnail encodes in ~0.1 ms, WebP in ~15
+    data = buffer.getvalue()
+    folder = os.path.join(gr.utils.get_upload_folder(), "thumbnails")
+    path = os.path.join(folder, hashlib.sha256(data).hexdigest()[:32] + ".jpg")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        with atomic_open(path, "wb") as f:
+            f.write(data)
+    return path
+
+
 def caption_of(hit: Hit) -> str:
     who = "" if hit.identity is None else f" · id {hit.identity}" + (" ✓" if hit.match else "")
     return f"#{hit.rank} {hit.score:.4f} {hit.name}{who}"
 
 
-def grid(hits: list[Hit]) -> list[tuple[Image.Image, str]]:
-    return [(thumbnail(h), caption_of(h)) for h in hits]
+def grid(hits: list[Hit]) -> list[tuple[str, str]]:
+    return [(thumbnail_file(h), caption_of(h)) for h in hits]
 
 
 def table(hits: list[Hit]) -> list[list]:
@@ -147,7 +168,7 @@ class Page:
     def _thi_grid(self, hits: list[Hit], candidate: str | None, was: dict[int, int]) -> list:
         """The list after a THI step; each image says its base rank, the one THI asked about is marked."""
         # the base rank first: a narrow tile cuts its caption's end
-        return [(thumbnail(h), f"#{h.rank} (base #{was[h.row]}){' ASKED' if h.path == candidate else ''} "
+        return [(thumbnail_file(h), f"#{h.rank} (base #{was[h.row]}){' ASKED' if h.path == candidate else ''} "
                                + caption_of(h).split(" ", 1)[1]) for h in hits]
 
     def rescan(self) -> str:
@@ -172,8 +193,8 @@ class Page:
                 search = gr.Button("Search", variant="primary", elem_id="search", scale=1)
                 rescan = gr.Button("Re-scan gallery", elem_id="rescan", scale=1)
             result_md = gr.Markdown(elem_id="summary")
-            results = gr.Gallery(label="top-k", columns=5, height=480, object_fit="contain", format="jpeg",
-                                 elem_id="results")   # JPEG: a 256-pixel thumbnail encodes in ~0.1 ms, WebP in ~15
+            results = gr.Gallery(label="top-k", columns=5, height=480, object_fit="contain",
+                                 elem_id="results")
             with gr.Accordion("table", open=True):
                 rows = gr.Dataframe(headers=TABLE_HEADERS, elem_id="table", interactive=False)
             with gr.Accordion("THI: ask the MLLM about the candidates", open=self.thi is not None):
@@ -182,7 +203,7 @@ class Page:
                                      f"xi = {self.thi.s.xi}, lam = {self.thi.s.lam}); each round shows as it ends. "
                                      "Answers already in THI's cache are read back.", elem_id="thi_log")
                 thi_button = gr.Button("Run THI on this query", elem_id="thi_run", interactive=self.thi is not None)
-                thi_grid = gr.Gallery(label="THI: the list after each round", columns=5, height=480, format="jpeg",
+                thi_grid = gr.Gallery(label="THI: the list after each round", columns=5, height=480,
                                       object_fit="contain", elem_id="thi_results")
 
             pick.change(on_page(1)(self.pick), pick, query, api_name="pick")
