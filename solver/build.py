@@ -27,7 +27,6 @@ from .engine import Engine
 from .hooks import Checkpoints, Evaluation, MetricsLog
 from .methods import METHODS
 from .optimizer import OPTIMIZERS
-from .synthetic_clip import ensure_for_run
 from .weighting import WEIGHTINGS
 
 log = logging.getLogger("reid")
@@ -61,7 +60,6 @@ def build_engine(cfg, run_dir: str | None = None, resume_from: tuple[dict, str] 
     if num_classes is None:
         data = TrainData(cfg)
         num_classes = data.num_classes
-    ensure_for_run(cfg, device)        # pretrain_choice: synthetic is built on first use
     models = build_models(cfg, num_classes, device)
     log.info("method %s: %d model(s); primary loss %s (what the division listens to and the RDA term trains)",
              cfg.method, len(models), models[0].primary_loss)

@@ -13,9 +13,9 @@ from PIL import Image
 import main as train_main
 import retrieve
 import test as test_main
-import evaluation.retrieval_index as ri
+import inference.retrieval_index as ri
 from datasets.check import main as check_main
-from evaluation.runs import load_run
+from inference.runs import load_run
 from model.clip import checkpoint as clip_checkpoint
 from model.clip import CLIP, CLIPConfig, load_state_dict_file
 from utils.plot import main as plot_main, panels, plot_run, read_metrics

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from evaluation.runs import load_checkpoint_files, load_run
+from inference.runs import load_checkpoint_files, load_run
 from mllm.backends import add_backend_args, backend_from_args
 from mllm.cache import AnswerCache, ask
 from mllm.shards import add_shard_arg
