@@ -13,7 +13,6 @@ import os
 import sys
 
 from inference.retrieval_index import load_encoders, open_index, query_notes, search
-import solver.build  # noqa: F401  (gives configs/ the registries it checks options against)
 from utils.safe_load import add_trust_flag, command
 
 

@@ -15,7 +15,6 @@ import sys
 
 from configs import build_parser
 from inference.runs import load_checkpoint_files, load_run
-import solver.build  # noqa: F401  (gives configs/ the registries it checks options against)
 from utils.logger import setup_logger
 from utils.safe_load import add_trust_flag, command
 

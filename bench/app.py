@@ -82,7 +82,6 @@ def main(argv=None) -> dict:
     args = finish_args(build_parser().parse_args(argv))
     os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="reid-bench-app-"))   # as app.py
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import solver.build  # noqa: F401  (gives configs/ its registries: load_encoders reads the run's config)
     from inference.retrieval_index import INDEX_DIR, load_encoders
     from webapp.gallery import Gallery
     from webapp.page import Page

@@ -176,7 +176,7 @@ def replay(run_dir: str, settings: dict[str, list[str]] = ALR_SETTINGS) -> dict[
             out = json.load(f)
         if set(out) == set(settings):
             return out
-    from solver.build import build_engine              # first: it gives configs/ its registries
+    from solver.build import build_engine
     from configs import load_run_config, resolve
     from solver.weighting import WEIGHTINGS
     from utils.checkpoint import load_checkpoint

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 from configs import parse_args
-import solver.build  # noqa: F401  (gives configs/ its registries)
 from model.clip import SYNTHETIC, random_clip_config, synthetic_clip_file
 from utils.logger import setup_logger
 

@@ -1,39 +1,24 @@
-"""Assembly: a config -> the engine of its training method with its parts (models, data, hooks); and, on import,
-the registries configs/ checks option values against (configs/parts.py).
-
-This module sits above every package it joins (datasets/, model/, evaluation/, configs/ and the rest of solver/),
-so that none of them imports upward; a command that reads a config imports it first.
-"""
+"""Assembly: a resolved config (configs/) -> the engine of its training method with its parts (models, data,
+hooks).  It joins datasets/, model/, evaluation/ and the rest of solver/; configs/ sits above it and is not imported
+here (a config arrives resolved)."""
 from __future__ import annotations
 
 import logging
 
 import torch
 
-import configs
-from datasets import DATASETS
 from evaluation.evaluator import Evaluator
 from model import build_model
-from model.clip import CLIPConfig
-from model.embeddings import EMBEDDINGS
-from model.losses import LABEL_RULE, LOSSES, drop_old_labels, parse_loss_names
 from utils import distributed as dist
 from utils.device import resolve_device, resolve_precision
 from utils.seed import set_seed
 
 from .data import TrainData
-from .division import gmm_settings
 from .engine import Engine
 from .hooks import Checkpoints, Evaluation, MetricsLog
 from .methods import METHODS
-from .optimizer import OPTIMIZERS
-from .weighting import WEIGHTINGS
 
 log = logging.getLogger("reid")
-
-configs.give(configs.Parts(datasets=DATASETS, losses=LOSSES, parse_loss_names=parse_loss_names, label_rule=LABEL_RULE,
-                           drop_old_labels=drop_old_labels, embeddings=EMBEDDINGS, clip_config=CLIPConfig,
-                           gmm_settings=gmm_settings, optimizers=OPTIMIZERS, weightings=WEIGHTINGS, methods=METHODS))
 
 
 def build_models(cfg, num_classes: int, device: torch.device) -> list:

@@ -201,6 +201,17 @@ def test_our_datasets_package_does_not_break_transformers_or_peft():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_a_config_reads_in_a_fresh_interpreter_with_nothing_imported_first():
+    """configs/ imports the registries it checks against itself: no command imports solver.build first, and
+    `import configs` alone imports no torch (the registries come when a value is first checked)."""
+    code = ("import sys\nimport configs\nassert 'torch' not in sys.modules\n"
+            "cfg = configs.parse_args(['--config', 'configs/synth.yaml', '--weighting', 'alr', '--alr_k', '9'])\n"
+            "assert (cfg.pretrain_choice, cfg.alr_k) == ('synthetic', 9.0), cfg\n"
+            "assert 'solver.build' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_config_file_starts_from_its_base(tmp_path):
     """fast-reid's _BASE_: the base file is read first, relative to the file, and the file overrides it; a loop
     or a missing base is named."""

@@ -3,10 +3,12 @@
     utils/                   helpers: imports nothing of the project
     datasets/, model/        import only utils/
     mllm/                    the MLLM layer THI and RDA share: imports only utils/
-    configs/                 the training options and reading a config: only utils/ (the registries values are
-                             checked against are given to it by solver/build.py)
-    evaluation/              evaluation and reading runs back: utils/, datasets/, model/, configs/
-    solver/                  training, and assembling a run (solver/build.py): the packages above and evaluation/
+    evaluation/              features, similarities, the metrics table: utils/, datasets/, model/
+    solver/                  training and assembling a run (solver/build.py): the packages above (no config)
+    configs/                 the training options and reading a config: utils/ and the packages whose registries
+                             it checks values against (datasets/, model/, solver/)
+    inference/               a trained run read back with its config, searched: configs/ and what is below it
+    pretraining/             the synthetic CLIP's pretraining and its command: utils/, datasets/, model/, configs/
     thi/, rda/               on mllm/ and the packages above; neither imports the other
     webapp/, bench/, main.py, test.py, retrieve.py, app.py: anything
 
@@ -32,11 +34,11 @@ RULES = {
     "datasets": {"utils"},
     "model": {"utils"},
     "mllm": {"utils"},
-    "configs": {"utils"},
     "evaluation": {"utils", "datasets", "model"},
-    "solver": {"utils", "datasets", "model", "configs", "evaluation"},
-    "inference": {"utils", "datasets", "model", "configs", "evaluation"},
-    "pretraining": {"utils", "datasets", "model", "configs", "solver"},
+    "solver": {"utils", "datasets", "model", "evaluation"},
+    "configs": {"utils", "datasets", "model", "solver"},
+    "inference": {"utils", "datasets", "model", "evaluation", "configs"},
+    "pretraining": {"utils", "datasets", "model", "configs"},
     "thi": {"utils", "datasets", "model", "mllm", "configs", "evaluation", "solver", "inference"},
     "rda": {"utils", "datasets", "model", "mllm", "configs", "evaluation", "solver", "inference"},
 }
@@ -153,11 +155,14 @@ def test_the_loop_check_itself():
     ("evaluation/evaluator.py", "from configs import load_run_config\n", ["evaluation/evaluator.py:1 imports configs"]),
     ("utils/options.py", "def f():\n    from model.clip import CLIPConfig\n",   # no exception for options.py
      ["utils/options.py:2 imports model.clip"]),
-    ("configs/table.py", "from utils.options import Option\nfrom solver.methods import METHODS\n",
-     ["configs/table.py:2 imports solver.methods"]),
-    ("configs/reading.py", "def f():\n    from model.losses import parse_loss_names\n",
-     ["configs/reading.py:2 imports model.losses"]),
-    ("solver/build.py", "import configs\nfrom evaluation.evaluator import Evaluator\n", []),
+    ("configs/table.py", "from utils.options import Option\nfrom solver.methods import METHODS\n", []),
+    ("configs/reading.py", "def f():\n    from inference.runs import load_run\n",
+     ["configs/reading.py:2 imports inference.runs"]),
+    ("solver/build.py", "import configs\nfrom evaluation.evaluator import Evaluator\n",
+     ["solver/build.py:1 imports configs"]),
+    ("solver/engine.py", "from pretraining import ensure_for_run\n", ["solver/engine.py:1 imports pretraining"]),
+    ("pretraining/__main__.py", "from configs import parse_args\nfrom solver.build import build_engine\n",
+     ["pretraining/__main__.py:2 imports solver.build"]),
     ("solver/hooks.py", "from thi.rerank import reranked\n", ["solver/hooks.py:1 imports thi.rerank"]),
     ("configs/table.py", "from inference.runs import load_run\n", ["configs/table.py:1 imports inference.runs"]),
     ("inference/runs.py", "from configs import load_yaml, resolve\n", []),

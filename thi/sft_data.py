@@ -33,7 +33,6 @@ from evaluation.evaluator import encode_loader, similarity_rows
 from inference.runs import load_run
 from mllm.backends import SYSTEM_PROMPT
 from model import similarities
-import solver.build  # noqa: F401  (gives configs/ the registries it checks options against)
 from utils.files import write_json
 from utils.logger import setup_logger
 from .prompts import localisation_prompt

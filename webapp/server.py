@@ -9,7 +9,6 @@ from starlette.middleware import Middleware
 
 from inference.retrieval_index import load_encoders
 from inference.runs import load_run
-import solver.build  # noqa: F401  (gives configs/ the registries it checks options against)
 from .gallery import Gallery
 from .page import Page
 
