@@ -244,3 +244,19 @@ def test_an_option_is_declared_once(monkeypatch):
     monkeypatch.setitem(LOSSES._entries, "Clash", clash)
     with pytest.raises(TypeError, match=r"option 'tau' of loss 'Clash' .* is already declared by loss"):
         options.OPTIONS
+
+
+def test_a_part_is_found_by_its_file(tmp_path, monkeypatch):
+    """A registry package imports every module of its folder (utils/registry.py import_folder): a new part is one
+    new file, with no import line to edit; modules named _x are left alone."""
+    package = tmp_path / "plugins"
+    package.mkdir()
+    (package / "__init__.py").write_text("from utils.registry import Registry, import_folder\n"
+                                         "PARTS = Registry('part', 'plugins/', lambda cls: [])\n"
+                                         "import_folder(__name__, __path__)\n")
+    (package / "zeta.py").write_text("from . import PARTS\n@PARTS.register('zeta')\nclass Zeta: pass\n")
+    (package / "alpha.py").write_text("from . import PARTS\n@PARTS.register('alpha')\nclass Alpha: pass\n")
+    (package / "_draft.py").write_text("raise RuntimeError('not a part: never imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import plugins
+    assert list(plugins.PARTS) == ["alpha", "zeta"]          # in file-name order

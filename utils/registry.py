@@ -1,5 +1,5 @@
 """Named parts a config picks (losses, embedding heads, weighting rules, training methods): one registry class,
-checked when a part registers.
+checked when a part registers, and parts found by their files (`import_folder`).
 
 A registry refuses a second entry under a name already taken (a silent overwrite would train another loss than
 the one named) and runs its kind's check on each entry, so a loss without ``reduction`` or a head without
@@ -10,7 +10,9 @@ collects them for ``--help`` and checking, and the part is built with their valu
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 
 
@@ -64,6 +66,15 @@ def option_problems(cls) -> list[str]:
     if not isinstance(options, dict) or not all(hasattr(o, "default") and hasattr(o, "help") for o in options.values()):
         return ["options must be {name: utils.options.Option(default, help, allowed)}"]
     return []
+
+
+def import_folder(package: str, path) -> None:
+    """Import every module in a package's folder (`package`: its name, `path`: its __path__), in name order, except
+    those whose name starts with _: each registers the parts it defines, so a new part is one new file, with no
+    import line to add anywhere.  A registry package calls it last in its __init__.py."""
+    for module in sorted(m.name for m in pkgutil.iter_modules(path)):
+        if not module.startswith("_"):
+            importlib.import_module(f"{package}.{module}")
 
 
 class Registry(Mapping):

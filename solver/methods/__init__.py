@@ -8,7 +8,7 @@ parts.
 """
 from __future__ import annotations
 
-from utils.registry import Registry
+from utils.registry import Registry, import_folder
 
 from ..engine import Engine
 
@@ -25,4 +25,4 @@ METHODS = Registry("training method", "solver/methods/", _method_problems)
 register_method = METHODS.register
 
 
-from . import co_teaching, rde, recommended, soft_clean, twins, twins_release  # noqa: E402,F401  (registration)
+import_folder(__name__, __path__)      # every file here: a new method is one new file
