@@ -24,7 +24,7 @@ class Parts:
     clip_config: type                 # clip_arch's keys and a random CLIP's shape check (model.clip.CLIPConfig)
     gmm_settings: Callable            # gmm's keys: gmm_settings(noisy_rate, dataset_name) (solver/division.py)
     optimizers: Mapping               # optimizer (solver/optimizer.py)
-    weightings: Mapping               # weighting and the rules' options (solver/weighting.py)
+    weightings: Mapping               # weighting and the rules' options (solver/weighting/)
     methods: Mapping                  # method, the methods' options and defaults (solver/methods/)
 
 

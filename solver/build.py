@@ -46,8 +46,9 @@ def build_engine(cfg, run_dir: str | None = None, resume_from: tuple[dict, str] 
         data = TrainData(cfg)
         num_classes = data.num_classes
     models = build_models(cfg, num_classes, device)
-    log.info("method %s: %d model(s); primary loss %s (what the division listens to and the RDA term trains)",
-             cfg.method, len(models), models[0].primary_loss)
+    log.info("method %s: %d model(s), weighting %s; primary loss %s (what the division listens to and the RDA term "
+             "trains)", cfg.method, len(models), cfg.weighting if cfg.division else "none (division: false)",
+             models[0].primary_loss)
     if data is not None:
         data.build_loaders(num_views=len(models))
         evaluator = Evaluator(data.eval_split, *data.eval_loaders, device=device, dtype=dtype, rows=cfg.eval_rows)

@@ -8,7 +8,7 @@ known one), YAML files of options with fast-reid's ``_BASE_`` inheritance (`load
 It imports nothing of the project.  The project's training options (their table, the registries their values are
 checked against, how a run's config is resolved from defaults, a method's defaults, a YAML file and the command
 line) are in configs/; the parts declare the options they read with `Option` and the rules here
-(model/losses/common.py, model/embeddings/tse.py, solver/weighting.py, ...).
+(model/losses/common.py, model/embeddings/tse.py, solver/weighting/alr.py, ...).
 """
 from __future__ import annotations
 

@@ -99,6 +99,10 @@ class Registry(Mapping):
             return cls
         return add
 
+    def describe(self, name: str) -> str:
+        """How messages name an entry: "weighting 'ccd' (solver.weighting.ccd.ConsensusCleanDivision)"."""
+        return f"{self.kind} {name!r} ({qualified_name(self._entries[name])})"
+
     def unknown(self, name: str) -> str:
         """The message for a name that is not registered."""
         return (f"unknown {self.kind} {name!r}{did_you_mean(name, self)}; registered: {', '.join(sorted(self))} "
