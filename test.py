@@ -92,7 +92,7 @@ def evaluate(argv: list[str]) -> dict:
         log.info("\n%s", table)
         all_results[name] = results
     if args.visualize:
-        from utils.visualize import visualize_run
+        from reports.ranklists import visualize_run
         for path in visualize_run(run, evaluator, args.checkpoint[0], args.visualize, args.visualize_mode):
             log.info("wrote %s", path)
     return all_results

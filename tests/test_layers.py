@@ -9,6 +9,7 @@
                              it checks values against (datasets/, model/, solver/)
     inference/               a trained run read back with its config, searched: configs/ and what is below it
     pretraining/             the synthetic CLIP's pretraining and its command: utils/, datasets/, model/, configs/
+    reports/                 what a finished run is looked at with (tables, curves, rank lists): only utils/
     thi/, rda/               on mllm/ and the packages above; neither imports the other
     webapp/, bench/, main.py, test.py, retrieve.py, app.py: anything
 
@@ -39,6 +40,7 @@ RULES = {
     "configs": {"utils", "datasets", "model", "solver"},
     "inference": {"utils", "datasets", "model", "evaluation", "configs"},
     "pretraining": {"utils", "datasets", "model", "configs"},
+    "reports": {"utils"},
     "thi": {"utils", "datasets", "model", "mllm", "configs", "evaluation", "solver", "inference"},
     "rda": {"utils", "datasets", "model", "mllm", "configs", "evaluation", "solver", "inference"},
 }
