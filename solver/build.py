@@ -10,12 +10,13 @@ import torch
 from evaluation.evaluator import Evaluator
 from model import build_model
 from utils import distributed as dist
+from utils import faults
 from utils.device import resolve_device, resolve_precision
 from utils.seed import set_seed
 
 from .data import TrainData
 from .engine import Engine
-from .hooks import Checkpoints, Evaluation, MetricsLog
+from .hooks import Checkpoints, Evaluation, FaultInjection, MetricsLog
 from .methods import METHODS
 
 log = logging.getLogger("reid")
@@ -53,6 +54,8 @@ def build_engine(cfg, run_dir: str | None = None, resume_from: tuple[dict, str] 
         data.build_loaders(num_views=len(models))
         evaluator = Evaluator(data.eval_split, *data.eval_loaders, device=device, dtype=dtype, rows=cfg.eval_rows)
         hooks = [Evaluation(evaluator), Checkpoints(run_dir), MetricsLog(run_dir)]
+        if faults.requested():          # the tests' (utils/faults.py)
+            hooks.append(FaultInjection())
     engine = method(cfg, models, device, dtype, data=data, hooks=hooks, run_dir=run_dir)
     if resume_from is not None:
         engine.resume(*resume_from)

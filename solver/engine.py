@@ -33,13 +33,12 @@ from utils.checkpoint import load_model_states
 from utils.device import autocast
 from utils.epochs import final_epoch
 from utils.progress import progress
-from utils.run_folder import crash_point, injected
 from utils.seed import rng_state, set_rng_state
 from utils.stop import StopSignals
 
 from .division import Division, division_quality, gmm_settings, model_prefix
 from .division_reads import READS
-from .faults import FiniteCheck, Interrupted, poisoned
+from .faults import FiniteCheck, Interrupted
 from .objective import rda_weight, weighted_loss
 from .optimizer import build_optimizer
 from .scheduler import build_scheduler
@@ -203,16 +202,13 @@ class Engine:
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             with self.stop_if_a_process_ends(epoch, steps, len(loader), sums):
                 loss, parts = self.train_step(batch, weights_on_device[..., dist.gather_batch(batch["index"])], epoch)
-                if injected("REID_NAN_AT", f"epoch{epoch}:step{steps + 1}"):
-                    loss, parts = poisoned(loss, parts)
                 self.optimizer_step(loss)
+            steps += 1
+            for hook in self.hooks:
+                loss, parts = hook.after_step(self, epoch, steps, len(loader), loss, parts)
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
-            steps += 1
             finite.push(steps, loss, parts)
-            if steps == len(loader) // 2:
-                crash_point(f"epoch{epoch}:mid")
-                self.stop.wait_if_asked(f"epoch{epoch}:mid")
             if steps % self.cfg.log_period == 0:  # the only host sync of the loop
                 bar.set_postfix(loss=f"{float(loss):.3f}")
             if self.stop.requested:
