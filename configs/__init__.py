@@ -12,7 +12,7 @@
                  check_all, cross_problems, primary_loss, config_conflicts, current_names
 
 The machinery these use and parts declare their options with (Option, OneOf, Range, ..., save_config) is
-utils/options.py, which imports nothing of the project; `Option` is re-exported here for convenience.
+utils/options/, which imports nothing of the project; `Option` is re-exported here for convenience.
 """
 from utils.options import Option
 

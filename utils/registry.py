@@ -4,7 +4,7 @@ checked when a part registers, and parts found by their files (`import_folder`).
 A registry refuses a second entry under a name already taken (a silent overwrite would train another loss than
 the one named) and runs its kind's check on each entry, so a loss without ``reduction`` or a head without
 ``encode_text`` fails at import, naming the class and what it lacks, instead of at the first training step.
-A part may declare the options it reads (``options = {name: Option}``, see utils/options.py): the config
+A part may declare the options it reads (``options = {name: Option}``, see utils/options/): the config
 collects them for ``--help`` and checking, and the part is built with their values as plain arguments.
 """
 from __future__ import annotations
