@@ -8,7 +8,7 @@ of ``clip_arch``, ``gmm`` and ``loss_weights`` are checked against the registrie
 which solver/build.py gives (configs/parts.py), read when first needed.  `RUNTIME_OPTIONS` are those a resumed run
 may change.
 
-The machinery (Option, the rules, the parser, YAML files) is utils/options.py; reading a run's config from these
+The machinery (Option, the rules, the parser, YAML files) is utils/options/; reading a run's config from these
 options is configs/reading.py.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _gmm_fields() -> dict:
 
 
 def _loss_weight_keys() -> dict:
-    # rda_<loss>: ICL's term on (image, RDA caption) pairs (solver/engine.py weighted_loss)
+    # rda_<loss>: ICL's term on (image, RDA caption) pairs (solver/objective.py weighted_loss)
     return {key: (float, Range(lo=0)) for name in parts().losses for key in (name, f"rda_{name}")}
 
 
@@ -121,7 +121,7 @@ def _choice(cfg: dict, chooser: str) -> str:
     return f"{chooser}: {' '.join(value) if isinstance(value, list) else value}"
 
 
-# CLIPConfig fields that other options set (model/clip.py build_clip)
+# CLIPConfig fields that other options set (model/clip/__init__.py build_clip)
 CLIP_SET_ELSEWHERE = {"image_size": "img_size", "stride": "stride_size", "context_length": "text_length"}
 
 
