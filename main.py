@@ -18,8 +18,10 @@ from datasets import DatasetError
 from utils.images import ImageDecodeError
 from solver.faults import Interrupted, NonFiniteLoss
 from solver.build import build_engine
+from pretraining import ensure_for_run
 from utils import distributed as dist
 from utils.checkpoint import DiskFullError, load_latest
+from utils.device import resolve_device
 from utils.logger import setup_logger
 from utils.options import save_config
 from utils.run_folder import RunFolder, RunFolderError, new_folder
@@ -60,7 +62,7 @@ def main(argv=None) -> dict:
 
 def train(argv: list[str]) -> dict:
     cfg = parse_args(argv)
-    dist.init_distributed(cfg.device)                       # under torchrun; nothing on one process
+    device = dist.init_distributed(cfg.device) or resolve_device(cfg.device)     # under torchrun: this rank's
     run_dir, created = make_run_dir(cfg) if dist.is_main() else (None, None)
     cfg.run_dir = dist.broadcast_object(run_dir)            # one folder, named by rank 0
     folder = None
@@ -75,6 +77,7 @@ def train(argv: list[str]) -> dict:
     log = setup_logger(cfg.run_dir if dist.is_main() else None, quiet=not dist.is_main())
     log.info("run folder %s", cfg.run_dir)
     try:
+        ensure_for_run(cfg, device)        # pretrain_choice: synthetic is built on first use
         engine = build_engine(cfg, cfg.run_dir, checkpoint_to_resume(cfg, log) if cfg.resume else None)
     except (DatasetError, FileRefused, SystemExit) as e:
         log.error("%s", e)

@@ -12,8 +12,7 @@ import logging
 import os
 import sys
 
-from evaluation.retrieval_index import load_encoders, open_index, query_notes, search
-import solver.build  # noqa: F401  (gives configs/ the registries it checks options against)
+from inference.retrieval_index import load_encoders, open_index, query_notes, search
 from utils.safe_load import add_trust_flag, command
 
 
@@ -70,7 +69,7 @@ def run(argv: list[str]) -> list[dict]:
             print(f"{rank:4d}  {score:.4f}  {path}")
         results.append({"query": query, "hits": hits})
     if args.save:
-        from utils.visualize import ranklist_picture, stack
+        from reports.ranklists import ranklist_picture, stack
 
         rows = [ranklist_picture(r["query"], [os.path.join(index.folder, p) for p, _ in r["hits"]],
                                  [s for _, s in r["hits"]], names=[p for p, _ in r["hits"]]) for r in results]

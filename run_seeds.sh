@@ -31,4 +31,4 @@ for noisy_rate in $NOISE_RATES; do
         fi
     done
 done
-run $PYTHON -m utils.report "$OUTPUT" --paper
+run $PYTHON -m reports.tables "$OUTPUT" --paper

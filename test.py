@@ -14,8 +14,7 @@ import os
 import sys
 
 from configs import build_parser
-from evaluation.runs import load_checkpoint_files, load_run
-import solver.build  # noqa: F401  (gives configs/ the registries it checks options against)
+from inference.runs import load_checkpoint_files, load_run
 from utils.logger import setup_logger
 from utils.safe_load import add_trust_flag, command
 
@@ -93,7 +92,7 @@ def evaluate(argv: list[str]) -> dict:
         log.info("\n%s", table)
         all_results[name] = results
     if args.visualize:
-        from utils.visualize import visualize_run
+        from reports.ranklists import visualize_run
         for path in visualize_run(run, evaluator, args.checkpoint[0], args.visualize, args.visualize_mode):
             log.info("wrote %s", path)
     return all_results

@@ -82,8 +82,7 @@ def main(argv=None) -> dict:
     args = finish_args(build_parser().parse_args(argv))
     os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="reid-bench-app-"))   # as app.py
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import solver.build  # noqa: F401  (gives configs/ its registries: load_encoders reads the run's config)
-    from evaluation.retrieval_index import INDEX_DIR, load_encoders
+    from inference.retrieval_index import INDEX_DIR, load_encoders
     from webapp.gallery import Gallery
     from webapp.page import Page
 

@@ -5,7 +5,7 @@
     in chunks of the batch size, in-batch negatives as in training) under each embedding of each model, plus the
     positive-pair cosine.  N = 68,126 pairs (CUHK-PEDES's training captions, 34,054 images,
     11,003 identities) by default on a GPU.
-(b) mixture + consensus: `Engine.sample_weights` on those signals: one two-component Gaussian mixture per
+(b) mixture + consensus: `Engine.fit_division` and `Engine.weigh` on those signals: one two-component Gaussian mixture per
     signal (sklearn, CPU), then CCD's consensus (or ALR's weights with --weighting alr).  Timed for RDE's
     mild-noise settings (noisy rate <= 0.4: max_iter 10, tol 1e-2) and heavy-noise settings (max_iter 100).
 
@@ -76,7 +76,7 @@ def synthetic_records(n: int, captions_per_image: float, num_ids: int) -> list:
 
 
 def build_trainer(args, num_models: int, noisy_rate: float):
-    """An engine without data: its models give the embedding heads and losses, its sample_weights the division."""
+    """An engine without data: its models give the embedding heads and losses, its fit_division and weigh the division."""
     from solver.build import build_engine
     from configs import resolve
 
@@ -143,8 +143,9 @@ def bench_models(args, num_models: int) -> list[dict]:
             loss_pass()                                             # warm-up
         loss_s, (signals, positive_sim) = timed(loss_pass, device, args.repeat)
         for _ in range(args.warmup):
-            trainer.sample_weights(signals, positive_sim, 0)        # warm-up
-        fit_s, weights = timed(lambda: trainer.sample_weights(signals, positive_sim, 1), device, args.repeat)
+            trainer.weigh(trainer.fit_division(signals, positive_sim, 0))      # warm-up
+        fit_s, weights = timed(lambda: trainer.weigh(trainer.fit_division(signals, positive_sim, 1)), device,
+                               args.repeat)
         settings = gmm_settings(noisy_rate, trainer.cfg.dataset_name, trainer.cfg.gmm,
                                 trainer.cfg.gmm_tight_under_noise)
         rows.append({

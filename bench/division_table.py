@@ -69,7 +69,7 @@ VARIANTS = {
     "ccd-augmented": ["--division_read", "augmented", "--weighting", "ccd"],
     "ccd-clean": ["--division_read", "clean", "--weighting", "ccd"],
     "alr-clean": ["--division_read", "clean", "--weighting", "alr"],
-    "soft_clean": ["--method", "soft_clean", "--division_read", "clean"],
+    "soft_clean": ["--weighting", "soft_clean", "--division_read", "clean"],
     "recommended": ["--method", "recommended"],                        # twins, CCD, clean read
     "twins-ccd-augmented": ["--twin", "--division_read", "augmented", "--weighting", "ccd"],
     "twins-alr-clean": ["--method", "twins", "--division_read", "clean"],   # 3RTPR's twins (ALR)
@@ -176,7 +176,7 @@ def replay(run_dir: str, settings: dict[str, list[str]] = ALR_SETTINGS) -> dict[
             out = json.load(f)
         if set(out) == set(settings):
             return out
-    from solver.build import build_engine              # first: it gives configs/ its registries
+    from solver.build import build_engine
     from configs import load_run_config, resolve
     from solver.weighting import WEIGHTINGS
     from utils.checkpoint import load_checkpoint
@@ -185,16 +185,15 @@ def replay(run_dir: str, settings: dict[str, list[str]] = ALR_SETTINGS) -> dict[
     path = os.path.join(run_dir, "last.pth")
     ckpt = load_checkpoint(path)
     engine = build_engine(cfg, run_dir, resume_from=(ckpt, path))     # its hooks write nothing: no run()
-    signals, positive_sim = engine.division_signals(ckpt["epoch"])
-    votes, clean = engine.votes(signals, ckpt["epoch"]), engine.data.is_clean
+    division, clean = engine.division(ckpt["epoch"]), engine.data.is_clean
     rule = cfg.weighting if cfg.weighting.startswith("alr") else "alr"
     out = {}
     for name, options in settings.items():
         given = dict(zip(options[::2], options[1::2]))
-        weighting = WEIGHTINGS[rule](seed=cfg.seed, alr_k=float(given.get("--alr_k", cfg.alr_k)),
+        weighting = WEIGHTINGS[rule](alr_k=float(given.get("--alr_k", cfg.alr_k)),
                                      alr_mu=given.get("--alr_mu", cfg.alr_mu))
-        weights = weighting(votes, positive_sim, ckpt["epoch"]).numpy()
-        out[name] = {"mu": float(weighting.last_mu), "weight_clean": float(weights[clean].mean()),
+        weights = weighting(division).numpy()
+        out[name] = {"mu": float(weighting.mu(division)), "weight_clean": float(weights[clean].mean()),
                      "weight_noisy": float(weights[~clean].mean())}
     with open(saved, "w") as f:
         json.dump(out, f, indent=1)

@@ -97,7 +97,6 @@ class RepeatedBatches:
 
 def build_model_for_eval(args):
     from model import build_model
-    import solver.build  # noqa: F401  (gives configs/ its registries)
     from configs import resolve
 
     cfg = resolve({"pretrain_choice": "random", "clip_arch": args.clip_arch, "img_size": list(args.img_size),

@@ -78,7 +78,6 @@ def model_size_defaults(args):
 
 
 def make_cfg(args, batch_size: int, num_models: int):
-    import solver.build  # noqa: F401  (gives configs/ its registries)
     from configs import resolve
 
     return resolve({"pretrain_choice": "random", "clip_arch": args.clip_arch, "img_size": list(args.img_size),

@@ -1,16 +1,16 @@
-"""The project's parts that option values are checked against (the datasets, losses, heads, optimisers, weighting
-rules and methods registered, CLIP's architecture fields, the mixture's settings), given to configs/ by the code
-that assembles a run: solver/build.py gives them when it is imported.
+"""The project's parts that option values are checked against: the datasets, losses, heads, optimisers, weighting
+rules and methods registered, CLIP's architecture fields and the mixture's settings.
 
-configs/ imports only utils/: it sits under evaluation/ (which reads runs' configs) and solver/ (which trains
-them), so it cannot import the packages that hold the registries without an import running back up.  Every
-command that reads a config (main.py, test.py, retrieve.py, app.py, python -m thi / thi.sft_data / rda, bench/)
-therefore imports solver.build first; reading a config before that is an error that says so.
+configs/ sits above the packages that hold them (datasets/, model/, solver/) and imports them itself, the first
+time a value is checked (they import torch and scikit-learn; `import configs` alone does not), so a config reads
+from any command or test with nothing imported first.  Nothing under configs/ may be imported by those packages
+(tests/test_layers.py).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 
 
 @dataclass(frozen=True)
@@ -24,21 +24,21 @@ class Parts:
     clip_config: type                 # clip_arch's keys and a random CLIP's shape check (model.clip.CLIPConfig)
     gmm_settings: Callable            # gmm's keys: gmm_settings(noisy_rate, dataset_name) (solver/division.py)
     optimizers: Mapping               # optimizer (solver/optimizer.py)
-    weightings: Mapping               # weighting and the rules' options (solver/weighting.py)
+    weightings: Mapping               # weighting and the rules' options (solver/weighting/)
     methods: Mapping                  # method, the methods' options and defaults (solver/methods/)
 
 
-_given: list[Parts] = []
-
-
-def give(parts: Parts) -> None:
-    """What solver/build.py calls when imported."""
-    _given[:] = [parts]
-
-
+@cache
 def parts() -> Parts:
-    if not _given:
-        raise RuntimeError("configs/ has not been given the project's registries, which it checks option values "
-                           "against: import solver.build first (it assembles runs and gives them; every command "
-                           "that reads a config does)")
-    return _given[0]
+    from datasets import DATASETS
+    from model.clip import CLIPConfig
+    from model.embeddings import EMBEDDINGS
+    from model.losses import LABEL_RULE, LOSSES, drop_old_labels, parse_loss_names
+    from solver.division import gmm_settings
+    from solver.methods import METHODS
+    from solver.optimizer import OPTIMIZERS
+    from solver.weighting import WEIGHTINGS
+
+    return Parts(datasets=DATASETS, losses=LOSSES, parse_loss_names=parse_loss_names, label_rule=LABEL_RULE,
+                 drop_old_labels=drop_old_labels, embeddings=EMBEDDINGS, clip_config=CLIPConfig,
+                 gmm_settings=gmm_settings, optimizers=OPTIMIZERS, weightings=WEIGHTINGS, methods=METHODS)

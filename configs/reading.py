@@ -27,7 +27,7 @@ from easydict import EasyDict
 from utils import options as machinery
 
 from .parts import parts
-from .table import RENAMED, RUNTIME_OPTIONS, all_groups, all_options, methods, unused_options
+from .table import METHODS_NOW_RULES, RENAMED, RUNTIME_OPTIONS, all_groups, all_options, methods, unused_options
 
 log = logging.getLogger("reid")
 
@@ -36,19 +36,29 @@ LISTING = "python main.py --help"
 
 
 def current_names(values: dict, source: str | None = None) -> dict:
-    """`values` with the options renamed since (RENAMED) under their current names, in their place.  With `source`
-    (where the values were read), one warning line names them; both names at once is an error."""
+    """`values` with the options renamed since (RENAMED) under their current names, in their place, and a method
+    that has become a weighting rule (METHODS_NOW_RULES) read as that rule.  With `source` (where the values were
+    read), one warning line names them; both names of an option at once is an error."""
     old = [k for k in values if k in RENAMED]
-    if not old:
-        return values
     both = [k for k in old if RENAMED[k] in values]
     if both:
         raise SystemExit(f"{source}: " + "; ".join(f"{k} and {RENAMED[k]} are one option ({k} is its old name): give "
                                                    f"{RENAMED[k]} only" for k in both))
-    if source is not None:
-        log.warning("%s: %s", source, "; ".join(
-            f"option {k} is now called {RENAMED[k]}, read as {RENAMED[k]}" for k in old))
-    return {RENAMED.get(k, k): v for k, v in values.items()}
+    notes = [f"option {k} is now called {RENAMED[k]}, read as {RENAMED[k]}" for k in old]
+    values = {RENAMED.get(k, k): v for k, v in values.items()}
+    method = values.get("method")
+    if method in METHODS_NOW_RULES:     # the method bypassed `weighting`: its rule replaces whatever that said
+        rule = METHODS_NOW_RULES[method]
+        ignored = values.get("weighting", "ccd")
+        notes.append(f"method {method} is now the weighting rule {rule['weighting']}, read as method: rde, "
+                     + ", ".join(f"{k}: {str(v).lower()}" for k, v in rule.items())
+                     + (f" (weighting: {ignored}, which that method never read, is dropped)"
+                        if ignored not in ("ccd", rule["weighting"]) else ""))
+        values = {**{k: v for k, v in rule.items() if k != "weighting"}, **values, "method": "rde",
+                  "weighting": rule["weighting"]}
+    if notes and source is not None:
+        log.warning("%s: %s", source, "; ".join(notes))
+    return values
 
 
 def check_all(values: dict, source: str) -> dict:
@@ -97,13 +107,21 @@ def load_run_config(path: str) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     """main.py's command line: --config and every option, in its --help group; an old name (RENAMED) is still
-    taken, unlisted, typed as the new one (parse_args reads it as the new one, with a warning)."""
+    taken, unlisted, typed as the new one, and so is a method that is now a weighting rule (METHODS_NOW_RULES;
+    parse_args reads them as the new ones, with a warning)."""
     parser = machinery.build_parser(all_groups(), "Train a text-to-image person re-identification model.", LISTING)
     options = all_options()
     for old, new in RENAMED.items():     # scalar options so far: one value, typed and checked by the new option
         parser.add_argument(f"--{old}", type=_checked_by(options[new]), default=argparse.SUPPRESS,
                             help=argparse.SUPPRESS)
+    method = parser._option_string_actions["--method"]
+    method.type = _or_old_method(method.type)
+    method.choices = [*method.choices, *METHODS_NOW_RULES]
     return parser
+
+
+def _or_old_method(convert):
+    return lambda text: text if text in METHODS_NOW_RULES else convert(text)
 
 
 def _checked_by(option: machinery.Option):

@@ -8,7 +8,7 @@ of ``clip_arch``, ``gmm`` and ``loss_weights`` are checked against the registrie
 which solver/build.py gives (configs/parts.py), read when first needed.  `RUNTIME_OPTIONS` are those a resumed run
 may change.
 
-The machinery (Option, the rules, the parser, YAML files) is utils/options.py; reading a run's config from these
+The machinery (Option, the rules, the parser, YAML files) is utils/options/; reading a run's config from these
 options is configs/reading.py.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _gmm_fields() -> dict:
 
 
 def _loss_weight_keys() -> dict:
-    # rda_<loss>: ICL's term on (image, RDA caption) pairs (solver/engine.py weighted_loss)
+    # rda_<loss>: ICL's term on (image, RDA caption) pairs (solver/objective.py weighted_loss)
     return {key: (float, Range(lo=0)) for name in parts().losses for key in (name, f"rda_{name}")}
 
 
@@ -93,7 +93,7 @@ def chosen_parts(cfg: dict) -> dict[str, list[str]]:
 
 def unused_options(cfg: dict, names) -> dict[str, str]:
     """{name: why} for each of `names` that only parts `cfg` does not use declare: 'is read only by weighting rule
-    'alr' (solver/weighting.py), which this run does not use (weighting: ccd)'."""
+    'alr' (solver/weighting/), which this run does not use (weighting: ccd)'."""
     chosen, readers = chosen_parts(cfg), {}
     for registries in _declaring_registries().values():
         for chooser, registry in registries.items():
@@ -121,7 +121,7 @@ def _choice(cfg: dict, chooser: str) -> str:
     return f"{chooser}: {' '.join(value) if isinstance(value, list) else value}"
 
 
-# CLIPConfig fields that other options set (model/clip.py build_clip)
+# CLIPConfig fields that other options set (model/clip/__init__.py build_clip)
 CLIP_SET_ELSEWHERE = {"image_size": "img_size", "stride": "stride_size", "context_length": "text_length"}
 
 
@@ -206,7 +206,7 @@ CORE_GROUPS: dict[str, dict[str, Option]] = {
     },
     "robust training (RDE)": {
         "division": Option(True, "per-epoch clean/noisy division (CCD); off trains on every pair with weight 1"),
-        "weighting": Option("ccd", "how the division becomes per-sample weights (registry in solver/weighting.py): "
+        "weighting": Option("ccd", "how the division becomes per-sample weights (solver/weighting/, one file each): "
                                    "ccd (RDE, 0/1 + coin) or alr (3RTPR, soft)", OneOf(names=_weightings)),
         "published_eval_mode": Option(False, "ICL's (and RDE's first release's) quirk: train in eval mode after the "
                                              "division pass (changes BatchNorm in the heads); RDE's code since "
@@ -280,6 +280,14 @@ def all_options() -> dict[str, Option]:
 # a checkpoint or the command line that says the old name is read as the new one, with a warning line
 RENAMED = {
     "embed_dim": "tse_dim",     # TSE's output size, which beside clip_arch's embed_dim (CLIP's own) read as the same
+}
+
+# methods that have become weighting rules (solver/weighting/), {old method: the options it stood for}: a config, a
+# run's configs.yaml, a checkpoint or the command line that says `method: soft_clean` is read as `method: rde,
+# weighting: soft_clean` (and the twins co_teaching trained), with a warning line
+METHODS_NOW_RULES = {
+    "soft_clean": {"weighting": "soft_clean"},
+    "co_teaching": {"weighting": "co_teaching", "twin": True},
 }
 
 # what may change when a run is resumed: where the data is and how fast it is read, not what is trained

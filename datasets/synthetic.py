@@ -107,7 +107,7 @@ def _identity_key(ident: dict) -> tuple:
 
 
 def pretraining_identities(n: int, seed: int = 1, reserved_seed: int = 0) -> list[dict]:
-    """n identities for pretraining (solver/synthetic_clip.py), none of which is one of the RESERVED_IDENTITIES
+    """n identities for pretraining (pretraining/synthetic_clip.py), none of which is one of the RESERVED_IDENTITIES
     that make_synthetic(seed=reserved_seed) hands out: a model pretrained on them has never seen a SYNTH-PEDES
     person, train or test, as CLIP's web pretraining never saw CUHK-PEDES's."""
     reserved = {_identity_key(i) for i in _sample_identities(RESERVED_IDENTITIES, random.Random(reserved_seed))}

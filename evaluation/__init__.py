@@ -1,7 +1,3 @@
-"""Evaluation and reading trained runs back: the application layer over model/ and datasets/ that test.py,
-retrieve.py, THI and the training engine use (utils/ below it holds only helpers that import nothing of the project).
-
-evaluator.py        features of a gallery and its queries, similarities, the metrics table
-runs.py             a run folder (or published checkpoint files + a config) -> config, dataset, models
-retrieval_index.py  searching a folder of one's own images with a run (retrieve.py), features cached per file
-"""
+"""Evaluation: features of a gallery and its queries, similarities, the metrics table (evaluator.py), which the
+training engine's evaluation hook, test.py (through inference/runs.py) and THI use.  It reads no config: a trained
+run is read back with its config in inference/."""

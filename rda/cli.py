@@ -25,7 +25,6 @@ from datasets import DatasetError, build_dataset
 from mllm.backends import add_backend_args, backend_from_args
 from mllm.cache import AnswerCache, ask
 from mllm.shards import add_shard_arg
-import solver.build  # noqa: F401  (gives configs/ the registries it checks options against)
 from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger
 from utils.progress import library_bars_follow_terminal

@@ -1,40 +1,25 @@
-"""Assembly: a config -> the engine of its training method with its parts (models, data, hooks); and, on import,
-the registries configs/ checks option values against (configs/parts.py).
-
-This module sits above every package it joins (datasets/, model/, evaluation/, configs/ and the rest of solver/),
-so that none of them imports upward; a command that reads a config imports it first.
-"""
+"""Assembly: a resolved config (configs/) -> the engine of its training method with its parts (models, data,
+hooks).  It joins datasets/, model/, evaluation/ and the rest of solver/; configs/ sits above it and is not imported
+here (a config arrives resolved)."""
 from __future__ import annotations
 
 import logging
 
 import torch
 
-import configs
-from datasets import DATASETS
 from evaluation.evaluator import Evaluator
 from model import build_model
-from model.clip import CLIPConfig
-from model.embeddings import EMBEDDINGS
-from model.losses import LABEL_RULE, LOSSES, drop_old_labels, parse_loss_names
 from utils import distributed as dist
+from utils import faults
 from utils.device import resolve_device, resolve_precision
 from utils.seed import set_seed
 
 from .data import TrainData
-from .division import gmm_settings
 from .engine import Engine
-from .hooks import Checkpoints, Evaluation, MetricsLog
+from .hooks import Checkpoints, Evaluation, FaultInjection, MetricsLog
 from .methods import METHODS
-from .optimizer import OPTIMIZERS
-from .synthetic_clip import ensure_for_run
-from .weighting import WEIGHTINGS
 
 log = logging.getLogger("reid")
-
-configs.give(configs.Parts(datasets=DATASETS, losses=LOSSES, parse_loss_names=parse_loss_names, label_rule=LABEL_RULE,
-                           drop_old_labels=drop_old_labels, embeddings=EMBEDDINGS, clip_config=CLIPConfig,
-                           gmm_settings=gmm_settings, optimizers=OPTIMIZERS, weightings=WEIGHTINGS, methods=METHODS))
 
 
 def build_models(cfg, num_classes: int, device: torch.device) -> list:
@@ -61,14 +46,16 @@ def build_engine(cfg, run_dir: str | None = None, resume_from: tuple[dict, str] 
     if num_classes is None:
         data = TrainData(cfg)
         num_classes = data.num_classes
-    ensure_for_run(cfg, device)        # pretrain_choice: synthetic is built on first use
     models = build_models(cfg, num_classes, device)
-    log.info("method %s: %d model(s); primary loss %s (what the division listens to and the RDA term trains)",
-             cfg.method, len(models), models[0].primary_loss)
+    log.info("method %s: %d model(s), weighting %s; primary loss %s (what the division listens to and the RDA term "
+             "trains)", cfg.method, len(models), cfg.weighting if cfg.division else "none (division: false)",
+             models[0].primary_loss)
     if data is not None:
         data.build_loaders(num_views=len(models))
         evaluator = Evaluator(data.eval_split, *data.eval_loaders, device=device, dtype=dtype, rows=cfg.eval_rows)
         hooks = [Evaluation(evaluator), Checkpoints(run_dir), MetricsLog(run_dir)]
+        if faults.requested():          # the tests' (utils/faults.py)
+            hooks.append(FaultInjection())
     engine = method(cfg, models, device, dtype, data=data, hooks=hooks, run_dir=run_dir)
     if resume_from is not None:
         engine.resume(*resume_from)

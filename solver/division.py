@@ -1,11 +1,14 @@
-"""Per-epoch clean/noisy division (RDE's consensus clean division, docs/METHOD.md §4.1-§4.3).
+"""Per-epoch clean/noisy division (RDE's consensus clean division, docs/METHOD.md §4.1-§4.3), and `Division`, what
+every weighting rule (solver/weighting/) receives.
 
 Each division signal (a per-sample loss vector: one per embedding per model) is min-max normalised and
-split by a two-component Gaussian mixture; the signals then vote.
+split by a two-component Gaussian mixture; the signals then vote.  The formulas the rules use (the consensus,
+ALR's mu and weights) are plain functions here.
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -43,6 +46,61 @@ def votes_from_probability(p_clean: np.ndarray) -> np.ndarray:
     if (p_clean > 0.5).all():
         return p_clean > np.sort(p_clean)[len(p_clean) // 100]
     return p_clean > 0.5
+
+
+def model_prefix(k: int, num_models: int) -> str:
+    """What names model k's signals and loss parts (k from 0): '' for one model, 'modelK/' (K = k + 1) for twins."""
+    return f"model{k + 1}/" if num_models > 1 else ""
+
+
+def model_of(signal: str) -> int:
+    """The model (from 0) a signal named by model_prefix is of: 'model2/bge' -> 1, 'bge' -> 0."""
+    head, slash, _ = signal.partition("/")
+    return int(head.removeprefix("model")) - 1 if slash else 0
+
+
+@dataclass(frozen=True)
+class Division:
+    """One epoch's division, as a weighting rule receives it (``rule(division) -> weights``, solver/weighting/).
+
+    Rows of `clean` and `votes` follow `signals` in order; N is the number of training pairs.  Build it from
+    signals with `Division.fit`, or for a run and epoch with its engine: ``engine.division(epoch)`` (reads the
+    pairs with the run's models), ``engine.fit_division(signals, positive_sim, epoch)`` (signals given).
+    """
+    epoch: int
+    seed: int                        # the run's seed: a rule's random draws come from (seed, epoch), so resumable
+    models: int                      # how many models train: a rule returns [N] (all of them) or [models, N]
+    signals: dict[str, np.ndarray]   # {name: [N] each pair's primary loss}; names 'EMB', or 'modelK/EMB' for twins
+    owners: list[int]                # the model (from 0) each signal is of
+    clean: np.ndarray                # [signals, N] float: each signal's mixture posterior that the pair is clean
+    votes: np.ndarray                # [signals, N] bool: each signal calls the pair clean (votes_from_probability)
+    positive_sim: np.ndarray         # [N] each pair's image-text cosine, the mean over the signals read (ALR's s)
+
+    @classmethod
+    def fit(cls, signals: dict[str, np.ndarray], positive_sim: np.ndarray, epoch: int, seed: int, models: int,
+            settings: dict) -> "Division":
+        """Each signal's two-component mixture (gmm_settings' `settings`, seeded by seed + epoch) and votes."""
+        clean = np.stack([clean_probability(v, settings, seed=seed + epoch) for v in signals.values()])
+        return cls(epoch, seed, models, dict(signals), [model_of(name) for name in signals], clean,
+                   np.stack([votes_from_probability(p) for p in clean]), np.asarray(positive_sim))
+
+    @property
+    def pairs(self) -> int:
+        return len(self.positive_sim)
+
+    def of_model(self, k: int) -> "Division":
+        """The signals of model k alone (co-teaching, co-divide: each twin divides by its own)."""
+        rows = [i for i, owner in enumerate(self.owners) if owner == k]
+        if not rows:
+            raise ValueError(f"the division of epoch {self.epoch} read no signal of model {k + 1} (it read "
+                             f"{', '.join(self.signals)}): a rule that divides per model needs every model read")
+        names = [list(self.signals)[i] for i in rows]
+        return replace(self, signals={n: self.signals[n] for n in names}, owners=[k] * len(rows),
+                       clean=self.clean[rows], votes=self.votes[rows])
+
+    def by_model(self) -> list["Division"]:
+        """of_model of each model, in model order."""
+        return [self.of_model(k) for k in range(self.models)]
 
 
 def consensus(votes: np.ndarray, generator: torch.Generator) -> torch.Tensor:

@@ -2,7 +2,7 @@
 model, read one of two ways (``division_read``), and the mean positive-pair cosine (ALR's s).
 
 Each read returns ({signal name: [N] losses}, [N] positive cosine); a signal's name says whose it is:
-`model_prefix` + EMB ('EMB' for one model, 'modelK/EMB' for twins), and `signals_by_model` groups them back.
+`model_prefix` + EMB ('EMB' for one model, 'modelK/EMB' for twins; solver/division.py `model_of` reads it back).
 """
 from __future__ import annotations
 
@@ -15,16 +15,7 @@ from utils.device import autocast
 from evaluation.evaluator import extract_features
 from utils.progress import progress
 
-
-def model_prefix(k: int, num_models: int) -> str:
-    """What names model k's signals and loss parts (k from 0): '' for one model, 'modelK/' (K = k + 1) for twins."""
-    return f"model{k + 1}/" if num_models > 1 else ""
-
-
-def signals_by_model(signals: dict[str, np.ndarray], num_models: int) -> list[dict[str, np.ndarray]]:
-    """Each model's signals (names kept), in model order: what a method that divides per model reads."""
-    prefixes = [model_prefix(k, num_models) for k in range(num_models)]
-    return [{name: v for name, v in signals.items() if name.startswith(p)} for p in prefixes]
+from .division import model_prefix
 
 
 @torch.no_grad()

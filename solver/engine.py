@@ -1,17 +1,20 @@
 """The training engine: epochs of division and training over the parts it is given, hooks around them.
 
 The engine is given its models (one, or reciprocal twins), its data (solver/data.py), the division's reader
-(``division_read``, solver/division_reads.py) and weighting rule (``weighting``, solver/weighting.py), and hooks
-(solver/hooks.py: evaluation, checkpoints, the metrics log).  A training method (solver/methods/) is an Engine
-subclass that overrides one of these points:
+(``division_read``, solver/division_reads.py) and weighting rule (``weighting``, solver/weighting/), and hooks
+(solver/hooks.py: evaluation, checkpoints, the metrics log, the tests' faults).  Each epoch it reads the training
+pairs, fits the division (`division`: a solver.division.Division), asks the rule for the weights (`weigh`, which
+checks them) and trains with them.  A training method (solver/methods/) is an Engine subclass that overrides one of
+these points:
 
     train_step(batch, weights, epoch)               what a batch costs
     division_signals(epoch)                         what the clean/noisy division listens to
-    sample_weights(signals, positive_sim, epoch)    how the division becomes per-sample weights: [N], the same
-                                                    for every model, or [models, N], one row per model
+    division_notes(division)                        what the epoch's division line and metrics add
     train_mode()                                    whether the models train in train or eval mode
     evaluates(epoch)                                whether the epoch is evaluated (the best checkpoint is
                                                     chosen among those)
+
+How the division becomes weights is the rule's alone (solver/weighting/), never a method's.
 """
 from __future__ import annotations
 
@@ -30,17 +33,16 @@ from utils.checkpoint import load_model_states
 from utils.device import autocast
 from utils.epochs import final_epoch
 from utils.progress import progress
-from utils.run_folder import crash_point, injected
 from utils.seed import rng_state, set_rng_state
 from utils.stop import StopSignals
 
-from .division import clean_probability, division_quality, gmm_settings, votes_from_probability
-from .division_reads import READS, model_prefix
-from .faults import FiniteCheck, Interrupted, poisoned
+from .division import Division, division_quality, gmm_settings, model_prefix
+from .division_reads import READS
+from .faults import FiniteCheck, Interrupted
 from .objective import rda_weight, weighted_loss
 from .optimizer import build_optimizer
 from .scheduler import build_scheduler
-from .weighting import build_weighting
+from .weighting import WEIGHTINGS, build_weighting
 
 log = logging.getLogger("reid")
 
@@ -69,7 +71,6 @@ class Engine:
         self.stop = StopSignals()    # installed by run()
         self.last_saved = None       # the newest checkpoint of this run, as the messages name it
         self.last_epoch = final_epoch(cfg)    # stop_epoch, or num_epoch (the schedule's length)
-        self.division_note = ("", {})       # what a method adds to an epoch's division line and metrics
 
     def wrap(self, model):
         if dist.world_size() > 1:
@@ -93,48 +94,58 @@ class Engine:
         """One augmented view of a batch's images as `model` takes them (datasets.transforms.training_view)."""
         return training_view(batch, view, model.backbone.visual.normalize)
 
-    def clean_probabilities(self, signals: dict[str, np.ndarray], epoch: int) -> np.ndarray:
-        """[signals, N]: each signal's two-component Gaussian mixture posterior that a pair is clean."""
+    def division(self, epoch: int) -> Division:
+        """The division of `epoch`: the pairs read (division_signals) and each signal's mixture and votes."""
+        return self.fit_division(*self.division_signals(epoch), epoch)
+
+    def fit_division(self, signals: dict[str, np.ndarray], positive_sim: np.ndarray, epoch: int) -> Division:
+        """The division of these signals, with the run's mixture settings and seed."""
         cfg = self.cfg
         settings = gmm_settings(cfg.noisy_rate, cfg.dataset_name, cfg.gmm, cfg.gmm_tight_under_noise)
-        return np.stack([clean_probability(v, settings, seed=self.cfg.seed + epoch) for v in signals.values()])
+        return Division.fit(signals, positive_sim, epoch, cfg.seed, len(self.models), settings)
 
-    def sample_weights(self, signals: dict[str, np.ndarray], positive_sim: np.ndarray, epoch: int) -> torch.Tensor:
-        """Every signal votes clean/noisy; the weighting rule (CCD, ALR) turns the votes into weights [N], which
-        every model trains with.  A method may return [models, N] instead: row k is what model k trains with
-        (signals_by_model in solver/division_reads.py says whose each signal is)."""
-        return self.weighting(self.votes(signals, epoch), positive_sim, epoch)
+    def weigh(self, division: Division) -> torch.Tensor:
+        """The weighting rule's weights for `division`, checked: a float32 tensor in [0, 1], [N] (every model's) or
+        [models, N] (row k: model k's).  A rule's mistake is named here, with the rule, not at a batch."""
+        weights, n, m = self.weighting(division), division.pairs, len(self.models)
+        rule = WEIGHTINGS.describe(self.cfg.weighting)
+        if not torch.is_tensor(weights):
+            raise TypeError(f"{rule} returned a {type(weights).__module__}.{type(weights).__name__}: return a torch "
+                            f"tensor (torch.as_tensor(weights, dtype=torch.float32))")
+        if weights.dtype != torch.float32:
+            raise TypeError(f"{rule} returned {weights.dtype} weights: return float32 (weights.float())")
+        if tuple(weights.shape) not in ((n,), (m, n)):
+            raise ValueError(f"{rule} returned weights of shape {tuple(weights.shape)}: expected [{n}] (one weight "
+                             f"per pair, every model's) or [{m}, {n}] (one row per model)")
+        outside = ~((weights >= 0) & (weights <= 1))        # NaN included
+        if outside.any():
+            raise ValueError(f"{rule} returned {int(outside.sum())} weights outside [0, 1] (first: "
+                             f"{float(weights[outside][0])}): a weight scales a pair's loss, from 0 (dropped) to 1")
+        return weights
 
-    def votes(self, signals: dict[str, np.ndarray], epoch: int) -> np.ndarray:
-        """[signals, N] bool: each signal's clean votes (its mixture posterior > 0.5, RDE's split_prob fallback)."""
-        return np.stack([votes_from_probability(p) for p in self.clean_probabilities(signals, epoch)])
+    def division_notes(self, division: Division) -> tuple[str, dict]:
+        """What a method adds to the epoch's division line (text) and metrics ({name: number}); none here."""
+        return "", {}
 
     def divide(self, epoch: int) -> dict:
         start = time.time()
-        self.division_note = ("", {})
-        self.weights = self.checked_weights(self.sample_weights(*self.division_signals(epoch), epoch))
+        division = self.division(epoch)
+        self.weights = self.weigh(division)
         rows = [self.weights] if self.weights.dim() == 1 else list(self.weights)
         stats, said = {}, []
-        for k, row in enumerate(rows):      # one row: every model's; several: each model's own, named as its
-            prefix = model_prefix(k, len(rows))
+        for k, row in enumerate(rows):      # one row: every model's; several: row k is what model k trains on
+            prefix = f"model{k + 1}_trains_on/" if len(rows) > 1 else ""
             quality = division_quality(row, self.data.is_clean)
             stats.update({prefix + name: v for name, v in quality.items()})
-            said.append(f"{prefix.replace('/', ' ')}kept {quality['kept']} of {quality['total']} pairs" + (
-                "" if self.data.is_clean is None else f", noise precision {quality['noise_precision']:.1f}% "
-                                                      f"recall {quality['noise_recall']:.1f}%"))
-        note, extra = self.division_note
+            said.append(f"{prefix.replace('_', ' ').replace('/', ': ')}kept {quality['kept']} of "
+                        f"{quality['total']} pairs" + ("" if self.data.is_clean is None else
+                                                        f", noise precision {quality['noise_precision']:.1f}% "
+                                                        f"recall {quality['noise_recall']:.1f}%"))
+        note, extra = self.division_notes(division)
         stats.update(extra)
         stats["time"] = time.time() - start
         log.info("epoch %d division: %s%s (%.1fs)", epoch, note, "; ".join(said), stats["time"])
         return {f"division/{k}": v for k, v in stats.items()}
-
-    def checked_weights(self, weights: torch.Tensor) -> torch.Tensor:
-        """sample_weights' result if it is [N] or [models, N]; a method's mistake is named here, not at a batch."""
-        n, m = len(self.data.records), len(self.models)
-        if tuple(weights.shape) not in ((n,), (m, n)):
-            raise ValueError(f"{type(self).__name__}.sample_weights returned weights of shape {tuple(weights.shape)}: "
-                             f"expected [{n}] (one weight per pair, every model's) or [{m}, {n}] (one row per model)")
-        return weights
 
     # ---------------------------------------------------------------- training
     def train_mode(self) -> bool:
@@ -191,16 +202,13 @@ class Engine:
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             with self.stop_if_a_process_ends(epoch, steps, len(loader), sums):
                 loss, parts = self.train_step(batch, weights_on_device[..., dist.gather_batch(batch["index"])], epoch)
-                if injected("REID_NAN_AT", f"epoch{epoch}:step{steps + 1}"):
-                    loss, parts = poisoned(loss, parts)
                 self.optimizer_step(loss)
+            steps += 1
+            for hook in self.hooks:
+                loss, parts = hook.after_step(self, epoch, steps, len(loader), loss, parts)
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
-            steps += 1
             finite.push(steps, loss, parts)
-            if steps == len(loader) // 2:
-                crash_point(f"epoch{epoch}:mid")
-                self.stop.wait_if_asked(f"epoch{epoch}:mid")
             if steps % self.cfg.log_period == 0:  # the only host sync of the loop
                 bar.set_postfix(loss=f"{float(loss):.3f}")
             if self.stop.requested:

@@ -62,13 +62,6 @@ class NonFiniteLoss(Exception):
                 f"(--resume {run_dir} would keep the run's options)")
 
 
-def poisoned(loss: torch.Tensor, parts: dict) -> tuple[torch.Tensor, dict]:
-    """REID_NAN_AT's fault: the step's first loss part (and so the loss) turns NaN, gradients included."""
-    name = next(iter(parts))
-    nan = torch.tensor(float("nan"), device=loss.device)
-    return loss * nan, {**parts, name: parts[name] * nan}
-
-
 class FiniteCheck:
     """Each step's loss must be finite: NonFiniteLoss otherwise, raised before anything of that step is saved (so
     best.pth and last.pth keep the last finite state).  Read without stalling a GPU: on CUDA, step k's flag is

@@ -1,8 +1,9 @@
-"""What happens around the training loop, one hook each: evaluation, checkpoints, the metrics log.
+"""What happens around the training loop, one hook each: evaluation, checkpoints, the metrics log, and the tests'
+faults.
 
-A hook sees the engine before the first epoch, after each epoch (with that epoch's metrics record, which it may
-add to) and after the last.  The engine calls them in order: evaluation fills the record and finds the best
-epoch, checkpoints save it, the log writes it.
+A hook sees the engine before the first epoch, after each training step (its loss and parts, which it may
+replace), after each epoch (with that epoch's metrics record, which it may add to) and after the last.  The engine
+calls them in order: evaluation fills the record and finds the best epoch, checkpoints save it, the log writes it.
 """
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import logging
 import math
 import os
 
+import torch
+
 from utils import distributed as dist
 from utils.checkpoint import atomic_save
+from utils.faults import crash_point, injected, wait_point
 from utils.logger import append_jsonl
 from utils.metrics import metrics_table
-from utils.run_folder import LAST, METRICS, PREVIOUS, crash_point, settle_metrics
+from utils.run_folder import LAST, METRICS, PREVIOUS, settle_metrics
 
 log = logging.getLogger("reid")
 
@@ -23,6 +27,11 @@ log = logging.getLogger("reid")
 class Hook:
     def before_run(self, engine) -> None:
         pass
+
+    def after_step(self, engine, epoch: int, step: int, steps_in_epoch: int, loss, parts: dict) -> tuple:
+        """After training step `step` (from 1) of `steps_in_epoch`: its (loss, parts), as the run goes on with
+        them (the finite check, the loss sums)."""
+        return loss, parts
 
     def after_epoch(self, engine, epoch: int, record: dict) -> None:
         pass
@@ -128,3 +137,23 @@ class MetricsLog(Hook):
         for key, value in record.items():
             if isinstance(value, (int, float)) and key != "epoch":
                 writer.add_scalar(key, value, record["epoch"])
+
+
+class FaultInjection(Hook):
+    """The tests' faults that reach the training loop (utils/faults.py): REID_NAN_AT makes a step's loss NaN, as
+    its weights; REID_CRASH_AT and REID_WAIT_AT act after half an epoch's steps (epochE:mid).  solver/build.py adds
+    it only when one of those variables is set."""
+
+    def after_step(self, engine, epoch, step, steps_in_epoch, loss, parts):
+        if injected("REID_NAN_AT", f"epoch{epoch}:step{step}"):
+            nan = torch.tensor(float("nan"), device=loss.device)
+            with torch.no_grad():
+                for model in engine.models:
+                    for p in model.parameters():
+                        p.mul_(nan)
+            first = next(iter(parts))
+            loss, parts = loss * nan, {**parts, first: parts[first] * nan}
+        if step == steps_in_epoch // 2:
+            crash_point(f"epoch{epoch}:mid")
+            wait_point(f"epoch{epoch}:mid", lambda: engine.stop.requested)
+        return loss, parts

@@ -19,7 +19,6 @@ if os.environ.get("ATEN_CPU_CAPABILITY"):
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
         tempfile.gettempdir(), f"torchinductor_{os.getuid()}_{os.environ['ATEN_CPU_CAPABILITY']}"))
 
-import solver.build  # noqa: E402,F401  (gives configs/ its registries, as every command that reads a config does)
 
 # the synthetic dataset of `data_root`; a test file sets DATA_SIZES (make_synthetic's arguments) to change it
 DATA_SIZES = dict(num_train_ids=12, num_test_ids=6, num_val_ids=3, seed=3)

@@ -400,18 +400,19 @@ def test_the_division_is_the_rebuilds(case):
     positive_sim = sum(twins[t][2] for t in read) / len(read)
     e = engine(dataset, **options)
     e.data = SimpleNamespace(is_clean=~noisy, records=range(len(noisy)))
-    weights = e.sample_weights(signals, positive_sim, epoch=1).numpy()
+    division = e.fit_division(signals, positive_sim, epoch=1)
+    weights = e.weigh(division).numpy()
     ref = REFERENCE["division"][case]
-    votes = e.votes(signals, epoch=1)     # one twin read: the rebuild fits its one loss vector twice, alike here
+    votes = division.votes     # one twin read: the rebuild fits its one loss vector twice, alike here
     assert [int(v.sum()) for v in votes] == ref["clean_votes"][:len(read)]
     assert [int(np.flatnonzero(v).sum()) for v in votes] == ref["clean_index_sum"][:len(read)]
     assert int(e.weighting.reference(votes).sum()) == ref["super_clean"]
-    assert float(e.weighting.last_mu) == pytest.approx(ref["mu"], abs=1e-6)
+    assert float(e.weighting.mu(division)) == pytest.approx(ref["mu"], abs=1e-6)
     assert float(weights.sum()) == pytest.approx(ref["weight_sum"], abs=1e-3)
     assert int((weights < 1).sum()) == ref["below_one"]
     assert np.allclose(weights[:12], ref["weights_head"], atol=1e-5)
     assert ref["label_hat_sum"] == len(weights) and (weights > 0).all()      # nothing dropped, coin or not
-    assert e.division_note[1]["mu"] == float(e.weighting.last_mu)          # in the epoch's metrics row
+    assert e.division_notes(division)[1]["mu"] == float(e.weighting.mu(division))   # in the epoch's metrics row
 
 
 def test_the_twin_read_is_drawn_each_epoch_or_both():

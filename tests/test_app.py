@@ -69,7 +69,7 @@ def copy_of_split(split, folder):
 
 
 def test_page_ranks_like_retrieve_py_and_scores_a_test_caption_like_test_py(page, run_dir, data_root, tmp_path):
-    from evaluation.runs import load_run
+    from inference.runs import load_run
     from thi.rerank import RunSimilarity
     from utils.metrics import rank_metrics
 
@@ -141,7 +141,7 @@ def test_the_page_says_when_a_query_was_cut_or_held_no_word(page, run_dir, data_
     assert "holds no word" in summary, summary
     summary, _, _ = client.predict(FREE_TEXT, None, 3, api_name="/search")
     assert "Note" not in summary
-    # retrieve.py says the same under the query (one check for both: evaluation.retrieval_index.query_notes)
+    # retrieve.py says the same under the query (one check for both: inference.retrieval_index.query_notes)
     folder = copy_of_split(split_of(data_root), tmp_path / "gallery")
     retrieve.main(["--run", run_dir, "--images", str(folder), "--query", long, "--topk", "1"])
     assert "was not read" in capsys.readouterr().out
@@ -172,7 +172,7 @@ def test_the_page_takes_no_file_and_no_oversized_request(page):
 def test_a_folder_gallery_without_images_then_with_a_broken_one(run_dir, data_root, tmp_path):
     """--gallery FOLDER: no images is a message on the page (not a crash), an undecodable file is named and
     skipped, and after 'Re-scan gallery' the page ranks the folder as retrieve.py does."""
-    from evaluation.retrieval_index import load_encoders
+    from inference.retrieval_index import load_encoders
     from webapp.gallery import Gallery
     from webapp.page import Page, on_page
 
@@ -202,7 +202,7 @@ def test_a_gallery_of_odd_files_with_loader_workers(run_dir, data_root, tmp_path
     from gradio_client import Client
     from PIL import Image
     import torch
-    from evaluation.retrieval_index import index_path, load_encoders, open_index
+    from inference.retrieval_index import index_path, load_encoders, open_index
     from utils.safe_load import load as safe_load
     from webapp.page import THUMB_HEIGHT, THUMB_MAX_WIDTH
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from configs import GROUPS, OPTIONS, build_parser, config_conflicts, defaults, parse_args
+from configs import GROUPS, OPTIONS, build_parser, config_conflicts, current_names, defaults, parse_args
 from model.embeddings import EMBEDDINGS
 from model.losses import LOSSES
 
@@ -52,10 +52,13 @@ BAD = {
                                   r"--loss_names: 'InfoNCE2' in 'TAL\+InfoNCE2' is neither a registered loss \(did you "
                                   r"mean InfoNCE\?\) nor a label"),
     "option of a part not used": (["--alr_k", "9"],
-                                  r"--alr_k is read only by weighting 'alr' or 'alr_release' \(solver/weighting.py\), "
+                                  r"--alr_k is read only by weighting 'alr' or 'alr_release' \(solver/weighting/\), "
                                   r"which this run does not use \(weighting: ccd\): drop it, or choose that part"),
-    "option of a method not used": (["--soft_clean_floor", "0.2"],
-                                    r"--soft_clean_floor is read only by training method 'soft_clean' "
+    "option of another rule": (["--method", "twins", "--soft_clean_floor", "0.2"],
+                               r"--soft_clean_floor is read only by weighting 'soft_clean' \(solver/weighting/\), "
+                               r"which this run does not use \(weighting: alr\)"),
+    "option of a method not used": (["--eval_after", "3"],
+                                    r"--eval_after is read only by training method 'twins_release' "
                                     r"\(solver/methods/\), which this run does not use \(method: rde\)"),
     "option of a part the file does not use": ("weighting: ccd\nalr_k: 9",
                                                r"alr_k \(.*bad.yaml\) is read only by weighting 'alr' or "
@@ -69,7 +72,9 @@ BAD = {
     "text for a number": ("num_epoch: three", r"num_epoch: 'three' is not an integer"),
     "abbreviation": (["--num_epo", "3"], r"unrecognized arguments: --num_epo 3; --num_epo: did you mean --num_epoch\?"),
     "weighting": (["--weighting", "cdd"],
-                  r"--weighting: 'cdd' is not one of: ccd, alr, alr_release \(did you mean ccd\?\)"),
+                  # every registered rule, in name order (a new rule file adds its name here by itself)
+                  r"--weighting: 'cdd' is not one of: alr, alr_release, ccd, (\w+, )*soft_clean(, \w+)* \(did you "
+                  r"mean ccd\?\)"),
     "clip_arch key": ("clip_arch: {vision_widht: 64}",
                       r"clip_arch: key 'vision_widht' is not a CLIP architecture field.*\(did you mean vision_width\?\); "
                       r"keys: embed_dim"),
@@ -168,6 +173,44 @@ def test_an_old_run_folder_loads_with_one_warning_line(tmp_path, warnings_said):
         parse_args(["--loss_names", "TAL+free_text"])
 
 
+@pytest.mark.parametrize("method, rule", [("soft_clean", "soft_clean"), ("co_teaching", "co_teaching")])
+def test_a_method_that_became_a_weighting_rule_reads_as_that_rule(method, rule, tmp_path, warnings_said):
+    """soft_clean and co_teaching were methods that bypassed `weighting` (a run folder of theirs says
+    weighting: ccd, which they never read): an old run folder, an old config and the command line read them as
+    the rule, with one warning line, and --resume finds the checkpoint's config equal to the folder's."""
+    old = {**defaults(), "method": method, "weighting": "ccd", "twin": method == "co_teaching"}
+    (tmp_path / "configs.yaml").write_text(yaml.safe_dump(old))
+    cfg = parse_args(["--resume", str(tmp_path)])
+    assert (cfg.method, cfg.weighting, cfg.twin) == ("rde", rule, method == "co_teaching")
+    said, = warnings_said()
+    assert f"method {method} is now the weighting rule {rule}, read as method: rde, weighting: {rule}" in said
+    assert config_conflicts(current_names(old), {k: v for k, v in cfg.items() if k in old}) == []   # main.py's
+    new = parse_args(["--method", method, "--noisy_rate", "0.5"])
+    assert (new.method, new.weighting, new.twin) == ("rde", rule, method == "co_teaching")
+    with pytest.raises(SystemExit, match=r"--alr_k is read only by weighting 'alr'"):
+        parse_args(["--method", method, "--weighting", "alr", "--alr_k", "9"])    # its rule replaced alr's
+
+
+def test_an_option_of_a_rule_is_refused_in_every_combination_that_does_not_choose_it():
+    """Every method with every rule (and with the division off): an option that only rules other than the chosen
+    one read is refused; the chosen rule's own are taken."""
+    from configs import resolve
+    from solver.methods import METHODS
+    from solver.weighting import WEIGHTINGS
+    declared = {name: set(getattr(cls, "options", None) or {}) for name, cls in WEIGHTINGS.items()}
+    for method in METHODS:
+        for rule in WEIGHTINGS:
+            for division in (True, False):
+                for option in set().union(*declared.values()):
+                    given = {"method": method, "weighting": rule, "division": division,
+                             option: OPTIONS[option].default}
+                    if division and option in declared[rule]:
+                        assert resolve(given, {})[option] == OPTIONS[option].default
+                    else:
+                        with pytest.raises(SystemExit, match=rf"--{option} is read only by weighting "):
+                            resolve(given, {})
+
+
 def test_a_saved_config_without_newer_options_resumes_with_their_defaults(tmp_path):
     saved = {k: v for k, v in defaults().items() if k not in ("division_read", "gmm", "use_rda")}
     (tmp_path / "configs.yaml").write_text(yaml.safe_dump(saved))
@@ -201,6 +244,17 @@ def test_our_datasets_package_does_not_break_transformers_or_peft():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_a_config_reads_in_a_fresh_interpreter_with_nothing_imported_first():
+    """configs/ imports the registries it checks against itself: no command imports solver.build first, and
+    `import configs` alone imports no torch (the registries come when a value is first checked)."""
+    code = ("import sys\nimport configs\nassert 'torch' not in sys.modules\n"
+            "cfg = configs.parse_args(['--config', 'configs/synth.yaml', '--weighting', 'alr', '--alr_k', '9'])\n"
+            "assert (cfg.pretrain_choice, cfg.alr_k) == ('synthetic', 9.0), cfg\n"
+            "assert 'solver.build' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_config_file_starts_from_its_base(tmp_path):
     """fast-reid's _BASE_: the base file is read first, relative to the file, and the file overrides it; a loop
     or a missing base is named."""
@@ -218,7 +272,7 @@ def test_a_config_file_starts_from_its_base(tmp_path):
 
 
 def test_the_machinery_reads_any_table_of_options(tmp_path):
-    """utils/options.py holds no option of its own: the parser, the checks and YAML files work on the table they
+    """utils/options/ holds no option of its own: the parser, the checks and YAML files work on the table they
     are given (configs/ gives them the training options)."""
     import utils.options as machinery
     groups = {"counts": {"n": machinery.Option(2, "a count", machinery.AT_LEAST_1)},

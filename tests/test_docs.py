@@ -8,7 +8,7 @@
     - the defaults table of §5.3 agrees with the options' defaults in the code (read with `ast`, nothing is
       imported) and with what every recipe's YAML file sets (configs/rde, configs/icl, configs/3rtpr);
     - every row of a `value | code` table (§1.8, §7.2) agrees with the constant or command-line default it names;
-    - the published numbers of §9 are exactly those of utils/published_results.yaml, each with its source.
+    - the published numbers of §9 are exactly those of reports/published_results.yaml, each with its source.
 
 Only text and syntax trees are read: no torch, no project import.
 """
@@ -373,15 +373,15 @@ def test_published_numbers_are_those_of_published_results_yaml():
         assert key not in doc, f"{DOC_PATH} §9: {key} appears twice"
         doc[key] = {"source": row[column["source"]],
                     **{m: float(row[column[m]]) for m in METRICS if plain(row[column[m]]) not in ("-", "—")}}
-    published = yaml.safe_load((ROOT / "utils" / "published_results.yaml").read_text(encoding="utf-8"))
+    published = yaml.safe_load((ROOT / "reports" / "published_results.yaml").read_text(encoding="utf-8"))
     ours = {(r["method"], r["dataset"], float(r["noisy_rate"])):
             {"source": r["source"], **{m: float(r[m]) for m in METRICS if m in r}} for r in published["results"]}
-    problems = [f"§9 lacks {k} of utils/published_results.yaml" for k in ours if k not in doc]
-    problems += [f"§9 has {k}, which utils/published_results.yaml lacks" for k in doc if k not in ours]
-    problems += [f"§9 {k}: {doc[k]} but utils/published_results.yaml says {ours[k]}"
+    problems = [f"§9 lacks {k} of reports/published_results.yaml" for k in ours if k not in doc]
+    problems += [f"§9 has {k}, which reports/published_results.yaml lacks" for k in doc if k not in ours]
+    problems += [f"§9 {k}: {doc[k]} but reports/published_results.yaml says {ours[k]}"
                  for k in ours if k in doc and doc[k] != ours[k]]
     # each source is one of the works the page lists (its first table's short names)
     works = {row[0] for header, rows in table_with("short name", "work") for row in rows}
-    problems += [f"source {s} of utils/published_results.yaml is not in the page's table of works"
+    problems += [f"source {s} of reports/published_results.yaml is not in the page's table of works"
                  for s in published["sources"] if s not in works]
     assert not problems, "\n".join(problems)

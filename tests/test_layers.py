@@ -3,10 +3,13 @@
     utils/                   helpers: imports nothing of the project
     datasets/, model/        import only utils/
     mllm/                    the MLLM layer THI and RDA share: imports only utils/
-    configs/                 the training options and reading a config: only utils/ (the registries values are
-                             checked against are given to it by solver/build.py)
-    evaluation/              evaluation and reading runs back: utils/, datasets/, model/, configs/
-    solver/                  training, and assembling a run (solver/build.py): the packages above and evaluation/
+    evaluation/              features, similarities, the metrics table: utils/, datasets/, model/
+    solver/                  training and assembling a run (solver/build.py): the packages above (no config)
+    configs/                 the training options and reading a config: utils/ and the packages whose registries
+                             it checks values against (datasets/, model/, solver/)
+    inference/               a trained run read back with its config, searched: configs/ and what is below it
+    pretraining/             the synthetic CLIP's pretraining and its command: utils/, datasets/, model/, configs/
+    reports/                 what a finished run is looked at with (tables, curves, rank lists): only utils/
     thi/, rda/               on mllm/ and the packages above; neither imports the other
     webapp/, bench/, main.py, test.py, retrieve.py, app.py: anything
 
@@ -32,11 +35,14 @@ RULES = {
     "datasets": {"utils"},
     "model": {"utils"},
     "mllm": {"utils"},
-    "configs": {"utils"},
-    "evaluation": {"utils", "datasets", "model", "configs"},
-    "solver": {"utils", "datasets", "model", "configs", "evaluation"},
-    "thi": {"utils", "datasets", "model", "mllm", "configs", "evaluation", "solver"},
-    "rda": {"utils", "datasets", "model", "mllm", "configs", "evaluation", "solver"},
+    "evaluation": {"utils", "datasets", "model"},
+    "solver": {"utils", "datasets", "model", "evaluation"},
+    "configs": {"utils", "datasets", "model", "solver"},
+    "inference": {"utils", "datasets", "model", "evaluation", "configs"},
+    "pretraining": {"utils", "datasets", "model", "configs"},
+    "reports": {"utils"},
+    "thi": {"utils", "datasets", "model", "mllm", "configs", "evaluation", "solver", "inference"},
+    "rda": {"utils", "datasets", "model", "mllm", "configs", "evaluation", "solver", "inference"},
 }
 
 
@@ -146,18 +152,22 @@ def test_the_loop_check_itself():
     ("mllm/vqa.py", "from .backends import Request\nfrom thi.prompts import P\n", ["mllm/vqa.py:2 imports thi.prompts"]),
     ("rda/pipeline.py", "from mllm.vqa import describe\nimport thi.interaction\n",
      ["rda/pipeline.py:2 imports thi.interaction"]),
-    ("evaluation/runs.py", "from model import build_model\nfrom solver import engine\n",
-     ["evaluation/runs.py:2 imports solver"]),
-    ("utils/options.py", "def f():\n    from model.clip import CLIPConfig\n",   # no exception for options.py
-     ["utils/options.py:2 imports model.clip"]),
-    ("configs/table.py", "from utils.options import Option\nfrom solver.methods import METHODS\n",
-     ["configs/table.py:2 imports solver.methods"]),
-    ("configs/reading.py", "def f():\n    from model.losses import parse_loss_names\n",
-     ["configs/reading.py:2 imports model.losses"]),
-    ("solver/build.py", "import configs\nfrom evaluation.evaluator import Evaluator\n", []),
+    ("inference/runs.py", "from model import build_model\nfrom solver import engine\n",
+     ["inference/runs.py:2 imports solver"]),
+    ("evaluation/evaluator.py", "from configs import load_run_config\n", ["evaluation/evaluator.py:1 imports configs"]),
+    ("utils/options/cli.py", "def f():\n    from model.clip import CLIPConfig\n",   # no exception for options
+     ["utils/options/cli.py:2 imports model.clip"]),
+    ("configs/table.py", "from utils.options import Option\nfrom solver.methods import METHODS\n", []),
+    ("configs/reading.py", "def f():\n    from inference.runs import load_run\n",
+     ["configs/reading.py:2 imports inference.runs"]),
+    ("solver/build.py", "import configs\nfrom evaluation.evaluator import Evaluator\n",
+     ["solver/build.py:1 imports configs"]),
+    ("solver/engine.py", "from pretraining import ensure_for_run\n", ["solver/engine.py:1 imports pretraining"]),
+    ("pretraining/__main__.py", "from configs import parse_args\nfrom solver.build import build_engine\n",
+     ["pretraining/__main__.py:2 imports solver.build"]),
     ("solver/hooks.py", "from thi.rerank import reranked\n", ["solver/hooks.py:1 imports thi.rerank"]),
-    ("configs/table.py", "from evaluation.runs import load_run\n", ["configs/table.py:1 imports evaluation.runs"]),
-    ("evaluation/runs.py", "from configs import load_yaml, resolve\n", []),
+    ("configs/table.py", "from inference.runs import load_run\n", ["configs/table.py:1 imports inference.runs"]),
+    ("inference/runs.py", "from configs import load_yaml, resolve\n", []),
     ("mllm/cache.py", "from datasets.loaders import ImageDecodeError\n", ["mllm/cache.py:1 imports datasets.loaders"]),
     ("thi/cli.py", "from rda import cli\n", ["thi/cli.py:1 imports rda"]),
     ("webapp/server.py", "from thi.cli import add_thi_args\nimport solver.build\n", []),     # webapp/: anything

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import yaml
 
 import test as test_main
-from evaluation.runs import load_checkpoint_files, random_model
+from inference.runs import load_checkpoint_files, random_model
 from model.clip import CLIP, CLIPConfig, Transformer
 from model.published import CheckpointMismatch, load_models, read_file
 from utils.metrics import rank_metrics

@@ -12,7 +12,7 @@ import main as train_main
 from datasets import build_dataset
 from datasets.loaders import read_image
 from datasets.transforms import build_transforms
-from evaluation.runs import load_run
+from inference.runs import load_run
 from rda import cli as rda_cli
 from rda.pipeline import augment
 from mllm.backends import SYSTEM_PROMPT, make_backend

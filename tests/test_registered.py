@@ -13,9 +13,9 @@ from model import build_model
 from model.embeddings import EMBEDDINGS, build_embedding
 from model.losses import LOSSES, REDUCTIONS, build_loss
 from solver.build import build_engine
-from solver.division_reads import model_prefix
+from solver.division import Division, gmm_settings, model_prefix
 from solver.methods import METHODS
-from solver.weighting import WEIGHTINGS, build_weighting
+from solver.weighting import WEIGHTINGS
 from solver.objective import weighted_loss
 from solver.optimizer import build_optimizer
 from configs import resolve
@@ -191,23 +191,68 @@ def test_the_real_registries_hold_the_documented_entries():
 
 
 # ---------------------------------------------------------------- weighting rules and training methods
+def division_of(models: int, embeddings=("bge", "tse"), epoch: int = 1) -> Division:
+    """The division of 50 pairs, named as the reads name signals: 40 whose every signal's loss is low and whose
+    cosine is high, 10 the opposite (permuted pairs)."""
+    rng = np.random.default_rng(1)
+    signals = {model_prefix(k, models) + emb: np.concatenate([rng.normal(0.2, 0.05, 40), rng.normal(1.0, 0.05, 10)])
+               for k in range(models) for emb in embeddings}
+    positive_sim = np.concatenate([rng.normal(0.8, 0.02, 40), rng.normal(0.2, 0.02, 10)])
+    return Division.fit(signals, positive_sim, epoch, seed=1, models=models, settings=gmm_settings(0.5, ""))
+
+
+@pytest.mark.parametrize("models", [1, 2], ids=["one_model", "twins"])
 @pytest.mark.parametrize("name", sorted(WEIGHTINGS))
-def test_weighting_rule_gives_one_weight_in_0_1_per_pair(name):
-    rule = build_weighting(tiny_cfg(weighting=name))
-    rng = np.random.default_rng(0)
-    votes = rng.random((4, 50)) > 0.3                          # 4 signals, 50 pairs
-    votes[:, :10] = True                                       # some pairs every signal calls clean
-    weights = rule(votes, rng.random(50), epoch=3)
-    assert weights.shape == (50,) and weights.dtype == torch.float32
-    assert ((weights >= 0) & (weights <= 1)).all()
-    assert torch.equal(weights, rule(votes, rng.random(50), epoch=3)) or name.startswith("alr")   # CCD: by epoch
+def test_weighting_rule_weighs_low_loss_pairs_more(name, models):
+    """Every registered rule, on one model's division and on twins': the engine takes its weights (Engine.weigh
+    checks them: float32 in [0, 1], [N] or [models, N]), the low-loss pairs weigh more, and the same division
+    gives the same weights (a rule draws from the division's seed and epoch, so a resumed run repeats it)."""
+    engine = build_engine(tiny_cfg(weighting=name, twin=models == 2), num_classes=CLASSES)
+    division = division_of(models)
+    weights = engine.weigh(division)
+    for row in weights.reshape(-1, division.pairs):
+        assert float(row[:40].mean()) > float(row[40:].mean())
+    assert torch.equal(weights, engine.weigh(division_of(models)))
+
+
+class Bad:
+    """A weighting rule whose result is `returns(division)`."""
+    returns = staticmethod(lambda division: torch.ones(division.pairs))
+
+    def __call__(self, division):
+        return self.returns(division)
+
+
+@pytest.mark.parametrize("returns, message", [
+    (lambda d: np.ones(d.pairs, dtype=np.float32), r"returned a numpy.ndarray: return a torch tensor"),
+    (lambda d: torch.ones(d.pairs, dtype=torch.float64), r"returned torch.float64 weights: return float32"),
+    (lambda d: torch.ones(d.pairs) > 0, r"returned torch.bool weights: return float32 \(weights.float\(\)\)"),
+    (lambda d: torch.ones(3, d.pairs), r"returned weights of shape \(3, 50\): expected \[50\] .* or \[1, 50\]"),
+    (lambda d: torch.full((d.pairs,), 2.0), r"returned 50 weights outside \[0, 1\] \(first: 2.0\)"),
+    (lambda d: torch.full((d.pairs,), float("nan")), r"returned 50 weights outside \[0, 1\] \(first: nan\)"),
+], ids=["numpy", "float64", "bool", "shape", "range", "nan"])
+def test_the_engine_names_the_rule_whose_weights_are_wrong(returns, message, monkeypatch):
+    monkeypatch.setitem(WEIGHTINGS._entries, "bad", type("Bad", (Bad,), {"returns": staticmethod(returns)}))
+    engine = build_engine(tiny_cfg(weighting="bad"), num_classes=CLASSES)
+    with pytest.raises((TypeError, ValueError), match=r"^weighting 'bad' \((tests\.)?test_registered\.Bad\) " + message):
+        engine.weigh(division_of(1))
+
+
+def test_a_per_model_rule_needs_every_model_read():
+    twins = division_of(2)
+    assert [d.owners for d in twins.by_model()] == [[0, 0], [1, 1]]
+    assert list(twins.of_model(1).signals) == ["model2/bge", "model2/tse"]
+    one_read = Division.fit({"model2/fused": twins.signals["model2/bge"]}, twins.positive_sim, 1, 1, 2,
+                            gmm_settings(0.5, ""))        # twins_release's drawn twin
+    with pytest.raises(ValueError, match=r"division of epoch 1 read no signal of model 1 \(it read model2/fused\)"):
+        one_read.by_model()
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_method_trains_a_step_and_its_weights_follow_the_division(name):
+def test_method_trains_a_step_and_weighs_its_division(name):
     """Every registered method, on a tiny model without data: its defaults resolve, a training step lowers
-    nothing to NaN, and its sample_weights turn division signals (named as the division names them) into one
-    weight in [0, 1] per pair, for every model or for each ([models, N])."""
+    nothing to NaN, each model trains with its own row of [models, B] weights, and its rule (its default
+    `weighting`) weighs a division of its models."""
     cfg = tiny_cfg(method=name, division_read="clean")
     engine = build_engine(cfg, num_classes=CLASSES)
     assert isinstance(engine, METHODS[name])
@@ -223,14 +268,8 @@ def test_method_trains_a_step_and_its_weights_follow_the_division(name):
         _, parts = engine.train_step(batch, torch.stack([torch.ones(B), torch.zeros(B)]), epoch=1)
         assert all(float(v) != 0 for k, v in parts.items() if k.startswith("model1/"))
         assert all(float(v) == 0 for k, v in parts.items() if k.startswith("model2/"))
-    rng = np.random.default_rng(1)
-    signals = {model_prefix(k, views) + emb: np.concatenate([rng.normal(0.2, 0.05, 40), rng.normal(1.0, 0.05, 10)])
-               for k in range(views) for emb in cfg.embeddings}
-    positive_sim = np.concatenate([rng.normal(0.8, 0.02, 40), rng.normal(0.2, 0.02, 10)])   # noisy pairs disagree
-    weights = engine.sample_weights(signals, positive_sim, epoch=1)
-    assert tuple(weights.shape) in ((50,), (views, 50))
+    weights = engine.weigh(division_of(views, cfg.embeddings))
     for row in weights.reshape(-1, 50):
-        assert ((row >= 0) & (row <= 1)).all()
         assert float(row[:40].mean()) > float(row[40:].mean())      # low-loss pairs weigh more
 
 
@@ -244,3 +283,19 @@ def test_an_option_is_declared_once(monkeypatch):
     monkeypatch.setitem(LOSSES._entries, "Clash", clash)
     with pytest.raises(TypeError, match=r"option 'tau' of loss 'Clash' .* is already declared by loss"):
         options.OPTIONS
+
+
+def test_a_part_is_found_by_its_file(tmp_path, monkeypatch):
+    """A registry package imports every module of its folder (utils/registry.py import_folder): a new part is one
+    new file, with no import line to edit; modules named _x are left alone."""
+    package = tmp_path / "plugins"
+    package.mkdir()
+    (package / "__init__.py").write_text("from utils.registry import Registry, import_folder\n"
+                                         "PARTS = Registry('part', 'plugins/', lambda cls: [])\n"
+                                         "import_folder(__name__, __path__)\n")
+    (package / "zeta.py").write_text("from . import PARTS\n@PARTS.register('zeta')\nclass Zeta: pass\n")
+    (package / "alpha.py").write_text("from . import PARTS\n@PARTS.register('alpha')\nclass Alpha: pass\n")
+    (package / "_draft.py").write_text("raise RuntimeError('not a part: never imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import plugins
+    assert list(plugins.PARTS) == ["alpha", "zeta"]          # in file-name order

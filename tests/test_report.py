@@ -1,4 +1,4 @@
-"""python -m utils.report: run folders grouped into seeds of a recipe, beside the published numbers; run_seeds.sh."""
+"""python -m reports.tables: run folders grouped into seeds of a recipe, beside the published numbers; run_seeds.sh."""
 import json
 import math
 import os
@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from utils import report
+from reports import tables
 from utils.metrics import METRIC_NAMES
 from configs import resolve
 from utils.options import save_config
@@ -56,7 +56,7 @@ def table(tables, dataset, rate):
 
 
 def test_seeds_are_averaged_and_compared_with_the_paper(logs):
-    out = report.main([str(logs), "--paper"])
+    out = tables.main([str(logs), "--paper"])
     t = table(out["tables"], "CUHK-PEDES", 0.0)
     rows = {row.label: row for row in t["rows"]}
     best, last = rows["RDE (lr=1e-05), best (epoch 2, 3)"], rows["RDE (lr=1e-05), last (epoch 3)"]
@@ -83,7 +83,7 @@ def test_seeds_are_averaged_and_compared_with_the_paper(logs):
 
 
 def test_without_paper_no_published_rows(logs):
-    out = report.main([str(logs), "--format", "markdown"])
+    out = tables.main([str(logs), "--format", "markdown"])
     assert all(not t["published"] for t in out["tables"]) and "tex" not in out
     assert "vs" not in out["md"].splitlines()[2]
 
@@ -98,7 +98,7 @@ def test_thi_rows_before_and_after(logs, tmp_path):
     os.makedirs(logs / "thi" / "rde_best")
     (logs / "thi" / "rde_best" / "metrics.json").write_text(json.dumps(
         {**thi, "checkpoint": ["/w/rde_best.pth"], "dataset_name": "CUHK-PEDES"}))
-    out = report.main([str(logs), "--paper"])
+    out = tables.main([str(logs), "--paper"])
     rows = {row.label: row for row in table(out["tables"], "CUHK-PEDES", 0.0)["rows"]}
     after = rows["RDE + THI, THI after: THI round 2"]
     assert rows["RDE + THI, THI before: base (BGE+TSE)"].mean["R1"] == 70.0 and after.mean["R1"] == 74.0
@@ -110,10 +110,10 @@ def test_thi_rows_before_and_after(logs, tmp_path):
 
 def test_synthetic_runs_stand_beside_cuhk_pedes(tmp_path):
     make_run(tmp_path / "demo", [metrics(30.0)], dataset_name="SYNTH-PEDES", name="demo", num_epoch=1)
-    out = report.main([str(tmp_path), "--paper"])
+    out = tables.main([str(tmp_path), "--paper"])
     (t,) = out["tables"]
     assert t["paper_dataset"] == "CUHK-PEDES" and t["published"] and "measure nothing" in out["md"]
-    out = report.main([str(tmp_path), "--paper", "RSTPReid", "--format", "latex"])
+    out = tables.main([str(tmp_path), "--paper", "RSTPReid", "--format", "latex"])
     assert out["tables"][0]["published"][0].mean["R1"] == 60.20
 
 
@@ -121,17 +121,17 @@ def test_partial_and_empty_folders(tmp_path, capsys):
     path = make_run(tmp_path / "killed", [metrics(40.0), metrics(45.0)], num_epoch=60)
     with open(os.path.join(path, "metrics.jsonl"), "a") as f:
         f.write('{"epoch": 3, "R1"')
-    out = report.main([str(tmp_path)])
+    out = tables.main([str(tmp_path)])
     (row, _) = out["tables"][0]["rows"]
     assert row.mean["R1"] == 45.0 and "stopped at epoch 2 of 60" in out["md"]
     assert "not JSON" in capsys.readouterr().err
     os.makedirs(tmp_path / "empty")
     with pytest.raises(SystemExit, match="no run folders"):
-        report.main([str(tmp_path / "empty")])
+        tables.main([str(tmp_path / "empty")])
 
 
 def test_published_numbers_are_complete_and_sourced():
-    sources, results = report.load_published()
+    sources, results = tables.load_published()
     for r in results:
         assert r["source"] in sources and r["dataset"] in {"CUHK-PEDES", "ICFG-PEDES", "RSTPReid", "UFine6926"}
         assert set(r) - {"method", "source", "dataset", "noisy_rate"} <= set(METRIC_NAMES)
@@ -150,7 +150,7 @@ def test_run_seeds_script_dry_run_and_resume(tmp_path):
     assert lines[0] == (f"python main.py --config configs/rde/cuhk.yaml --noisy_rate 0.0 --seed 1 "
                         f"--run_dir {tmp_path}/rde_cuhk_n0.0_s1 --root_dir /data")
     assert lines[3] == f"python main.py --resume {tmp_path}/rde_cuhk_n0.5_s2"
-    assert len(lines) == 5 and lines[4] == f"python -m utils.report {tmp_path} --paper"
+    assert len(lines) == 5 and lines[4] == f"python -m reports.tables {tmp_path} --paper"
 
 
 @pytest.mark.slow
@@ -180,7 +180,7 @@ def test_3rtpr_runs_have_no_paper_row_and_stop_where_their_recipe_stops(tmp_path
     stops at epoch 40 of its 60-epoch schedule on RSTPReid: no 'stopped at' note for that."""
     make_run(tmp_path / "rel", [metrics(50.0)] * 40, dataset_name="RSTPReid", method="twins_release",
              num_epoch=60, stop_epoch=40)
-    out = report.main([str(tmp_path), "--paper"])
+    out = tables.main([str(tmp_path), "--paper"])
     (t,) = out["tables"]
     assert [r.reference for r in t["rows"]] == [None, None] and t["published"]      # RDE's, IRRA's, ICL's rows
     assert "no published 3RTPR row" in out["md"] and "stopped at" not in out["md"]

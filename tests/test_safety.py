@@ -2,7 +2,7 @@
 folders (README, Safety).  Every path goes through the real entry points (main.py, test.py, retrieve.py,
 python -m thi, thi.sft's checkpoint reader, the caches' readers); the faults are real (a signal sent to a training
 process, a tmpfs that fills up, a read-only bind mount) where this machine allows, else injected at the same
-point of the same code path (utils/run_folder.py injected)."""
+point of the same code path (utils/faults.py)."""
 import json
 import os
 import pickle

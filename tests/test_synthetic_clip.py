@@ -1,4 +1,4 @@
-"""The CLIP pretrained on synthetic people (pretrain_choice: synthetic, solver/synthetic_clip.py): its people are
+"""The CLIP pretrained on synthetic people (pretrain_choice: synthetic, pretraining/synthetic_clip.py): its people are
 none of SYNTH-PEDES's, it learns, it is kept in OpenAI's key layout and loaded through the CLIP file path, built
 once and rebuilt when its recipe changes, and main.py builds it on first use."""
 import json
@@ -12,7 +12,7 @@ import main as train_main
 from datasets.synthetic import RESERVED_IDENTITIES, _identity_key, _sample_identities, pretraining_identities
 from model.clip import SYNTHETIC, build_clip, load_state_dict_file, random_clip_config
 from model.clip import synthetic as synthetic_file
-from solver import synthetic_clip
+from pretraining import synthetic_clip
 from tests.helpers import TINY_ARCH, read_metrics, tiny_args
 
 TINY_RECIPE = dict(synthetic_clip.RECIPE, identities=96, held_out=16, epochs=4, batch_size=16, lr=2e-3)
@@ -53,7 +53,7 @@ def test_built_once_in_openai_layout_and_loaded_as_a_clip_file(clip_dir):
 
 def test_another_recipe_rebuilds_and_a_missing_file_is_explained(clip_dir, monkeypatch):
     config = random_clip_config(TINY_ARCH, (64, 32), 16, 40)
-    with pytest.raises(FileNotFoundError, match="python -m solver.synthetic_clip"):
+    with pytest.raises(FileNotFoundError, match="python -m pretraining --config"):
         build_clip(SYNTHETIC, image_size=(64, 32), stride=16, text_length=40, arch=TINY_ARCH)
     path = synthetic_clip.ensure_synthetic_clip(config)
     first = load_state_dict_file(path)["visual.proj"].clone()

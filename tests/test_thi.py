@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from utils.images import ImageDecodeError
-from evaluation.runs import load_run
+from inference.runs import load_run
 from mllm.backends import MLLMLoadError, Request, make_backend
 from mllm.backends.chat import processor_size
 from mllm.backends.hf import TransformersBackend

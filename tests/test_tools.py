@@ -1,4 +1,4 @@
-"""The user-facing tools: retrieve.py, test.py --visualize, utils.plot, datasets.check, checkpoint checks."""
+"""The user-facing tools: retrieve.py, test.py --visualize, reports.curves, datasets.check, checkpoint checks."""
 import json
 import os
 import shutil
@@ -13,13 +13,13 @@ from PIL import Image
 import main as train_main
 import retrieve
 import test as test_main
-import evaluation.retrieval_index as ri
+import inference.retrieval_index as ri
 from datasets.check import main as check_main
-from evaluation.runs import load_run
+from inference.runs import load_run
 from model.clip import checkpoint as clip_checkpoint
 from model.clip import CLIP, CLIPConfig, load_state_dict_file
-from utils.plot import main as plot_main, panels, plot_run, read_metrics
-from utils.visualize import first_correct_ranks, load_thi_similarity, pick_queries
+from reports.curves import main as plot_main, panels, plot_run, read_metrics
+from reports.ranklists import first_correct_ranks, load_thi_similarity, pick_queries
 from tests.helpers import tiny_args as training_tiny_args, write_odd_gallery_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -322,7 +322,7 @@ def test_visualize_marks_queries_thi_did_not_rerank(single_run, tmp_path, monkey
     assert not any(f"THI: query {q}," in text for q in range(1, n))
 
 
-# --------------------------------------------------------------------------- utils.plot
+# --------------------------------------------------------------------------- reports.curves
 
 
 @pytest.mark.parametrize("backend", ["pil", "matplotlib"])
@@ -353,7 +353,7 @@ def test_plot_writes_curves_png(single_run, tmp_path, backend):
 def test_plot_division_scales_apart_and_no_absolute_path(tmp_path, monkeypatch, backend):
     if backend == "matplotlib":
         pytest.importorskip("matplotlib")
-    import utils.plot as plot
+    import reports.curves as plot
 
     run_dir = tmp_path / "20261123_101500_RDE"
     run_dir.mkdir()

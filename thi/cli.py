@@ -18,11 +18,10 @@ import sys
 
 import torch
 
-from evaluation.runs import load_checkpoint_files, load_run
+from inference.runs import load_checkpoint_files, load_run
 from mllm.backends import add_backend_args, backend_from_args
 from mllm.cache import AnswerCache, ask
 from mllm.shards import add_shard_arg
-import solver.build  # noqa: F401  (gives configs/ the registries it checks options against)
 from utils.checkpoint import atomic_save
 from utils.files import write_json, write_jsonl
 from utils.logger import setup_logger

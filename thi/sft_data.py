@@ -30,10 +30,9 @@ from torch.utils.data import DataLoader
 from datasets.loaders import CaptionList, ImageFolderList
 from datasets.transforms import build_transforms
 from evaluation.evaluator import encode_loader, similarity_rows
-from evaluation.runs import load_run
+from inference.runs import load_run
 from mllm.backends import SYSTEM_PROMPT
 from model import similarities
-import solver.build  # noqa: F401  (gives configs/ the registries it checks options against)
 from utils.files import write_json
 from utils.logger import setup_logger
 from .prompts import localisation_prompt

@@ -10,7 +10,8 @@ import shutil
 import torch
 
 from .files import atomic_open
-from .run_folder import checkpoints, crash_point, injected
+from .faults import crash_point, injected
+from .run_folder import checkpoints
 from .safe_load import DamagedFileError, FileRefused, UnsafeFileError
 from .safe_load import load as safe_load
 

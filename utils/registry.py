@@ -1,16 +1,18 @@
 """Named parts a config picks (losses, embedding heads, weighting rules, training methods): one registry class,
-checked when a part registers.
+checked when a part registers, and parts found by their files (`import_folder`).
 
 A registry refuses a second entry under a name already taken (a silent overwrite would train another loss than
 the one named) and runs its kind's check on each entry, so a loss without ``reduction`` or a head without
 ``encode_text`` fails at import, naming the class and what it lacks, instead of at the first training step.
-A part may declare the options it reads (``options = {name: Option}``, see utils/options.py): the config
+A part may declare the options it reads (``options = {name: Option}``, see utils/options/): the config
 collects them for ``--help`` and checking, and the part is built with their values as plain arguments.
 """
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 
 
@@ -66,6 +68,15 @@ def option_problems(cls) -> list[str]:
     return []
 
 
+def import_folder(package: str, path) -> None:
+    """Import every module in a package's folder (`package`: its name, `path`: its __path__), in name order, except
+    those whose name starts with _: each registers the parts it defines, so a new part is one new file, with no
+    import line to add anywhere.  A registry package calls it last in its __init__.py."""
+    for module in sorted(m.name for m in pkgutil.iter_modules(path)):
+        if not module.startswith("_"):
+            importlib.import_module(f"{package}.{module}")
+
+
 class Registry(Mapping):
     """name -> class.  `check(cls)` returns what the class lacks for this kind of part (empty: nothing)."""
 
@@ -87,6 +98,10 @@ class Registry(Mapping):
             self._entries[name] = cls
             return cls
         return add
+
+    def describe(self, name: str) -> str:
+        """How messages name an entry: "weighting 'ccd' (solver.weighting.ccd.ConsensusCleanDivision)"."""
+        return f"{self.kind} {name!r} ({qualified_name(self._entries[name])})"
 
     def unknown(self, name: str) -> str:
         """The message for a name that is not registered."""

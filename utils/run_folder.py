@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import sys
 
 from .files import write_jsonl
@@ -24,20 +23,6 @@ RUN_FILES = ("configs.yaml", "train_log.txt", METRICS, "best.pth", LAST, PREVIOU
 
 class RunFolderError(RuntimeError):
     """A run folder that cannot be used as asked; the message says why and what to do."""
-
-
-def crash_point(name: str) -> None:
-    """Fault injection for the kill tests: REID_CRASH_AT=name makes the process kill -9 itself here."""
-    if injected("REID_CRASH_AT", name):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def injected(variable: str, name: str) -> bool:
-    """Fault injection for the tests (tests/test_safety.py): the environment variable names the point where a
-    fault happens (REID_NAN_AT: the loss turns NaN; REID_DISK_FULL_AT: a checkpoint write finds the disk full;
-    REID_WAIT_AT: training pauses until a signal arrives, so that a test can send one mid-epoch).  Under torchrun,
-    "rankN:name" limits the fault to the process of rank N."""
-    return bool(name) and os.environ.get(variable) in (name, f"rank{os.environ.get('RANK', '0')}:{name}")
 
 
 def new_folder(path: str) -> str:

@@ -7,11 +7,7 @@ Imports nothing of the project.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
-import time
-
-from .run_folder import injected
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -31,16 +27,6 @@ class StopSignals:
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum is not None else ""
-
-    def wait_if_asked(self, name: str, timeout: float = 120.0) -> None:
-        """Fault injection for the signal tests: REID_WAIT_AT=name pauses training here, saying so on stderr, until
-        a signal arrives, so that the test's signal lands mid-epoch."""
-        if not injected("REID_WAIT_AT", name):
-            return
-        print(f"waiting at {name} for a signal", file=sys.stderr, flush=True)
-        deadline = time.monotonic() + timeout
-        while not self.requested and time.monotonic() < deadline:
-            time.sleep(0.01)
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum

@@ -1,5 +1,5 @@
 """What the search page searches: a gallery (the run's test split, or a folder of one's own crops) behind the same
-incremental feature index and scoring as retrieve.py (evaluation/retrieval_index.py), and one query's ranking on it
+incremental feature index and scoring as retrieve.py (inference/retrieval_index.py), and one query's ranking on it
 with, for a test caption, its rank metrics (utils/metrics.py, the numbers test.py prints).
 
 Nothing here knows about Gradio: the page (webapp/page.py) and the benchmark (bench/app.py) call it alike.
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from evaluation.retrieval_index import IMAGE_EXTENSIONS, Encoders, GallerySearch, open_index, query_notes
+from inference.retrieval_index import IMAGE_EXTENSIONS, Encoders, GallerySearch, open_index, query_notes
 from utils.metrics import rank_metrics
 
 

@@ -7,9 +7,8 @@ import os
 
 from starlette.middleware import Middleware
 
-from evaluation.retrieval_index import load_encoders
-from evaluation.runs import load_run
-import solver.build  # noqa: F401  (gives configs/ the registries it checks options against)
+from inference.retrieval_index import load_encoders
+from inference.runs import load_run
 from .gallery import Gallery
 from .page import Page
 

@@ -68,7 +68,7 @@ def build_clip(pretrain: str | None, image_size: Iterable[int] = (384, 128), str
         path = synthetic_clip_file(random_clip_config(arch, image_size, stride, text_length))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"pretrain_choice synthetic: {path} is not built yet; main.py builds it on first "
-                                    "use, or build it with: python -m solver.synthetic_clip --config YOUR_CONFIG")
+                                    "use, or build it with: python -m pretraining --config YOUR_CONFIG")
         return load_clip(path, image_size, stride, text_length)
     if re.fullmatch(r"(RN|ViT-)[\w/@-]+", pretrain) and not os.path.exists(pretrain):
         path = os.path.join(OPENAI_CACHE_DIR, pretrain.replace("/", "-") + ".pt")

@@ -1,8 +1,8 @@
 """Where the CLIP pretrained on synthetic people is kept (``pretrain_choice: synthetic``).
 
 The synthetic world's stand-in for OpenAI's web-pretrained ViT-B-16.pt: a CLIP of the run's architecture trained
-once on synthetic identities that SYNTH-PEDES never holds (solver/synthetic_clip.py builds it, on first use or with
-``python -m solver.synthetic_clip``), then loaded through the same path as any CLIP file.  One file per
+once on synthetic identities that SYNTH-PEDES never holds (pretraining/synthetic_clip.py builds it, on first use or
+with ``python -m pretraining``), then loaded through the same path as any CLIP file.  One file per
 architecture (every CLIPConfig field, image size and text length included), in OpenAI's key layout.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Embedding heads: how a tower's token sequence becomes the vector that is compared.
 
-Each head is one module in this folder that registers itself; a config's ``embeddings: [bge, tse]``
+Each head is one module in this folder that registers itself (every module here is imported); a config's ``embeddings: [bge, tse]``
 picks them by name.  A head is built as ``cls(width, **its options)`` (``options = {name: Option}``, the values of
 the options it reads) and maps image tokens (+ last-block attention)
 and text tokens (+ attention, token ids) to one vector each:
@@ -13,7 +13,7 @@ import inspect
 
 import torch.nn as nn
 
-from utils.registry import Registry, accepts, option_defaults
+from utils.registry import Registry, accepts, import_folder, option_defaults
 
 
 def _declares(cls, attribute: str) -> bool:
@@ -46,4 +46,4 @@ def build_embedding(name: str, cfg, width: int) -> nn.Module:
     return head
 
 
-from . import avgpool, bge, fused, tse  # noqa: E402,F401  (registration)
+import_folder(__name__, __path__)      # every file here: a new head is one new file

@@ -1,5 +1,6 @@
-"""Training losses, one file each, chosen by name with ``--loss_names`` (RDE's convention: 'TAL+SDM', and labels
-such as RDE's run tag 'TAL+sr0.3_tau0.015_margin0.1_n0.2': LABEL_RULE below).
+"""Training losses, one file each (every module of this folder is imported and registers its loss), chosen by
+name with ``--loss_names`` (RDE's convention: 'TAL+SDM', and labels such as RDE's run tag
+'TAL+sr0.3_tau0.015_margin0.1_n0.2': LABEL_RULE below).
 
 A loss is a module called as ``loss(image_feats, text_feats, pids) -> [B]`` per-sample values, so that
 the robust-training weights (0/1 consensus or ALR soft weights) can multiply them; ``reduction`` says how
@@ -15,7 +16,7 @@ import re
 
 import torch.nn as nn
 
-from utils.registry import Registry, accepts, closest, edit_distance, option_defaults
+from utils.registry import Registry, accepts, closest, edit_distance, import_folder, option_defaults
 
 REDUCTIONS = ("sum", "mean")
 
@@ -113,4 +114,4 @@ def build_loss(name: str, cfg, dim: int, num_classes: int) -> nn.Module:
     return LOSSES.build(name, dim=dim, num_classes=num_classes, cfg=cfg)
 
 
-from . import cmpm, id_loss, infonce, sdm, tal, trl  # noqa: E402,F401  (registration)
+import_folder(__name__, __path__)      # every file here: a new loss is one new file

@@ -18,8 +18,8 @@ import torch
 
 from utils.options import AT_LEAST_0, OneOf, Option
 
-from ..division import division_quality
-from ..division_reads import READS, model_prefix
+from ..division import Division, division_quality, model_prefix
+from ..division_reads import READS
 from ..engine import Engine
 from . import register_method
 
@@ -49,15 +49,12 @@ class ReleasedReciprocalTwins(Engine):
     def division_signals(self, epoch: int):
         return READS[self.cfg.division_read](self, epoch, self.drawn_twins(epoch))
 
-    def sample_weights(self, signals, positive_sim, epoch):
-        votes = self.votes(signals, epoch)
-        weights = self.weighting(votes, positive_sim, epoch)
-        mu = getattr(self.weighting, "last_mu", None)          # the ALR rules' (another weighting has none)
+    def division_notes(self, division: Division) -> tuple[str, dict]:
+        mu = self.weighting.mu(division) if hasattr(self.weighting, "mu") else None    # the ALR rules' mu
         is_clean = self.data.is_clean if self.data is not None else None     # the truth, under simulated noise
         notes, extra = [], {} if mu is None else {"mu": float(mu)}
-        for name, vote in zip(signals, votes):                  # each signal read: a twin's fused SDM
-            k = int(name.split("/")[0][len("model"):]) - 1 if "/" in name else 0
-            other = model_prefix((k + 1) % len(self.models), len(self.models)).rstrip("/")
+        for name, vote, k in zip(division.signals, division.votes, division.owners):   # a twin's fused SDM each
+            other = model_prefix((k + 1) % division.models, division.models).rstrip("/")
             quality = division_quality(torch.as_tensor(vote, dtype=torch.float32), is_clean)
             extra[f"{name}/clean_votes"] = quality["kept"]
             said = f"{name}" + (f" (on {other}'s view)" if other else "") + f" votes {quality['kept']} clean"
@@ -67,8 +64,7 @@ class ReleasedReciprocalTwins(Engine):
                 said += f" (noisy votes: precision {quality['noise_precision']:.1f}% recall " \
                         f"{quality['noise_recall']:.1f}%)"
             notes.append(said)
-        self.division_note = ("; ".join(notes) + ("" if mu is None else f"; ALR mu {float(mu):.4f}") + "; ", extra)
-        return weights
+        return "; ".join(notes) + ("" if mu is None else f"; ALR mu {float(mu):.4f}") + "; ", extra
 
     def divide(self, epoch: int) -> dict:
         if epoch > self.cfg.division_warmup_epochs:

@@ -7,11 +7,10 @@ with CLIP's own contrastive loss on clean captions of identities that SYNTH-PEDE
 datasets.synthetic.pretraining_identities), and keeps it, in OpenAI's key layout, where build_clip looks for it
 (model/clip/synthetic.py).  Built once per architecture, on first use (main.py) or ahead of time:
 
-    python -m solver.synthetic_clip --config configs/synth.yaml
+    python -m pretraining --config configs/synth.yaml
 """
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import logging
@@ -186,25 +185,3 @@ def ensure_for_run(cfg, device: str = "cpu") -> None:
     if cfg.pretrain_choice == SYNTHETIC and not cfg.pretrain_path:
         ensure_synthetic_clip(random_clip_config(cfg.clip_arch, cfg.img_size, cfg.stride_size, cfg.text_length),
                               device=device)
-
-
-def main(argv=None) -> str:
-    from configs import parse_args
-    from utils.logger import setup_logger
-
-    from . import build  # noqa: F401  (gives configs/ its registries)
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="a training config whose clip_arch, img_size, stride_size "
-                                                        "and text_length the CLIP is built with")
-    args = parser.parse_args(argv)
-    setup_logger(None)
-    cfg = parse_args(["--config", args.config, "--pretrain_choice", SYNTHETIC])
-    ensure_for_run(cfg)
-    path = synthetic_clip_file(random_clip_config(cfg.clip_arch, cfg.img_size, cfg.stride_size, cfg.text_length))
-    print(path)
-    return path
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Reading trained models back with their config and data (test.py, THI, retrieve.py): from a run folder, or from
 checkpoint files (published layouts included, model/published.py) plus a config file.  The one place that turns
-a run folder into models: retrieval (evaluation/retrieval_index.py) reads its runs here too, without the data."""
+a run folder into models: retrieval (inference/retrieval_index.py) reads its runs here too, without the data."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,7 @@ from model import build_model
 from model.published import CheckpointMismatch, load_models
 from utils.checkpoint import load_checkpoint, load_model_states
 from utils.device import resolve_device, resolve_precision
-from .evaluator import Evaluator
+from evaluation.evaluator import Evaluator
 
 
 @dataclass

@@ -1,11 +1,11 @@
-"""Runs beside the published tables: python -m utils.report logs/ [more folders] [--paper [DATASET]]
+"""Runs beside the published tables: python -m reports.tables logs/ [more folders] [--paper [DATASET]]
 
 Collects every run folder under the given folders (configs.yaml + metrics.jsonl, written by main.py) and every
 THI result (OUT/metrics.json, written by python -m thi), and prints one table per dataset and noise rate:
 R1 / R5 / R10 / mAP / mINP of the best and the last evaluation of each recipe (the headline row: BGE+TSE, or the
 twins' ensemble), as mean +- standard deviation over seeds when several runs share a recipe (runs that differ
 only in seed, run folder, device or data location).  THI runs give a row before and a row after re-ranking.
-With --paper, the published rows of that dataset and noise rate follow (utils/published_results.yaml, with
+With --paper, the published rows of that dataset and noise rate follow (reports/published_results.yaml, with
 their sources), and each of our rows gets its difference to the published method it reproduces (column `vs`).
 Markdown and LaTeX (--format), printed or written to --out PREFIX.md / PREFIX.tex.
 """
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .epochs import final_epoch
-from .metrics import METRIC_NAMES
-from .run_folder import METRICS, read_metrics
+from utils.epochs import final_epoch
+from utils.metrics import METRIC_NAMES
+from utils.run_folder import METRICS, read_metrics
 
 PUBLISHED_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published_results.yaml")
 # Options that do not change what a run learns: runs differing only in these are seeds of one recipe.
@@ -263,7 +263,7 @@ def render_markdown(tables: list[dict], sources: dict, paper: bool) -> str:
             out.append("")
     used = sorted({row.source for t in tables for row in t["published"]})
     if used:
-        out += ["Published numbers: utils/published_results.yaml, from " +
+        out += ["Published numbers: reports/published_results.yaml, from " +
                 "; ".join(f"[{s}] {sources[s]}" for s in used) + ".", ""]
     return "\n".join(out)
 
@@ -306,7 +306,7 @@ def render_latex(tables: list[dict], sources: dict, paper: bool) -> str:
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m reports.tables", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", help="folders holding run folders (searched recursively), e.g. logs/")
     p.add_argument("--paper", nargs="?", const="auto", metavar="DATASET",

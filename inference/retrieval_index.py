@@ -104,7 +104,7 @@ def query_notes(text: str, text_length: int) -> list[str]:
 
 
 def load_encoders(run_dir: str, checkpoint: str = "best", device: str | None = None) -> Encoders:
-    """The run's models with the checkpoint's weights, read by evaluation.runs without the training data (a
+    """The run's models with the checkpoint's weights, read by inference.runs without the training data (a
     user searching their own photos may not have it): no dataset, no loss modules."""
     run = load_run(run_dir, with_data=False, device=device)
     run.load_weights(checkpoint)

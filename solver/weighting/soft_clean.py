@@ -5,15 +5,18 @@ import torch
 
 from utils.options import Option, Range
 
-from ..engine import Engine
-from . import register_method
+from ..division import Division
+from . import register_weighting
 
 
-@register_method("soft_clean")
-class SoftClean(Engine):
+@register_weighting("soft_clean")
+class SoftClean:
     options = {"soft_clean_floor": Option(0.1, "soft_clean: pairs whose mean clean probability is below this "
                                                "weigh 0", Range(lo=0, hi=1))}
 
-    def sample_weights(self, signals, positive_sim, epoch):
-        weights = torch.as_tensor(self.clean_probabilities(signals, epoch).mean(0), dtype=torch.float32)
-        return torch.where(weights < self.cfg.soft_clean_floor, torch.zeros_like(weights), weights)
+    def __init__(self, soft_clean_floor: float):
+        self.floor = soft_clean_floor
+
+    def __call__(self, division: Division) -> torch.Tensor:
+        weights = torch.as_tensor(division.clean.mean(0), dtype=torch.float32)
+        return torch.where(weights < self.floor, torch.zeros_like(weights), weights)

@@ -1,6 +1,6 @@
 """Training curves from a run's metrics.jsonl, for people without TensorBoard.
 
-    python -m utils.plot RUN_DIR            # writes RUN_DIR/curves.png
+    python -m reports.curves RUN_DIR            # writes RUN_DIR/curves.png
 
 Panels: losses, learning rate, retrieval metrics, and the division as three panels (pairs kept, how much of
 the simulated noise it found in %, mean weights in 0-1): on one axis the weights and percentages were flat
@@ -13,7 +13,7 @@ import argparse
 import math
 import os
 
-from . import run_folder
+from utils import run_folder
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 COLUMNS = 3  # panels per row: six panels in one row were too wide to read

@@ -14,7 +14,7 @@ import textwrap
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .safe_load import load as safe_load
+from utils.safe_load import load as safe_load
 
 THUMB = (64, 128)          # (width, height) of one gallery image: person crops are about 1:2 to 1:3
 FRAME = 4                  # frame width, thick enough to read green / red at a glance
