@@ -90,15 +90,17 @@ def audit(argv: list[str]) -> dict:
                          "with it (e.g. python main.py --config configs/synth.yaml --noisy_rate 0.5)")
     checkpoint = run.checkpoint_path(args.checkpoint)
     if not os.path.isfile(checkpoint):
-        raise AuditError(f"{checkpoint}: no such checkpoint; the run has not finished an epoch yet (continue it with "
-                         f"python main.py --resume {args.run}), or choose another with --checkpoint best / last / a .pth")
+        held = sorted(f for f in os.listdir(args.run) if f.endswith(".pth"))
+        raise AuditError(f"{checkpoint}: no such checkpoint; " + (
+            f"the run has {', '.join(held)}: choose one with --checkpoint (best, last, last.prev or a .pth path)"
+            if held else f"the run has not finished an epoch yet: continue it with python main.py --resume {args.run}"))
     out = args.out or store.default_folder(args.run, args.anno_path, args.split)
     os.makedirs(out, exist_ok=True)
     log = setup_logger(out, filename=store.LOG)
     library_bars_follow_terminal()
     backend = backend_from_args(args) if args.model_dir else None   # a bad model folder is named before any work
 
-    pairs = pair_set(cfg, args.split, args.anno_path, args.noisy_file, num_views=2 if cfg.twin else 1)
+    pairs = pair_set(cfg, args.split, args.anno_path, args.noisy_file)
     anno_file = pairs.data.dataset.anno_file
     pairs_key = {"annotations": store.fingerprint(anno_file), "split": args.split,
                  "noise": store.fingerprint(pairs.noisy_file)}

@@ -56,12 +56,11 @@ class PairSet:
         return self.data.records
 
 
-def pair_set(cfg, split: str = "train", anno_path: str | None = None, noisy_file: str | None = None,
-             num_views: int = 1) -> PairSet:
+def pair_set(cfg, split: str = "train", anno_path: str | None = None, noisy_file: str | None = None) -> PairSet:
     """One split of the run's annotation file (or of `anno_path`, another file in its dataset's format) as the run's
     data reads it: the training pairs with the run's simulated noise; another file's with the noise of
     `noisy_file` (a permutation of its training pairs, as --write_clean writes) or none; val / test pairs as
-    they are.  The loaders are built for `num_views` models."""
+    they are.  The loaders are built as the run built them (one augmented view per model)."""
     data_cfg = copy.deepcopy(cfg)
     if anno_path:
         data_cfg.anno_path = anno_path
@@ -91,7 +90,7 @@ def pair_set(cfg, split: str = "train", anno_path: str | None = None, noisy_file
         # read back: TrainData has just loaded (or made) it
         permutation = load_or_create_permutation(data_cfg.noisy_file, len(records), data_cfg.noisy_rate,
                                                  data_cfg.seed)
-    data.build_loaders(num_views=num_views)
+    data.build_loaders(num_views=2 if cfg.twin else 1)
     return PairSet(data, sources, split, data.is_clean, permutation,
                    data_cfg.noisy_file if permutation is not None else None)
 

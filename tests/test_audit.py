@@ -7,6 +7,7 @@ the tab lists, marks and exports through gradio_client and in a real browser; ba
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -204,3 +205,156 @@ def test_bad_input_is_named_with_the_file_and_the_fix(noisy_run, data_root, tmp_
     with pytest.raises(SystemExit, match="--noisy_file .*: no such file"):
         cli.main(["--run", noisy_run, "--anno_path", os.path.join(data_root, "CUHK-PEDES", "reid_raw.json"),
                   "--noisy_file", str(tmp_path / "none.npy")])
+
+
+def test_the_audit_table_ranks_its_baselines_the_same_way(noisy_run, audited):
+    """bench/audit_table.py's baselines, on this run (standing in for the run without the division too)."""
+    from bench.audit_table import baselines, table
+
+    found = baselines(noisy_run, noisy_run)
+    truth = audited[0]["truth"]
+    for name in ("clip_score", "small_loss"):
+        assert found[name]["permuted"] == truth["permuted"] and 0 <= found[name]["auroc"] <= 100
+        assert 0 <= found[name]["precision_at_k"] <= 100
+    runs = {"division": {"R1_last2": 10.0, "mAP_last": 20.0}, "cleaned": {"R1_last2": 11.0, "mAP_last": 21.0},
+            "off": {"R1_last2": 9.0, "mAP_last": 19.0}}
+    row = {"noise": 0.5, "seed": 1, "audit": truth, **found, "kept": 30, "permuted_kept": 6, **runs}
+    line = table([row]).splitlines()[-1]
+    assert line.startswith(f"| 50% | {truth['auroc']:.1f} / {truth['precision_at_k']:.1f} ") and "(20.0)" in line
+
+
+# --------------------------------------------------------------------------- the page's Audit tab
+
+
+@pytest.fixture(scope="module")
+def page(noisy_run, audited):
+    """(gradio_client.Client, URL) of `python app.py --run RUN_DIR`, whose Audit tab shows RUN_DIR/audit."""
+    import app
+    from gradio_client import Client
+
+    blocks, url = app.main(["--run", noisy_run], block=False)
+    try:
+        yield Client(url, verbose=False), url
+    finally:
+        blocks.close()
+
+
+def listing(client, show="all pairs", sort="most suspect first", threshold=0.5, identity="", text="", page=1):
+    """(summary, gallery, table): the tab's listing through its API (the pairs it keeps for clicks stay in the page)"""
+    return client.predict(show, sort, threshold, identity, text, page, api_name="/audit_list")
+
+
+def test_the_tab_lists_filters_and_serves_only_thumbnails(page, audited, noisy_run, data_root):
+    import urllib.error
+    import urllib.request
+
+    client, url = page
+    _, rows = audited
+    summary, gallery, table = listing(client)
+    assert f"{len(rows)} pairs of the train split" in summary and "page 1 of 2" in summary
+    assert [g["caption"].split(" · ")[0] for g in gallery] == [f"#{r['suspect_rank']} pair {r['pair']}" for r in rows[:24]]
+    assert [row[1] for row in table["data"]] == [r["pair"] for r in rows[:24]]
+    _, _, table = listing(client, page=2)
+    assert [row[1] for row in table["data"]] == [r["pair"] for r in rows[24:48]]
+    below = [r for r in rows if r["clean_probability"] < 0.5]
+    _, gallery, _ = listing(client, show="below the threshold")
+    assert len(gallery) == min(24, len(below))
+    who = rows[0]["id"]
+    _, _, table = listing(client, identity=str(who), sort="least similar first")
+    mine = sorted((r for r in rows if r["id"] == who), key=lambda r: r["similarity"])
+    assert [row[1] for row in table["data"]] == [r["pair"] for r in mine]
+    summary, gallery, _ = listing(client, identity="three")
+    assert "give the identity's number" in summary and not gallery
+    # what is shown is a thumbnail drawn by the page; the run's and the dataset's files are not served
+    from gradio_client import Client
+
+    image = listing(Client(url, verbose=False, download_files=False))[1][0]["image"]
+    image = image["path"] if isinstance(image, dict) else image.path       # the file on the server's side
+    assert os.path.basename(image).startswith("image.")
+    for path in (os.path.join(noisy_run, "audit", store.PAIRS), os.path.join(noisy_run, "audit", store.ABOUT),
+                 os.path.join(data_root, "CUHK-PEDES", "imgs", rows[0]["file_path"])):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}gradio_api/file={os.path.abspath(path)}", timeout=10)
+        assert refused.value.code == 403, path
+
+
+def test_the_tab_marks_and_exports_through_the_api(page, audited, noisy_run, data_root):
+    from datasets import build_dataset
+
+    client, _ = page
+    _, rows = audited
+    below = [r["pair"] for r in rows if r["clean_probability"] < 0.5]
+    above = [r["pair"] for r in rows if r["clean_probability"] >= 0.5]
+    assert "marked drop" in client.predict(above[0], api_name="/audit_drop")
+    assert "marked keep" in client.predict(below[0], api_name="/audit_keep")
+    assert "marked drop" in client.predict(below[1], api_name="/audit_drop")
+    assert "mark cleared" in client.predict(below[1], api_name="/audit_clear")
+    assert "There is no pair 999" in client.predict(999, api_name="/audit_drop")
+    folder = os.path.join(noisy_run, "audit")
+    about = store.read_about(folder)
+    assert store.read_marks(folder, about["pairs_key"]) == {above[0]: store.DROP, below[0]: store.KEEP}
+    _, gallery, table = listing(client, show="marked")
+    assert sorted(row[1] for row in table["data"]) == sorted([above[0], below[0]])
+    assert {row[8] for row in table["data"]} == {"drop", "keep"} and all(" · " in g["caption"] for g in gallery)
+    message = client.predict(0.5, api_name="/audit_export")
+    out = os.path.join(folder, store.CLEANED)
+    assert f"Wrote `{out}`" in message and "--division false" in message, message
+    kept = len(rows) - (len(below) - 1) - 1
+    assert len(build_dataset("CUHK-PEDES", data_root, anno_path=out).train) == kept
+
+
+def test_the_tab_of_an_audit_that_no_longer_matches_its_data_says_so(noisy_run, audited, tmp_path):
+    from webapp.audit_tab import AuditTab
+
+    folder = tmp_path / "audit"
+    shutil.copytree(os.path.join(noisy_run, "audit"), folder)
+    about = json.loads((folder / store.ABOUT).read_text())
+    about["pairs_key"]["annotations"][2] += 1            # the annotation file was edited since
+    (folder / store.ABOUT).write_text(json.dumps(about))
+    tab, why = AuditTab.open(str(folder))
+    assert tab is None and "changed since the audit" in why and "python audit.py --run" in why
+    assert AuditTab.open(str(tmp_path / "nothing")) == (None, "")
+
+
+def test_drop_and_export_in_a_real_browser(page, audited, noisy_run):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+    from tests.test_app import browser_paths
+
+    chromium, driver_path = browser_paths()
+    _, url = page
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1400"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    folder = os.path.join(noisy_run, "audit")
+    try:
+        driver.get(url)
+        wait = WebDriverWait(driver, 60)
+        wait.until(EC.element_to_be_clickable((By.XPATH, "//button[@role='tab'][contains(., 'Audit')]"))).click()
+        wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#audit_gallery"), "#1 pair "))
+        first = re.search(r"#1 pair (\d+) ", driver.find_element(By.CSS_SELECTOR, "#audit_gallery").text)[1]
+        driver.find_elements(By.CSS_SELECTOR, "#audit_gallery img")[0].click()
+        wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#audit_status"), "(#1, id"))  # its details
+        pair = int(driver.find_element(By.CSS_SELECTOR, "#audit_pair input").get_attribute("value"))
+        assert pair == int(first)                           # the first tile's pair, the most suspect
+        assert driver.find_element(By.CSS_SELECTOR, "#audit_status").text.startswith(f"pair {pair} (#1")
+        driver.find_element(By.CSS_SELECTOR, "#audit_drop").click()
+        wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#audit_status"), "marked drop"))
+        driver.find_element(By.CSS_SELECTOR, "#audit_export").click()
+        wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#audit_exported"), "Wrote"))
+        shot = os.path.join(os.environ.get("TEST_ARTEFACTS", os.path.join("logs", "test_artefacts")), "app_audit.png")
+        os.makedirs(os.path.dirname(os.path.abspath(shot)), exist_ok=True)
+        driver.save_screenshot(shot)
+    finally:
+        driver.quit()
+    about = store.read_about(folder)
+    assert store.read_marks(folder, about["pairs_key"])[pair] == store.DROP
+    with open(os.path.join(folder, store.CLEANED)) as f:
+        written = [(r["file_path"], c) for r in json.load(f) if r["split"] == "train" for c in r["captions"]]
+    dropped = next(r for r in audited[1] if r["pair"] == pair)
+    assert (dropped["file_path"], dropped["caption"]) not in written

@@ -20,6 +20,7 @@ from datasets.noise import apply_noise, load_or_create_permutation
 from pair_audit import store
 from pair_audit.cleaned import pairs_to_drop, training_options, write_cleaned
 from pair_audit.pairs import AuditError, split_pairs
+from .gallery import QueryError
 from .page import MATCH_COLOUR, on_page, thumbnail_of
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class AuditTab:
             try:
                 wanted = int(str(identity).strip())
             except ValueError:
-                raise ValueError(f"identity {identity!r}: give the identity's number, as the annotation file "
+                raise QueryError(f"identity {identity!r}: give the identity's number, as the annotation file "
                                  "writes it") from None
             rows = [r for r in rows if r["id"] == wanted]
         if text and text.strip():
@@ -154,10 +155,10 @@ class AuditTab:
 
     def mark(self, pair, what: str) -> str:
         if pair in (None, ""):
-            raise ValueError("Select a pair first: click its image, or type its number.")
+            raise QueryError("Select a pair first: click its image, or type its number.")
         pair = int(pair)
         if pair not in self.by_pair:
-            raise ValueError(f"There is no pair {pair}: the audit has pairs 0 to {len(self.rows) - 1}.")
+            raise QueryError(f"There is no pair {pair}: the audit has pairs 0 to {len(self.rows) - 1}.")
         with self.lock:
             if what in (store.KEEP, store.DROP):
                 self.marks[pair] = what
@@ -202,7 +203,8 @@ class AuditTab:
             drop = gr.Button("Drop", variant="stop", elem_id="audit_drop", scale=1)
             clear = gr.Button("Clear mark", elem_id="audit_clear", scale=1)
         status = gr.Markdown(elem_id="audit_status")
-        table = gr.Dataframe(headers=TABLE_HEADERS, elem_id="audit_table", interactive=False, wrap=True)
+        table = gr.Dataframe(headers=TABLE_HEADERS, elem_id="audit_table", interactive=False, wrap=True,
+                             column_widths=["5%", "5%", "5%", "7%", "8%", "8%", "7%", "7%", "5%", "10%", "33%"])
         with gr.Row():
             export = gr.Button("Export the cleaned annotation file", variant="primary", elem_id="audit_export")
         exported = gr.Markdown(f"Writes `{os.path.join(self.folder, store.CLEANED)}`: the annotation file without the "
@@ -214,13 +216,27 @@ class AuditTab:
         refresh.click(list_fn, filters, listed, api_name="audit_list")
         for control in (show, sort, threshold, identity, text, page):
             control.change(list_fn, filters, listed, api_visibility="private")
-        gallery.select(self._select, shown, pair, api_visibility="private")
+        gallery.select(self._select, shown, [pair, status], api_visibility="private")
         for button, what in ((keep, store.KEEP), (drop, store.DROP), (clear, "")):
             button.click(on_page(1)(lambda p, what=what: self.mark(p, what)), pair, status,
                          api_name=f"audit_{what or 'clear'}").then(list_fn, filters, listed, api_visibility="private")
         export.click(on_page(1)(self.export), threshold, exported, api_name="audit_export")
         blocks.load(list_fn, filters, listed)       # each visit lists the pairs with the marks saved by then
 
-    @staticmethod
-    def _select(shown: list[int], evt: gr.SelectData):
-        return shown[evt.index] if evt.index is not None and evt.index < len(shown) else None
+    def _select(self, shown: list[int], evt: gr.SelectData):
+        """A click on a tile: its pair becomes the selected one, and its caption and scores are shown."""
+        if evt.index is None or evt.index >= len(shown):
+            return None, ""
+        return shown[evt.index], self.details(shown[evt.index])
+
+    def details(self, pair: int) -> str:
+        r = self.by_pair[pair]
+        said = [f"clean probability {r['clean_probability']:.3f}", f"similarity {r['similarity']:.3f}",
+                f"rank {r['identity_rank']} of {r['identity_captions']} among its identity's captions"]
+        if r.get("mllm_p_yes") is not None:
+            said.append(f"MLLM P(yes) {r['mllm_p_yes']:.3f}")
+        if self.has_truth:
+            said.append("permuted (the noise file)" if r["permuted"] else "not permuted (the noise file)")
+        return (f"**pair {pair}** (#{r['suspect_rank']}, id {r['id']}, `{r['file_path']}`"
+                + (f", marked {self.marks[pair]}" if pair in self.marks else "") + f"): {'; '.join(said)}.  \n"
+                f"*{self.records[pair].caption}*")
