@@ -256,7 +256,8 @@ def summary_text(s: dict, top_rows: list[dict]) -> str:
              f"{s['division_epoch']} ({s['division']['method']}, read {s['division']['division_read']}, weighting "
              f"{s['division']['weighting']}; signals {', '.join(s['division']['signals'])})",
              f"clean probability below {s['threshold']}: {s['below']} pairs ({100 * s['below'] / n:.1f}%); the run's "
-             "weights keep " + "; ".join(f"{w['kept']} ({name})" for name, w in s["weights"].items())]
+             "weights would keep " + ", ".join(f"{w['kept']}" + ("" if name == "weight" else f" ({name})")
+                                               for name, w in s["weights"].items()) + f" of {n}"]
     if "truth" in s:
         t = s["truth"]
         lines.append(f"against the noise file's truth ({t['permuted']} permuted): AUROC {t.get('auroc', float('nan')):.1f}, "

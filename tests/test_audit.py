@@ -87,6 +87,26 @@ def test_the_audit_is_the_runs_own_division_ranked(noisy_run, audited, data_root
     assert f"clean probability below 0.5: {len(below)} pairs" in text and f"#1 pair {rows[0]['pair']} " in text
 
 
+def test_a_method_that_weighs_each_model_apart_gets_a_weight_column_each(noisy_run, audited):
+    """co_teaching divides by each model's own signals and returns [models, N]: the audit keeps both rows."""
+    import copy
+    from evaluation.runs import Run, load_run
+    from pair_audit.division import method_engine, pair_set, verdict
+
+    run = load_run(noisy_run, with_data=False)
+    cfg = copy.deepcopy(run.cfg)
+    cfg.method = "co_teaching"
+    pairs = pair_set(cfg)
+    models = Run(cfg, pairs.data.dataset, run.device, run.dtype)
+    models.load_weights("last.prev")
+    v = verdict(method_engine(cfg, models.models, run.device, run.dtype, pairs), 2)
+    assert v.weight_names == ["model1 weight", "model2 weight"] and v.weights.shape == (2, len(audited[1]))
+    assert v.owners == ["model1", "model1", "model2", "model2"]
+    # the same signals and mixtures as the run's own method: only the rule differs
+    probabilities = {r["pair"]: r["p_clean/model2/tse"] for r in audited[1]}
+    assert [probabilities[i] for i in range(len(probabilities))] == pytest.approx(v.clean_probabilities[3], abs=1e-5)
+
+
 def test_a_killed_audit_continues_from_its_saved_stage(noisy_run, audited, tmp_path):
     out = tmp_path / "audit"
     env = {**os.environ, "REID_CRASH_AT": "audit:scored"}
