@@ -194,15 +194,15 @@ class AuditTab:
             page = gr.Number(1, precision=0, minimum=1, label="page", elem_id="audit_page", scale=1)
             refresh = gr.Button("List", elem_id="audit_list", scale=1)
         summary = gr.Markdown(elem_id="audit_summary")
-        gallery = gr.Gallery(label="pairs", columns=8, height=520, object_fit="contain", format="jpeg",
-                             elem_id="audit_gallery", allow_preview=False)
-        shown = gr.State([])
         with gr.Row():
             pair = gr.Number(None, precision=0, label="selected pair", elem_id="audit_pair", scale=2)
             keep = gr.Button("Keep", elem_id="audit_keep", scale=1)
             drop = gr.Button("Drop", variant="stop", elem_id="audit_drop", scale=1)
             clear = gr.Button("Clear mark", elem_id="audit_clear", scale=1)
         status = gr.Markdown(elem_id="audit_status")
+        gallery = gr.Gallery(label="pairs", columns=8, height=430, object_fit="contain", format="jpeg",
+                             elem_id="audit_gallery", allow_preview=False)
+        shown = gr.State([])
         table = gr.Dataframe(headers=TABLE_HEADERS, elem_id="audit_table", interactive=False, wrap=True,
                              column_widths=["5%", "5%", "5%", "7%", "8%", "8%", "7%", "7%", "5%", "10%", "33%"])
         with gr.Row():
