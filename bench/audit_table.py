@@ -30,8 +30,7 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from bench.division_table import (DATA, LEARNING_EPOCHS, VARIANTS, add_sweep_args, last_two, make_data,  # noqa: E402
-                                  spread, train)
+from bench.division_table import DATA, LEARNING_EPOCHS, VARIANTS, last_two, make_data, spread, train  # noqa: E402
 from utils.files import write_json  # noqa: E402
 
 ROWS = "audit_table_rows.json"
@@ -122,7 +121,9 @@ def table(results: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_sweep_args(p)
+    p.add_argument("--config", default="configs/synth.yaml", help="the recipe with the division (division_table's)")
+    p.add_argument("--noise", type=float, nargs="+", default=[0.2, 0.5, 0.8])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--epochs", type=int, default=LEARNING_EPOCHS)
     p.add_argument("--out", default="logs/division_table", help="bench/division_table.py's folder: runs are shared")
     p.add_argument("--json", default="")

@@ -120,16 +120,11 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def add_sweep_args(p) -> None:
-    """What a table sweeps (this one, bench/audit_table.py): the recipe, the noise rates, the seeds."""
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/synth.yaml")
     p.add_argument("--noise", type=float, nargs="+", default=[0.2, 0.5, 0.8])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-
-
-def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_sweep_args(p)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--epochs", type=int, default=LEARNING_EPOCHS)
     p.add_argument("--train_ids", type=int, default=DATA["num_train_ids"])
