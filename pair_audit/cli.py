@@ -80,11 +80,10 @@ def main(argv=None) -> dict:
         return audit(argv)
 
 
-def audit(argv: list[str]) -> dict:
-    args = parse(argv)
+def audited_run(args) -> tuple[Run, str]:
+    """(the run read without its data, the checkpoint's path), or the reason it cannot be audited."""
     run = load_run(args.run, with_data=False, root_dir=args.root_dir, device=args.device, num_workers=args.num_workers)
-    cfg = run.cfg
-    if not cfg.division:
+    if not run.cfg.division:
         raise AuditError(f"{os.path.join(args.run, 'configs.yaml')}: this run trained without the division "
                          "(division: false), so there is no division of its own to audit with; audit a run trained "
                          "with it (e.g. python main.py --config configs/synth.yaml --noisy_rate 0.5)")
@@ -94,6 +93,13 @@ def audit(argv: list[str]) -> dict:
         raise AuditError(f"{checkpoint}: no such checkpoint; " + (
             f"the run has {', '.join(held)}: choose one with --checkpoint (best, last, last.prev or a .pth path)"
             if held else f"the run has not finished an epoch yet: continue it with python main.py --resume {args.run}"))
+    return run, checkpoint
+
+
+def audit(argv: list[str]) -> dict:
+    args = parse(argv)
+    run, checkpoint = audited_run(args)
+    cfg = run.cfg
     out = args.out or store.default_folder(args.run, args.anno_path, args.split)
     os.makedirs(out, exist_ok=True)
     log = setup_logger(out, filename=store.LOG)
@@ -111,11 +117,8 @@ def audit(argv: list[str]) -> dict:
     scores = stage(os.path.join(out, store.SCORES), key, log, "the division's scores",
                    lambda: division_stage(models, pairs))
     crash_point("audit:scored")
-    image_ids = np.array([r.image_id for r in pairs.records])
-    pids = np.array([r.pid for r in pairs.records])
     ranks = stage(os.path.join(out, store.IDENTITY), key, log, "the identity ranks",
-                  lambda: dict(zip(("identity_rank", "identity_captions"), identity_ranks(
-                      pair_features(models.get(), pairs, run.device, run.dtype), image_ids, pids))))
+                  lambda: identity_stage(models, pairs))
     crash_point("audit:identity")
 
     p_clean = clean_probability(scores["clean_probabilities"])
@@ -139,7 +142,8 @@ def audit(argv: list[str]) -> dict:
     store.write_about(out, {"run": os.path.abspath(args.run), "checkpoint": os.path.abspath(checkpoint),
                             "dataset_name": cfg.dataset_name, "root_dir": os.path.abspath(cfg.root_dir),
                             "annotations": anno_file, "split": args.split, "noisy_file": pairs.noisy_file,
-                            "noisy_rate": cfg.noisy_rate, "pairs_key": pairs_key, "threshold": args.threshold, "pairs": len(rows)})
+                            "noisy_rate": cfg.noisy_rate, "pairs_key": pairs_key, "threshold": args.threshold,
+                            "pairs": len(rows)})
     log.info("\n%s", text)
     log.info("wrote %s (%d pairs, most suspect first), %s", os.path.join(out, store.PAIRS), len(rows),
              os.path.join(out, store.SUMMARY_TEXT))
@@ -184,6 +188,13 @@ def division_stage(models: ModelsAtCheckpoint, pairs) -> dict:
             "owners": np.array(v.owners), "values": v.values, "clean_probabilities": v.clean_probabilities,
             "votes": v.votes, "weights": v.weights, "weight_names": np.array(v.weight_names),
             "positive_similarity": v.positive_similarity}
+
+
+def identity_stage(models: ModelsAtCheckpoint, pairs) -> dict:
+    run = models.run
+    features = pair_features(models.get(), pairs, run.device, run.dtype)
+    rank, count = identity_ranks(features, [r.image_id for r in pairs.records], [r.pid for r in pairs.records])
+    return {"identity_rank": rank, "identity_captions": count}
 
 
 def pair_rows(pairs, scores, ranks, p_clean, order, p_yes, group) -> tuple[list[str], list[dict]]:
