@@ -91,31 +91,22 @@ def measure(out: str, config: str, data: list[str], noise: float, seed: int, epo
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| noise | audit: AUROC / P@K | CLIP score: AUROC / P@K | small loss: AUROC / P@K | audit below 0.5: "
-             "precision / recall | kept after cleaning (permuted %) | R1 / mAP, with the division | cleaned, then "
-             "without | without the division | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    header = ["noise", "audit: AUROC / P@K", "CLIP score: AUROC / P@K", "small loss: AUROC / P@K",
+              "audit below 0.5: precision / recall", "kept after cleaning (permuted %)", "R1 / mAP, with the division",
+              "cleaned, then without", "without the division", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for noise in sorted({r["noise"] for r in results}):
         runs = [r for r in results if r["noise"] == noise]
 
-        def col(*keys, digits=1):
-            values = []
-            for r in runs:
-                v = r
-                for k in keys:
-                    v = v[k]
-                values.append(v)
-            return spread(values, digits)
+        def two(name: str, first: str, second: str) -> str:
+            return f"{spread([r[name][first] for r in runs])} / {spread([r[name][second] for r in runs])}"
         left = [100 * r["permuted_kept"] / r["kept"] for r in runs]
-        lines.append(
-            f"| {noise:.0%} | {col('audit', 'auroc')} / {col('audit', 'precision_at_k')} "
-            f"| {col('clip_score', 'auroc')} / {col('clip_score', 'precision_at_k')} "
-            f"| {col('small_loss', 'auroc')} / {col('small_loss', 'precision_at_k')} "
-            f"| {col('audit', 'flagged_precision')} / {col('audit', 'flagged_recall')} "
-            f"| {col('kept', digits=0)} ({spread(left)}) "
-            f"| {col('division', 'R1_last2')} / {col('division', 'mAP_last')} "
-            f"| {col('cleaned', 'R1_last2')} / {col('cleaned', 'mAP_last')} "
-            f"| {col('off', 'R1_last2')} / {col('off', 'mAP_last')} | {len(runs)} |")
+        cells = [f"{noise:.0%}", two("audit", "auroc", "precision_at_k"), two("clip_score", "auroc", "precision_at_k"),
+                 two("small_loss", "auroc", "precision_at_k"), two("audit", "flagged_precision", "flagged_recall"),
+                 f"{spread([r['kept'] for r in runs], 0)} ({spread(left)})",
+                 *(two(name, "R1_last2", "mAP_last") for name in ("division", "cleaned", "off")),
+                 ", ".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
