@@ -229,18 +229,22 @@ def test_bad_input_is_named_with_the_file_and_the_fix(noisy_run, data_root, tmp_
 
 def test_the_audit_table_ranks_its_baselines_the_same_way(noisy_run, audited):
     """bench/audit_table.py's baselines, on this run (standing in for the run without the division too)."""
-    from bench.audit_table import baselines, table
+    from bench.audit_table import audit_top_k, baselines, table
 
     found = baselines(noisy_run, noisy_run)
     truth = audited[0]["truth"]
     for name in ("clip_score", "small_loss"):
         assert found[name]["permuted"] == truth["permuted"] and 0 <= found[name]["auroc"] <= 100
         assert 0 <= found[name]["precision_at_k"] <= 100
-    runs = {"division": {"R1_last2": 10.0, "mAP_last": 20.0}, "cleaned": {"R1_last2": 11.0, "mAP_last": 21.0},
-            "off": {"R1_last2": 9.0, "mAP_last": 19.0}}
-    row = {"noise": 0.5, "seed": 1, "audit": truth, **found, "kept": 30, "permuted_kept": 6, **runs}
-    line = table([row]).splitlines()[-1]
-    assert line.startswith(f"| 50% | {truth['auroc']:.1f} / {truth['precision_at_k']:.1f} ") and "(20.0)" in line
+    # the top-K cleaning drops exactly the K most suspect pairs of the run's audit
+    top_k = audit_top_k(noisy_run, 5)["cleaned"]
+    assert top_k["dropped"] == 5 and top_k["kept"] == truth["pairs"] - 5
+    runs = {"division": {"R1_last2": 10.0, "mAP_last": 20.0}, "off": {"R1_last2": 9.0, "mAP_last": 19.0},
+            "cleaned": {"kept": 30, "permuted_kept": 6, "R1_last2": 11.0, "mAP_last": 21.0},
+            "cleaned_top_k": {"kept": 24, "permuted_kept": 3, "R1_last2": 12.0, "mAP_last": 22.0}}
+    line = table([{"noise": 0.5, "seed": 1, "audit": truth, **found, **runs}]).splitlines()[-1]
+    assert line.startswith(f"| 50% | {truth['auroc']:.1f} / {truth['precision_at_k']:.1f} ") and "| 30 (20.0) |" \
+        in line and "| 24 (12.5) | 12.0 / 22.0 | 1 |" in line, line
 
 
 # --------------------------------------------------------------------------- the page's Audit tab
