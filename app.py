@@ -4,6 +4,8 @@
     python app.py --run RUN_DIR --gallery FOLDER      # a folder of your own person crops instead
     python app.py --run RUN_DIR --mllm Qwen2-VL-7B-Instruct [--backend vllm --lora ... --rounds 5 ...]   # + THI
 
+Its Audit tab shows the pairs `python audit.py --run RUN_DIR` ranked (RUN_DIR/audit, or --audit FOLDER).
+
 The gallery is embedded once through retrieve.py's incremental feature index (FOLDER/.reid_index/, or
 RUN_DIR/search_index/ for the test split) and scored by the same code, so the page and retrieve.py rank a query
 alike.  The page binds 127.0.0.1 unless --host says otherwise and serves only thumbnails of gallery images.
@@ -29,6 +31,7 @@ def parse(argv):
     p.add_argument("--checkpoint", default="best", help="best, last, or a path to a .pth file")
     p.add_argument("--device", help="device of the retrieval model (auto, cpu, cuda ...)")
     p.add_argument("--root_dir", help="dataset root, if it moved since training")
+    p.add_argument("--audit", help="the audit folder the Audit tab shows (default RUN_DIR/audit, audit.py's)")
     p.add_argument("--topk", type=int, default=10, help="images shown per query (the page has a slider too)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")

@@ -97,7 +97,7 @@ class PersonDataset:
             self._check_images(records)
 
         train = [r for r in records if r.split == "train"]
-        self.train: list[TrainRecord] = _build_train(train)
+        self.train: list[TrainRecord] = build_pairs(train)
         self.num_train_pids = len({r.pid for r in self.train})
         self.num_train_images = len({r.image_id for r in self.train})
         val = [r for r in records if r.split == "val"]
@@ -280,7 +280,9 @@ def _remap(values) -> dict:
     return mapping
 
 
-def _build_train(records: list[_Record]) -> list[TrainRecord]:
+def build_pairs(records: list[_Record]) -> list[TrainRecord]:
+    """One pair per caption of these records (one split's), in file order: the training set's numbering, which
+    RDE's noise files index; pids and image ids renumbered from 0 in order of first appearance."""
     pid_of = _remap(r.pid for r in records)
     image_of = _remap(r.img_path for r in records)
     out = []

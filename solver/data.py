@@ -72,10 +72,21 @@ class TrainData:
             range(len(self.records)), num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
             seed=self.cfg.seed + stream), stream=stream)
 
+    def loader_options(self) -> dict:
+        cfg = self.cfg
+        return dict(image_size=tuple(cfg.img_size), text_length=cfg.text_length, num_workers=cfg.num_workers,
+                    image_cache=cfg.image_cache, cache_dir=cfg.image_cache_dir or None)
+
+    def unaugmented_loaders(self):
+        """(image loader, caption loader) of the pairs read like a test set: each image once, no augmentation;
+        pair i's image is the records' image_id."""
+        paths, pids = unique_images(self.records)
+        train_as_eval = EvalSplit(paths, pids, [r.caption for r in self.records], [r.pid for r in self.records])
+        return build_eval_loaders(train_as_eval, batch_size=self.cfg.test_batch_size, **self.loader_options())
+
     def build_loaders(self, num_views: int) -> None:
         cfg = self.cfg
-        loader_kw = dict(image_size=tuple(cfg.img_size), text_length=cfg.text_length, num_workers=cfg.num_workers,
-                         image_cache=cfg.image_cache, cache_dir=cfg.image_cache_dir or None)
+        loader_kw = self.loader_options()
         train_kw = dict(batch_size=cfg.batch_size, img_aug=cfg.img_aug, txt_aug=cfg.txt_aug, num_views=num_views,
                         txt_aug_rates=cfg.txt_aug_rates, seed=cfg.seed, **loader_kw)
         self.sampler = self.epoch_sampler(stream=0)
@@ -86,9 +97,7 @@ class TrainData:
             self.division_sampler = self.epoch_sampler(stream=1)
             self.division_loader = build_train_loader(self.records, sampler=self.division_sampler, **train_kw)
         else:  # clean: each image once, no augmentation, like a test set
-            paths, pids = unique_images(self.records)
-            train_as_eval = EvalSplit(paths, pids, [r.caption for r in self.records], [r.pid for r in self.records])
-            self.division_loaders = build_eval_loaders(train_as_eval, batch_size=cfg.test_batch_size, **loader_kw)
+            self.division_loaders = self.unaugmented_loaders()
         ds = self.dataset
         self.eval_split = ds.val if cfg.val_dataset == "val" and ds.val is not None else ds.test
         self.eval_loaders = build_eval_loaders(self.eval_split, batch_size=cfg.test_batch_size, **loader_kw)

@@ -325,19 +325,19 @@ def test_a_thumbnail_handed_out_is_never_rewritten(monkeypatch, tmp_path):
     must not see it cut by the second (Gradio's own PIL path rewrites it in place: a truncated download)."""
     from PIL import Image
     from webapp.gallery import Hit
-    from webapp.page import thumbnail_file
+    from webapp.page import thumbnail, thumbnail_file
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "page"))
     Image.new("RGB", (64, 128), (10, 200, 30)).save(tmp_path / "a.jpg")
     hit = Hit(rank=1, name="a.jpg", path=str(tmp_path / "a.jpg"), score=0.5, identity=3, match=True)
-    first = thumbnail_file(hit)
+    first = thumbnail_file(thumbnail(hit))
     stamp = os.stat(first).st_mtime_ns, os.stat(first).st_ino
-    again = thumbnail_file(hit)
+    again = thumbnail_file(thumbnail(hit))
     assert again == first and (os.stat(again).st_mtime_ns, os.stat(again).st_ino) == stamp
     assert first.startswith(str(tmp_path / "page")) and Image.open(first).size == (128, 256)
-    assert thumbnail_file(Hit(rank=1, name="a.jpg", path=hit.path, score=0.5, identity=3, match=False)) != first
-    assert sorted(os.listdir(os.path.dirname(first))) == sorted({os.path.basename(first), os.path.basename(
-        thumbnail_file(Hit(rank=1, name="a.jpg", path=hit.path, score=0.5)))})   # no temporary left behind
+    unframed = thumbnail_file(thumbnail(Hit(rank=1, name="a.jpg", path=hit.path, score=0.5, identity=3, match=False)))
+    assert unframed != first
+    assert sorted(os.listdir(os.path.dirname(first))) == sorted({os.path.basename(first), os.path.basename(unframed)})
 
 
 def test_thi_panel_without_a_model_says_how_to_enable_it():

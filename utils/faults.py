@@ -1,4 +1,5 @@
-"""Fault injection for the tests, all in one place (tests/test_safety.py, test_training.py, test_distributed.py):
+"""Fault injection for the tests, all in one place (tests/test_safety.py, test_training.py, test_distributed.py,
+test_audit.py):
 an environment variable names the point where a fault happens, and nothing here does anything when none is set.
 
     REID_CRASH_AT=POINT       the process kills itself (kill -9) at POINT
@@ -7,8 +8,8 @@ an environment variable names the point where a fault happens, and nothing here 
     REID_DISK_FULL_AT=POINT   the checkpoint write at POINT finds the disk full (utils/checkpoint.py atomic_save)
 
 Points: epochE:mid (after half the epoch's steps), epochE:logging (after the epoch's checkpoints, before its
-metrics line), epochE:FILE (a checkpoint file written, e.g. epoch2:last.pth).  Under torchrun, "rankN:POINT"
-limits the fault to the process of rank N.  The training loop itself holds none of this: its steps reach the
+metrics line), epochE:FILE (a checkpoint file written, e.g. epoch2:last.pth); audit.py's audit:scored and
+audit:identity (a stage saved).  Under torchrun, "rankN:POINT" limits the fault to the process of rank N.  The training loop itself holds none of this: its steps reach the
 tests' faults through one hook, added only when a variable is set (solver/build.py, solver/hooks.py).
 
 Imports nothing of the project.

@@ -1,4 +1,5 @@
-"""The search page (Gradio Blocks): a description in, the gallery's top-k out, and THI's rounds on demand.
+"""The search page (Gradio Blocks): a description in, the gallery's top-k out, and THI's rounds on demand; and the
+Audit tab (webapp/audit_tab.py), the run's training pairs that its division believes wrong.
 
 Handlers never let an exception reach the page as a traceback: input the page can answer (an empty query, an
 empty gallery) gets its message, anything else "failed: <error>" with the traceback in the terminal's log.
@@ -32,29 +33,36 @@ TABLE_HEADERS = ["rank", "score", "file", "identity", "query's identity"]
 THI_OFF = ("THI is off. Start the page with a Qwen2-VL model folder to ask it about the candidates: "
            "`python app.py --run RUN_DIR --mllm Qwen2-VL-7B-Instruct` (the backend options of `python -m thi` "
            "apply: `--backend vllm`, `--lora`, `--rounds`, `--xi`, `--lam` ...).")
+AUDIT_OFF = ("No audit of this run yet. `python audit.py --run RUN_DIR` ranks its training pairs by how wrong the "
+             "run's own division believes them (RUN_DIR/audit/pairs.csv); start the page again to review them here.")
 
 
 def thumbnail(hit: Hit) -> Image.Image:
-    """The gallery image scaled to fit THUMB_MAX_WIDTH x THUMB_HEIGHT, framed green when it is the query's
-    identity; a file the index would now skip (changed on disk since it was indexed) is a grey tile saying why."""
+    """The gallery image, framed green when it is the query's identity (thumbnail_of)."""
+    return thumbnail_of(hit.path, MATCH_COLOUR if hit.match else None)
+
+
+def thumbnail_of(path: str, frame: tuple[int, int, int] | None = None) -> Image.Image:
+    """An image scaled to fit THUMB_MAX_WIDTH x THUMB_HEIGHT, framed in `frame`'s colour; a file that cannot be
+    shown (changed on disk since it was indexed into one the index would skip) is a grey tile saying why."""
     try:
-        img = ImageOps.contain(read_image(hit.path, limits=True), (THUMB_MAX_WIDTH, THUMB_HEIGHT))
+        img = ImageOps.contain(read_image(path, limits=True), (THUMB_MAX_WIDTH, THUMB_HEIGHT))
     except ImageDecodeError as e:
         img = Image.new("RGB", (THUMB_HEIGHT // 2, THUMB_HEIGHT), (200, 200, 200))
         why = textwrap.fill(f"skipped: {e.reason}", 18)
         ImageDraw.Draw(img).multiline_text((6, 6), why, fill=(0, 0, 0))
-    if hit.match:
-        ImageDraw.Draw(img).rectangle([0, 0, img.width - 1, img.height - 1], outline=MATCH_COLOUR, width=FRAME)
+    if frame is not None:
+        ImageDraw.Draw(img).rectangle([0, 0, img.width - 1, img.height - 1], outline=frame, width=FRAME)
     return img
 
 
-def thumbnail_file(hit: Hit) -> str:
-    """The thumbnail as a JPEG in Gradio's upload folder, named by its content and renamed into place once written.
+def thumbnail_file(img: Image.Image) -> str:
+    """A thumbnail as a JPEG in Gradio's upload folder, named by its content and renamed into place once written.
     Handed a PIL image, Gradio rewrites one shared file in place on every answer that holds the same picture
     (gradio/processing_utils.py save_pil_to_cache): a client still fetching it from an earlier answer then got a
     cut file ("Too little data for declared Content-Length").  A file path is copied once, atomically."""
     buffer = io.BytesIO()
-    thumbnail(hit).save(buffer, format="JPEG")   # a 256-pixel thumbnail encodes in ~0.1 ms, WebP in ~15
+    img.save(buffer, format="JPEG")   # a 256-pixel thumbnail encodes in ~0.1 ms, WebP in ~15
     data = buffer.getvalue()
     folder = os.path.join(gr.utils.get_upload_folder(), "thumbnails")
     path = os.path.join(folder, hashlib.sha256(data).hexdigest()[:32] + ".jpg")
@@ -71,7 +79,7 @@ def caption_of(hit: Hit) -> str:
 
 
 def grid(hits: list[Hit]) -> list[tuple[str, str]]:
-    return [(thumbnail_file(h), caption_of(h)) for h in hits]
+    return [(thumbnail_file(thumbnail(h)), caption_of(h)) for h in hits]
 
 
 def table(hits: list[Hit]) -> list[list]:
@@ -114,8 +122,9 @@ class Page:
     """The page's state: the gallery, the test captions (when the run's data is readable) and THI."""
 
     def __init__(self, gallery: Gallery, title: str, captions: list[str] | None = None,
-                 caption_identities: list[int] | None = None, thi=None, topk: int = 10):
-        self.gallery, self.title, self.thi, self.topk = gallery, title, thi, topk
+                 caption_identities: list[int] | None = None, thi=None, topk: int = 10, audit=None):
+        """audit: the Audit tab (webapp/audit_tab.py), or None: the tab says how to make one."""
+        self.gallery, self.title, self.thi, self.topk, self.audit = gallery, title, thi, topk, audit
         self.captions, self.caption_identities = captions or [], caption_identities or []
         self._caption_index = {}
         for i, c in enumerate(self.captions):
@@ -168,7 +177,7 @@ class Page:
     def _thi_grid(self, hits: list[Hit], candidate: str | None, was: dict[int, int]) -> list:
         """The list after a THI step; each image says its base rank, the one THI asked about is marked."""
         # the base rank first: a narrow tile cuts its caption's end
-        return [(thumbnail_file(h), f"#{h.rank} (base #{was[h.row]}){' ASKED' if h.path == candidate else ''} "
+        return [(thumbnail_file(thumbnail(h)), f"#{h.rank} (base #{was[h.row]}){' ASKED' if h.path == candidate else ''} "
                                + caption_of(h).split(" ", 1)[1]) for h in hits]
 
     def rescan(self) -> str:
@@ -180,40 +189,49 @@ class Page:
     def build(self) -> gr.Blocks:
         with gr.Blocks(title=self.title, analytics_enabled=False) as blocks:
             gr.Markdown(f"## {self.title}")
-            status = gr.Markdown(self.gallery.status, elem_id="gallery_status")
-            with gr.Row():
-                query = gr.Textbox(label="Description", placeholder="a woman in a red coat and black trousers ...",
-                                   elem_id="query", scale=4)
-                topk = gr.Slider(1, 50, value=self.topk, step=1, label="top-k", scale=1)
-            with gr.Row():
-                pick = gr.Dropdown([(f"#{i} (id {p}): {c}", i) for i, (c, p) in
-                                    enumerate(zip(self.captions, self.caption_identities))],
-                                   value=None, label="or pick a caption of the test split", visible=bool(self.captions),
-                                   elem_id="caption_pick", scale=4)
-                search = gr.Button("Search", variant="primary", elem_id="search", scale=1)
-                rescan = gr.Button("Re-scan gallery", elem_id="rescan", scale=1)
-            result_md = gr.Markdown(elem_id="summary")
-            results = gr.Gallery(label="top-k", columns=5, height=480, object_fit="contain",
-                                 elem_id="results")
-            with gr.Accordion("table", open=True):
-                rows = gr.Dataframe(headers=TABLE_HEADERS, elem_id="table", interactive=False)
-            with gr.Accordion("THI: ask the MLLM about the candidates", open=self.thi is not None):
-                thi_md = gr.Markdown(THI_OFF if self.thi is None else
-                                     f"Runs THI's rounds on the current query (K = {self.thi.s.rounds}, "
-                                     f"xi = {self.thi.s.xi}, lam = {self.thi.s.lam}); each round shows as it ends. "
-                                     "Answers already in THI's cache are read back.", elem_id="thi_log")
-                thi_button = gr.Button("Run THI on this query", elem_id="thi_run", interactive=self.thi is not None)
-                thi_grid = gr.Gallery(label="THI: the list after each round", columns=5, height=480,
-                                      object_fit="contain", elem_id="thi_results")
-
-            pick.change(on_page(1)(self.pick), pick, query, api_name="pick")
-            search.click(on_page(3)(self.search), [query, pick, topk], [result_md, results, rows], api_name="search")
-            query.submit(on_page(3)(self.search), [query, pick, topk], [result_md, results, rows],
-                         api_visibility="private")   # Enter in the text box: the same search
-            rescan.click(on_page(1)(self.rescan), None, status, api_name="rescan")
-            thi_button.click(self._thi_handler, [query, pick, topk], [thi_md, thi_grid], api_name="thi",
-                             concurrency_limit=1)   # one MLLM: questions are asked one query at a time
+            with gr.Tabs():
+                with gr.Tab("Search", id="search", elem_id="search_tab"):
+                    self._search_tab()
+                with gr.Tab("Audit", id="audit", elem_id="audit_tab"):
+                    if self.audit is None:
+                        gr.Markdown(AUDIT_OFF, elem_id="audit_status")
+                    else:
+                        self.audit.build(blocks)
         return blocks
+
+    def _search_tab(self) -> None:
+        status = gr.Markdown(self.gallery.status, elem_id="gallery_status")
+        with gr.Row():
+            query = gr.Textbox(label="Description", placeholder="a woman in a red coat and black trousers ...",
+                               elem_id="query", scale=4)
+            topk = gr.Slider(1, 50, value=self.topk, step=1, label="top-k", scale=1)
+        with gr.Row():
+            pick = gr.Dropdown([(f"#{i} (id {p}): {c}", i) for i, (c, p) in
+                                enumerate(zip(self.captions, self.caption_identities))],
+                               value=None, label="or pick a caption of the test split", visible=bool(self.captions),
+                               elem_id="caption_pick", scale=4)
+            search = gr.Button("Search", variant="primary", elem_id="search", scale=1)
+            rescan = gr.Button("Re-scan gallery", elem_id="rescan", scale=1)
+        result_md = gr.Markdown(elem_id="summary")
+        results = gr.Gallery(label="top-k", columns=5, height=480, object_fit="contain", elem_id="results")
+        with gr.Accordion("table", open=True):
+            rows = gr.Dataframe(headers=TABLE_HEADERS, elem_id="table", interactive=False)
+        with gr.Accordion("THI: ask the MLLM about the candidates", open=self.thi is not None):
+            thi_md = gr.Markdown(THI_OFF if self.thi is None else
+                                 f"Runs THI's rounds on the current query (K = {self.thi.s.rounds}, "
+                                 f"xi = {self.thi.s.xi}, lam = {self.thi.s.lam}); each round shows as it ends. "
+                                 "Answers already in THI's cache are read back.", elem_id="thi_log")
+            thi_button = gr.Button("Run THI on this query", elem_id="thi_run", interactive=self.thi is not None)
+            thi_grid = gr.Gallery(label="THI: the list after each round", columns=5, height=480,
+                                  object_fit="contain", elem_id="thi_results")
+
+        pick.change(on_page(1)(self.pick), pick, query, api_name="pick")
+        search.click(on_page(3)(self.search), [query, pick, topk], [result_md, results, rows], api_name="search")
+        query.submit(on_page(3)(self.search), [query, pick, topk], [result_md, results, rows],
+                     api_visibility="private")   # Enter in the text box: the same search
+        rescan.click(on_page(1)(self.rescan), None, status, api_name="rescan")
+        thi_button.click(self._thi_handler, [query, pick, topk], [thi_md, thi_grid], api_name="thi",
+                         concurrency_limit=1)   # one MLLM: questions are asked one query at a time
 
     def _thi_handler(self, text, pick, k):
         """run_thi with on_page's rule for generators: a failure ends the stream with its message."""

@@ -9,6 +9,7 @@ from starlette.middleware import Middleware
 
 from inference.retrieval_index import load_encoders
 from inference.runs import load_run
+from .audit_tab import AuditTab
 from .gallery import Gallery
 from .page import Page
 
@@ -102,8 +103,13 @@ def make_page(args) -> Page:
         gallery = Gallery(enc, args.gallery, f"folder {os.path.abspath(args.gallery)}", **kw)
     log.info("indexing %s ...", gallery.description)
     log.info("%s", gallery.refresh())
+    audit, why = AuditTab.open(args.audit or os.path.join(args.run, "audit"))
+    if audit is None and args.audit and not why:
+        why = f"{args.audit} holds no {'pairs.csv'} (python audit.py --run RUN_DIR --out {args.audit} writes it)"
+    if why:
+        log.warning("no Audit tab: %s", why)
     return Page(gallery, f"Person search: run {name}", split.captions if split else None,
-                split.as_written(split.caption_pids) if split else None, thi_runner(args, enc), args.topk)
+                split.as_written(split.caption_pids) if split else None, thi_runner(args, enc), args.topk, audit)
 
 
 def serve(args, block: bool = True):
