@@ -166,19 +166,17 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def replay(run_dir: str, settings: dict[str, list[str]] = ALR_SETTINGS) -> dict[str, dict]:
-    """Every ALR setting on one division read of a finished run's last model (its last.pth, its own division pass
-    and rule): {setting: {mu, weight_clean, weight_noisy}}.  What each setting would weigh, without training it.
-    Kept in the run folder (alr_replay.json) and read from there the next time."""
-    saved = os.path.join(run_dir, "alr_replay.json")
+def division_read(run_dir: str) -> dict:
+    """The last division read of a finished run: its last model (last.pth) through its own division pass and
+    votes, with the truth and the ALR rule it trains with (alr_release for the release recipe, else alr):
+    {rule, seed, alr_k, alr_mu, epoch, votes [signals][N] 0/1, positive_sim [N], clean [N] 0/1}.  Kept in the run
+    folder (division_read.json, plain JSON) and read from there the next time."""
+    saved = os.path.join(run_dir, "division_read.json")
     if os.path.isfile(saved):
         with open(saved) as f:
-            out = json.load(f)
-        if set(out) == set(settings):
-            return out
+            return json.load(f)
     from solver.build import build_engine              # first: it gives configs/ its registries
     from configs import load_run_config, resolve
-    from solver.weighting import WEIGHTINGS
     from utils.checkpoint import load_checkpoint
 
     cfg = resolve({}, load_run_config(os.path.join(run_dir, "configs.yaml")), layers=[])
@@ -186,19 +184,38 @@ def replay(run_dir: str, settings: dict[str, list[str]] = ALR_SETTINGS) -> dict[
     ckpt = load_checkpoint(path)
     engine = build_engine(cfg, run_dir, resume_from=(ckpt, path))     # its hooks write nothing: no run()
     signals, positive_sim = engine.division_signals(ckpt["epoch"])
-    votes, clean = engine.votes(signals, ckpt["epoch"]), engine.data.is_clean
-    rule = cfg.weighting if cfg.weighting.startswith("alr") else "alr"
+    read = {"rule": cfg.weighting if cfg.weighting.startswith("alr") else "alr", "seed": cfg.seed,
+            "alr_k": cfg.alr_k, "alr_mu": cfg.alr_mu, "epoch": ckpt["epoch"],
+            "votes": engine.votes(signals, ckpt["epoch"]).astype(int).tolist(),
+            "positive_sim": [float(s) for s in positive_sim], "clean": engine.data.is_clean.astype(int).tolist()}
+    with open(saved, "w") as f:
+        json.dump(read, f)
+    return read
+
+
+def weigh_read(read: dict, settings: dict[str, list[str]] = ALR_SETTINGS) -> dict[str, dict]:
+    """Every ALR setting on one division read (division_read), through the rule its run trains with:
+    {setting: {mu, weight_clean, weight_noisy}}, the mean weight of its clean and of its permuted pairs.  What each
+    setting would weigh, without training it."""
+    import numpy as np
+    from solver.weighting import WEIGHTINGS
+
+    votes, sim = np.asarray(read["votes"], dtype=bool), np.asarray(read["positive_sim"], dtype=np.float32)
+    clean = np.asarray(read["clean"], dtype=bool)
     out = {}
     for name, options in settings.items():
         given = dict(zip(options[::2], options[1::2]))
-        weighting = WEIGHTINGS[rule](seed=cfg.seed, alr_k=float(given.get("--alr_k", cfg.alr_k)),
-                                     alr_mu=given.get("--alr_mu", cfg.alr_mu))
-        weights = weighting(votes, positive_sim, ckpt["epoch"]).numpy()
+        weighting = WEIGHTINGS[read["rule"]](seed=read["seed"], alr_k=float(given.get("--alr_k", read["alr_k"])),
+                                             alr_mu=given.get("--alr_mu", read["alr_mu"]))
+        weights = weighting(votes, sim, read["epoch"]).numpy()
         out[name] = {"mu": float(weighting.last_mu), "weight_clean": float(weights[clean].mean()),
                      "weight_noisy": float(weights[~clean].mean())}
-    with open(saved, "w") as f:
-        json.dump(out, f, indent=1)
     return out
+
+
+def replay(run_dir: str) -> dict[str, dict]:
+    """Every ALR setting on a finished run's last division read (its own model, division pass and rule)."""
+    return weigh_read(division_read(run_dir))
 
 
 def replay_table(replays: list[dict]) -> str:
@@ -212,7 +229,7 @@ def replay_table(replays: list[dict]) -> str:
         for name in ALR_SETTINGS:
             clean = statistics.mean(run[name]["weight_clean"] for run in runs)
             noisy = statistics.mean(run[name]["weight_noisy"] for run in runs)
-            cells.append(f"{clean:.2f} / {noisy:.2f}")
+            cells.append(f"{clean:.3f} / {noisy:.3f}")
         lines.append(f"| {noise:.0%} | {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
