@@ -37,6 +37,7 @@ WORLD = {"name", "dataset_name", "root_dir", "pretrain_choice", "batch_size", "n
 ALR_SETTINGS = {"min": [], "mean": ["--alr_mu", "mean"], "p25": ["--alr_mu", "p25"], "p30": ["--alr_mu", "p30"],
                 "p75": ["--alr_mu", "p75"], "min-k8": ["--alr_k", "8"], "mean-k8": ["--alr_mu", "mean", "--alr_k", "8"],
                 "mean-k2": ["--alr_mu", "mean", "--alr_k", "2"], "p75-k2": ["--alr_mu", "p75", "--alr_k", "2"]}
+PUBLISHED_ALR = {"--alr_mu": "min", "--alr_k": "5"}        # both recipes' (ALR_SETTINGS' "min")
 
 
 def recipe_options(path: str, division: bool = True) -> list[str]:
@@ -204,9 +205,8 @@ def weigh_read(read: dict, settings: dict[str, list[str]] = ALR_SETTINGS) -> dic
     clean = np.asarray(read["clean"], dtype=bool)
     out = {}
     for name, options in settings.items():
-        given = dict(zip(options[::2], options[1::2]))
-        weighting = WEIGHTINGS[read["rule"]](seed=read["seed"], alr_k=float(given.get("--alr_k", read["alr_k"])),
-                                             alr_mu=given.get("--alr_mu", read["alr_mu"]))
+        given = {**PUBLISHED_ALR, **dict(zip(options[::2], options[1::2]))}   # not the run's own, if it trained another
+        weighting = WEIGHTINGS[read["rule"]](seed=read["seed"], alr_k=float(given["--alr_k"]), alr_mu=given["--alr_mu"])
         weights = weighting(votes, sim, read["epoch"]).numpy()
         out[name] = {"mu": float(weighting.last_mu), "weight_clean": float(weights[clean].mean()),
                      "weight_noisy": float(weights[~clean].mean())}
