@@ -37,6 +37,7 @@ WORLD = {"name", "dataset_name", "root_dir", "pretrain_choice", "batch_size", "n
 ALR_SETTINGS = {"min": [], "mean": ["--alr_mu", "mean"], "p25": ["--alr_mu", "p25"], "p30": ["--alr_mu", "p30"],
                 "p75": ["--alr_mu", "p75"], "min-k8": ["--alr_k", "8"], "mean-k8": ["--alr_mu", "mean", "--alr_k", "8"],
                 "mean-k2": ["--alr_mu", "mean", "--alr_k", "2"], "p75-k2": ["--alr_mu", "p75", "--alr_k", "2"]}
+PUBLISHED_ALR = {"--alr_mu": "min", "--alr_k": "5"}        # both recipes' (ALR_SETTINGS' "min")
 
 
 def recipe_options(path: str, division: bool = True) -> list[str]:
@@ -166,38 +167,57 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def replay(run_dir: str, settings: dict[str, list[str]] = ALR_SETTINGS) -> dict[str, dict]:
-    """Every ALR setting on one division read of a finished run's last model (its last.pth, its own division pass
-    and rule): {setting: {mu, weight_clean, weight_noisy}}.  What each setting would weigh, without training it.
-    Kept in the run folder (alr_replay.json) and read from there the next time."""
-    saved = os.path.join(run_dir, "alr_replay.json")
+def division_read(run_dir: str) -> dict:
+    """The last division read of a finished run: its last model (last.pth) through its own division pass and
+    votes, with the truth and the ALR rule it trains with (alr_release for the release recipe, else alr):
+    {rule, seed, alr_k, alr_mu, epoch, votes [signals][N] 0/1, positive_sim [N], clean [N] 0/1}.  Kept in the run
+    folder (division_read.json, plain JSON) and read from there the next time."""
+    saved = os.path.join(run_dir, "division_read.json")
     if os.path.isfile(saved):
         with open(saved) as f:
-            out = json.load(f)
-        if set(out) == set(settings):
-            return out
-    from solver.build import build_engine
+            return json.load(f)
     from configs import load_run_config, resolve
-    from solver.weighting import WEIGHTINGS
+    from solver.build import build_engine
     from utils.checkpoint import load_checkpoint
 
     cfg = resolve({}, load_run_config(os.path.join(run_dir, "configs.yaml")), layers=[])
     path = os.path.join(run_dir, "last.pth")
     ckpt = load_checkpoint(path)
     engine = build_engine(cfg, run_dir, resume_from=(ckpt, path))     # its hooks write nothing: no run()
-    division, clean = engine.division(ckpt["epoch"]), engine.data.is_clean
-    rule = cfg.weighting if cfg.weighting.startswith("alr") else "alr"
+    division = engine.division(ckpt["epoch"])
+    read = {"rule": cfg.weighting if cfg.weighting.startswith("alr") else "alr", "seed": cfg.seed,
+            "alr_k": cfg.alr_k, "alr_mu": cfg.alr_mu, "epoch": ckpt["epoch"], "votes": division.votes.astype(int).tolist(),
+            "positive_sim": [float(s) for s in division.positive_sim], "clean": engine.data.is_clean.astype(int).tolist()}
+    with open(saved, "w") as f:
+        json.dump(read, f)
+    return read
+
+
+def weigh_read(read: dict, settings: dict[str, list[str]] = ALR_SETTINGS) -> dict[str, dict]:
+    """Every ALR setting on one division read (division_read), through the rule its run trains with:
+    {setting: {mu, weight_clean, weight_noisy}}, the mean weight of its clean and of its permuted pairs.  What each
+    setting would weigh, without training it."""
+    import numpy as np
+    from solver.division import Division
+    from solver.weighting import WEIGHTINGS
+
+    votes, sim = np.asarray(read["votes"], dtype=bool), np.asarray(read["positive_sim"], dtype=np.float32)
+    clean = np.asarray(read["clean"], dtype=bool)
+    # ALR reads the votes and the positive cosines alone: the signals and their posteriors are not kept in a read
+    division = Division(read["epoch"], read["seed"], 1, {}, [], np.empty((0, len(sim))), votes, sim)
     out = {}
     for name, options in settings.items():
-        given = dict(zip(options[::2], options[1::2]))
-        weighting = WEIGHTINGS[rule](alr_k=float(given.get("--alr_k", cfg.alr_k)),
-                                     alr_mu=given.get("--alr_mu", cfg.alr_mu))
+        given = {**PUBLISHED_ALR, **dict(zip(options[::2], options[1::2]))}   # not the run's own, if it trained another
+        weighting = WEIGHTINGS[read["rule"]](alr_k=float(given["--alr_k"]), alr_mu=given["--alr_mu"])
         weights = weighting(division).numpy()
         out[name] = {"mu": float(weighting.mu(division)), "weight_clean": float(weights[clean].mean()),
                      "weight_noisy": float(weights[~clean].mean())}
-    with open(saved, "w") as f:
-        json.dump(out, f, indent=1)
     return out
+
+
+def replay(run_dir: str) -> dict[str, dict]:
+    """Every ALR setting on a finished run's last division read (its own model, division pass and rule)."""
+    return weigh_read(division_read(run_dir))
 
 
 def replay_table(replays: list[dict]) -> str:
@@ -211,7 +231,7 @@ def replay_table(replays: list[dict]) -> str:
         for name in ALR_SETTINGS:
             clean = statistics.mean(run[name]["weight_clean"] for run in runs)
             noisy = statistics.mean(run[name]["weight_noisy"] for run in runs)
-            cells.append(f"{clean:.2f} / {noisy:.2f}")
+            cells.append(f"{clean:.3f} / {noisy:.3f}")
         lines.append(f"| {noise:.0%} | {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
