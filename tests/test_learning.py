@@ -12,8 +12,7 @@ AVX-512 kernels, with ATen's AVX2 kernels (ATEN_CPU_CAPABILITY=avx2) and with ev
 (+ ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2), each with the synthetic CLIP built under those kernels, as
 another CI machine builds its own: "kernels a / b / c" beside each assertion.  Regenerate the table with
 
-    python bench/division_table.py --noise 0.0 0.5 0.8 --seeds 1 2 3 --variants off ccd-clean recommended \\
-        twins-alr-clean soft_clean
+    python bench/division_table.py --noise 0.0 0.5 0.8 --seeds 1 2 3 --variants off ccd-clean recommended soft_clean
 
 Run alone with ``python -m pytest -m learning`` (.ci/run runs them as their own step).
 """
@@ -67,16 +66,14 @@ def test_at_50_percent_noise_the_division_beats_no_division(train):
 
 
 def test_twins_reach_the_single_model(train):
-    single, off = r1(train(0.5, "ccd-clean")), r1(train(0.5, "off"))
+    single = r1(train(0.5, "ccd-clean"))
     # twins with CCD (recommended: twins, CCD, clean read) R1 13.00 / 10.25 / 11.00, minus the single model's
     # +1.25 / +1.25 / -0.75 (kernels +0.75 / +0.50 / +0.75)
     assert r1(train(0.5, "recommended")) >= single - 2.5
-    # 3RTPR's twins (ALR, k 5) do not reach it here: R1 7.50 / 10.25 / 8.00, minus the single model's -4.25 / +1.25
-    # / -3.75 (k 8: 7.50 at seed 1).  ALR's mu is the *minimum* positive cosine over the consensus-clean set, which
-    # holds some permuted pairs, so nearly every pair has s >= mu and the twins train about as with no division
-    # (R1 8.50 / 6.25 / 7.75; kernels: minus no division's -1.00 / -0.25 / -1.25).  What each ALR setting weighs is
-    # held in tests/test_alr_settings.py.
-    assert r1(train(0.5, "twins-alr-clean")) >= off - 2.5
+    # 3RTPR's twins (ALR) are not trained here: ALR as published weighs permuted pairs 0.99-1.00 and trains about
+    # as no division does (R1 minus no division's -1.00 / -0.25 / -1.25 at seeds 1-3; README, "ALR's settings,
+    # measured").  tests/test_alr_settings.py holds what every ALR setting weighs on division reads recorded from
+    # real runs, in seconds; this training took a minute of the learning step's six.
 
 
 def test_soft_clean_learns_under_noise(train):
