@@ -9,6 +9,8 @@ these points:
 
     train_step(batch, weights, epoch)               what a batch costs
     division_signals(epoch)                         what the clean/noisy division listens to
+    divide(epoch)                                   whether the epoch divides at all (a warm-up that weighs
+                                                    every pair 1: dividemix, twins_release), around the rule
     division_notes(division)                        what the epoch's division line and metrics add
     train_mode()                                    whether the models train in train or eval mode
     evaluates(epoch)                                whether the epoch is evaluated (the best checkpoint is

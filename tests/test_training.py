@@ -70,7 +70,8 @@ def test_kill_9_anywhere_then_resume_equals_an_uninterrupted_run(data_root, tmp_
     """A real kill -9 (the process kills itself at a named point: REID_CRASH_AT) mid-epoch, while last.pth is
     being written, and between last.pth and the metrics log; --resume then ends where an uninterrupted run
     ends: every epoch once in metrics.jsonl, the same rows, the same weights, one events file, no leftovers."""
-    args = lambda run: tiny_args(data_root, run, "--num_epoch", "3", "--num_workers", "1")  # noqa: E731
+    # two epochs: each kill is in the last, which --resume then finishes (one that trains on: test_distributed.py)
+    args = lambda run: tiny_args(data_root, run, "--num_epoch", "2", "--num_workers", "1")  # noqa: E731
     full = tmp_path / "full"
     assert run_subprocess(args(full)).returncode == 0
     expected = read_metrics(full)
@@ -82,7 +83,7 @@ def test_kill_9_anywhere_then_resume_equals_an_uninterrupted_run(data_root, tmp_
         resumed = run_subprocess(["--resume", str(run)])
         assert resumed.returncode == 0, (point, resumed.stderr[-3000:])
         rows = read_metrics(run)
-        assert [r["epoch"] for r in rows] == [1, 2, 3], point
+        assert [r["epoch"] for r in rows] == [1, 2], point
         for got, want in zip(without_timing(rows), without_timing(expected)):
             assert got.keys() == want.keys()
             for key in want:
