@@ -98,7 +98,7 @@ PARTS = [
          ["bench/division.py", "--num_pairs", "68126", "--models", "1", "2", "--noisy_rate", "0.2", "0.5"],
          ["bench/division.py", "--num_pairs", "512", "--models", "1", "2", "--noisy_rate", "0.2", "--bge_dim", "32",
           "--tse_dim", "32"],
-         rehearse=["--models", "2", "--noisy_rate", "0.5", "--warmup", "0"]),   # twins read both models' paths
+         rehearse=["--noisy_rate", "0.5", "--warmup", "0"]),
     Part("eval", "evaluation, ViT-B/16: CUHK-PEDES (3,074 x 6,156) and ICFG-PEDES (19,848 x 19,848) sized", 40,
          ["bench/eval.py", "--sets", "cuhk", "icfg", "--max_pairs", "0"],
          ["bench/eval.py", "--sets", "cuhk", "icfg", "--max_pairs", "40000", "--batch_size", "64", *TINY_SHAPES],

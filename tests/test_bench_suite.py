@@ -319,7 +319,7 @@ def test_real_size_rehearsal(tmp_path):
     assert all(r["pairs_per_s_a"] > 0 and r["pairs_per_s_c"] > 0 and r["device_aug_ms"] > 0 for r in data_rows)
 
     division = parts["division"]["bench"]["rows"]
-    assert [(r["models"], r["pairs"], r["signals"]) for r in division] == [(2, 68126, 4)]
+    assert [(r["models"], r["pairs"], r["signals"]) for r in division] == [(1, 68126, 2), (2, 68126, 4)]
     assert all(0 < r["kept"] < 68126 for r in division)
 
     ev = parts["eval"]["bench"]

@@ -67,33 +67,35 @@ def without_timing(rows):
 
 
 def test_kill_9_anywhere_then_resume_equals_an_uninterrupted_run(data_root, tmp_path):
-    """A real kill -9 (the process kills itself at a named point: REID_CRASH_AT) mid-epoch, while last.pth is
-    being written, and between last.pth and the metrics log; --resume then ends where an uninterrupted run
+    """A real kill -9 (the process kills itself at a named point: REID_CRASH_AT) mid-epoch, then while last.pth is
+    being written, then between last.pth and the metrics log, each in the run resumed from the one before (as a
+    scheduler that keeps killing and resuming would); the last --resume then ends where an uninterrupted run
     ends: every epoch once in metrics.jsonl, the same rows, the same weights, one events file, no leftovers."""
-    # two epochs: each kill is in the last, which --resume then finishes (one that trains on: test_distributed.py)
-    args = lambda run: tiny_args(data_root, run, "--num_epoch", "2", "--num_workers", "1")  # noqa: E731
+    args = lambda run: tiny_args(data_root, run, "--num_epoch", "3", "--num_workers", "1")  # noqa: E731
     full = tmp_path / "full"
     assert run_subprocess(args(full)).returncode == 0
     expected = read_metrics(full)
     weights = torch.load(full / "last.pth", weights_only=False)["models"][0]
+    run = tmp_path / "killed"
+    command = args(run)
     for point in ("epoch2:mid", "epoch2:last.pth", "epoch2:logging"):
-        run = tmp_path / point.replace(":", "_").replace(".", "_")
-        killed = run_subprocess(args(run), crash_at=point)
+        killed = run_subprocess(command, crash_at=point)
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
-        resumed = run_subprocess(["--resume", str(run)])
-        assert resumed.returncode == 0, (point, resumed.stderr[-3000:])
-        rows = read_metrics(run)
-        assert [r["epoch"] for r in rows] == [1, 2], point
-        for got, want in zip(without_timing(rows), without_timing(expected)):
-            assert got.keys() == want.keys()
-            for key in want:
-                assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (point, got["epoch"], key)
-        resumed_weights = torch.load(run / "last.pth", weights_only=False)["models"][0]
-        for key in weights:
-            torch.testing.assert_close(resumed_weights[key], weights[key], rtol=1e-5, atol=1e-6, msg=key)
-        names = os.listdir(run)
-        assert not [n for n in names if ".tmp" in n], names
-        assert len([n for n in names if n.startswith("events.out.tfevents")]) == 1, names
+        command = ["--resume", str(run)]
+    resumed = run_subprocess(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = read_metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for got, want in zip(without_timing(rows), without_timing(expected)):
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (got["epoch"], key)
+    resumed_weights = torch.load(run / "last.pth", weights_only=False)["models"][0]
+    for key in weights:
+        torch.testing.assert_close(resumed_weights[key], weights[key], rtol=1e-5, atol=1e-6, msg=key)
+    names = os.listdir(run)
+    assert not [n for n in names if ".tmp" in n], names
+    assert len([n for n in names if n.startswith("events.out.tfevents")]) == 1, names
 
 
 def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(data_root, tmp_path, caplog):
