@@ -37,6 +37,28 @@ def read_metrics(run_dir):
         return [json.loads(line) for line in f]
 
 
+TIMING = ("train_time", "division/time")    # metrics that are the clock's, not the run's
+
+
+def same_run(run, full):
+    """The run in `run` (killed, stopped, resumed) ended where the uninterrupted run in `full` did: the same
+    epochs with the same fields, every value but the times within float noise, and the same last weights
+    (BatchNorm's running statistics included)."""
+    import pytest
+    import torch
+
+    rows, expected = read_metrics(run), read_metrics(full)
+    assert [r["epoch"] for r in rows] == [r["epoch"] for r in expected]
+    for got, want in zip(rows, expected):
+        assert got.keys() == want.keys(), got["epoch"]
+        for key in set(want) - set(TIMING):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (got["epoch"], key)
+    resumed, uninterrupted = (torch.load(os.path.join(r, "last.pth"), weights_only=True)["models"][0]
+                              for r in (run, full))
+    for key in uninterrupted:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 # THI: a tiny trained run (CLIP widths of 32, no division; conftest's run_dir) on data of these sizes, its test
 # images, and model folders
 THI_DATA_SIZES = dict(num_train_ids=6, num_test_ids=4, num_val_ids=2, seed=4)

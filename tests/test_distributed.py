@@ -12,7 +12,7 @@ import torch
 
 import main as train_main
 import test as test_main
-from tests.helpers import read_metrics, tiny_args
+from tests.helpers import read_metrics, same_run, tiny_args
 
 pytestmark = pytest.mark.slow      # torchrun: two training processes
 
@@ -68,20 +68,6 @@ def logged_rows(run, epoch):
     start = next(i for i, line in enumerate(lines) if line.strip("| ") == f"epoch {epoch}")
     table = [line.split("|")[1:-1] for line in lines[start + 1:start + 9] if line.startswith("|")]
     return {cells[0].strip(): [float(c) for c in cells[1:6]] for cells in table if cells[1].strip()[:1].isdigit()}
-
-
-TIMING = ("train_time", "division/time")
-
-
-def same_run(run, full):
-    rows, expected = read_metrics(run), read_metrics(full)
-    assert [r["epoch"] for r in rows] == [r["epoch"] for r in expected]
-    for got, want in zip(rows, expected):
-        for key in set(want) - set(TIMING):
-            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (got["epoch"], key)
-    wa, wb = (torch.load(r / "last.pth", weights_only=True)["models"][0] for r in (run, full))
-    for k in wa:          # BatchNorm's running statistics included
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
 def test_a_rank_killed_mid_epoch_stops_the_others_with_one_line_and_resume_equals_the_uninterrupted_run(
