@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:           # `python bench/x.py` puts bench/ first on the path, not the repo root
     sys.path.insert(0, ROOT)
 
+from utils.files import write_json  # noqa: E402
 from utils.run_folder import METRICS, read_metrics  # noqa: E402
 
 # 3RTPR's two recipes on the synthetic world (issue 27): a recipe file's options, less its data and sizes (the
@@ -188,8 +189,7 @@ def division_read(run_dir: str) -> dict:
     read = {"rule": cfg.weighting if cfg.weighting.startswith("alr") else "alr", "seed": cfg.seed,
             "alr_k": cfg.alr_k, "alr_mu": cfg.alr_mu, "epoch": ckpt["epoch"], "votes": division.votes.astype(int).tolist(),
             "positive_sim": [float(s) for s in division.positive_sim], "clean": engine.data.is_clean.astype(int).tolist()}
-    with open(saved, "w") as f:
-        json.dump(read, f)
+    write_json(saved, read, indent=None)    # whole or not at all: a killed bench leaves no half read to trust
     return read
 
 
